@@ -1,0 +1,1 @@
+"""rlhf: a small, readable RLHF toolkit."""

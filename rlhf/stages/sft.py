@@ -1,0 +1,300 @@
+"""Stage 1: supervised fine-tuning of the initial policy on demonstrations.
+
+    python scripts/sft.py --config configs/sft.yaml                       # one process
+    accelerate launch scripts/sft.py --config configs/sft.yaml            # many (any accelerate preset)
+    rlhf sft --config configs/tiny/sft.yaml --max_steps 5                 # the same, through the CLI
+
+The loop is written here on accelerate rather than with TRL's SFTTrainer because every stage of the toolkit
+shares one output contract (config.yaml, log.jsonl with namespaced keys, metrics.json, step-numbered
+checkpoints) and one data order that is a pure function of (seed, step). That makes three guarantees simple
+and testable: a resumed run reproduces the uninterrupted one, N processes reproduce one process with the
+same global batch (the loss is normalised by the global batch's target-token count), and global vs per-rank
+batch sizes are named apart and checked at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.config import ConfigError, RunConfig, option
+from rlhf.data import IGNORE_INDEX, TokenizedExample, collate, read_records, split_records, tokenize_sft
+from rlhf.distributed import derive_batch_sizes, global_batch_indices, make_accelerator, rank_slice
+from rlhf.losses import token_nll_sum
+from rlhf.runs import RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
+
+
+@dataclass
+class SFTConfig(RunConfig):
+    """Supervised fine-tuning (stage 1): train a causal LM on demonstrations."""
+
+    output_dir: str = option("runs/sft", help="Where config.yaml, log.jsonl, metrics.json, checkpoints/ and "
+                             "the trained model/ go.")
+    model_name_or_path: str = option("smollm2-135m-instruct", help="Hub id, local model or PEFT adapter "
+                                     "directory, or an alias: smollm2-135m-instruct (embedded), tiny-llama (tests).")
+    dataset: str = option("reward_data/sft_train.jsonl", help="Training demonstrations: a local "
+                          ".jsonl/.json/.parquet file or a hub dataset name.")
+    dataset_split: str = option("train", help="Split to read when `dataset` is a hub dataset.")
+    eval_dataset: str = option("reward_data/sft_test.jsonl", help="Held-out demonstrations (file or hub name); "
+                               "empty to carve eval_fraction out of the training data instead.")
+    eval_split: str = option("test", help="Split to read when `eval_dataset` is a hub dataset.")
+    eval_fraction: float = option(0.0, help="With no eval_dataset: fraction of the training data held out.")
+    max_length: int = option(256, help="Tokens per sequence; longer ones are cut on the right.")
+    completion_only_loss: bool = option(True, help="Take the loss on completion (assistant) tokens only; "
+                                        "false trains on all tokens.")
+    use_peft: bool = option(False, help="Train LoRA adapters (peft) instead of all weights.")
+    lora_r: int = option(16, help="LoRA rank.")
+    lora_alpha: int = option(32, help="LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = option(0.05, help="Dropout on the LoRA input.")
+    lora_target_modules: list[str] = option(["all-linear"], help="Modules to adapt: 'all-linear' or names "
+                                            "such as q_proj,v_proj.")
+    learning_rate: float = option(2e-5, help="Peak learning rate (AdamW).")
+    weight_decay: float = option(0.0, help="AdamW weight decay.")
+    lr_scheduler: str = option("cosine", help="Decay after warmup.", choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = option(0.0, help="Fraction of the optimiser steps spent warming up linearly.")
+    warmup_steps: int = option(0, help="Warm-up steps; overrides warmup_ratio when > 0.")
+    num_epochs: float = option(1.0, help="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = option(-1, help="Optimiser steps; > 0 overrides num_epochs.")
+    global_batch_size: int = option(8, help="Examples per optimiser step, summed over all processes.")
+    per_device_batch_size: int = option(8, help="Examples per forward/backward on one process; gradient "
+                                        "accumulation = global / (per_device x processes).")
+    max_grad_norm: float = option(1.0, help="Clip the gradient norm to this (<= 0: no clipping).")
+    bf16: bool = option(False, help="bf16 autocast (mixed precision) on CPU or GPU; weights stay fp32.")
+    gradient_checkpointing: bool = option(False, help="Recompute activations in backward to save memory.")
+    eval_every: int = option(0, help="Evaluate every this many steps (0: only at the end).")
+    save_every: int = option(0, help="Checkpoint every this many steps (0: only at the end).")
+    keep_checkpoints: int = option(2, help="Newest checkpoints to keep (0 keeps all).")
+    stop_after_step: int = option(0, help="Checkpoint and stop at this step as if interrupted (the schedule "
+                                  "still spans max_steps); continue later with --resume true. 0: off.")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("max_length", "lora_r", "global_batch_size", "per_device_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps <= 0 and not self.num_epochs > 0:
+            raise ConfigError("set max_steps > 0 or num_epochs > 0")
+        for name in ("eval_every", "save_every", "warmup_steps", "keep_checkpoints", "stop_after_step"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def load_sft_data(cfg: SFTConfig, tokenizer) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
+    train = read_records(cfg.dataset, cfg.dataset_split)
+    if cfg.eval_dataset:
+        held = read_records(cfg.eval_dataset, cfg.eval_split)
+    else:
+        train, held = split_records(train, cfg.eval_fraction, cfg.seed)
+    if not train:
+        raise ConfigError(f"dataset {cfg.dataset} has no records")
+
+    def tok(records):
+        return [tokenize_sft(r, tokenizer, cfg.max_length, cfg.completion_only_loss) for r in records]
+
+    return tok(train), tok(held)
+
+
+def build_model(cfg: SFTConfig):
+    from rlhf.models import apply_lora, load_model
+
+    model = load_model(cfg.model_name_or_path, trainable_adapter=cfg.use_peft)
+    if cfg.use_peft and not hasattr(model, "peft_config"):
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target_modules=cfg.lora_target_modules, base_name=cfg.model_name_or_path)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if cfg.use_peft:
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model
+
+
+def save_model(model, tokenizer, directory: Path) -> None:
+    """HF-loadable output: a full model, or an adapter whose config names the base as the user gave it."""
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def load_model_weights(model, directory: Path) -> None:
+    """Load weights saved by `save_model` into the (unwrapped) training model, for resuming."""
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+        return
+    state = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"checkpoint {directory} does not match the model: missing {missing}, "
+                           f"unexpected {unexpected}")
+
+
+def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
+    return token_nll_sum(logits, batch["labels"])
+
+
+@torch.no_grad()
+def evaluate(model, examples, accelerator, batch_size: int, pad_id: int) -> dict[str, float]:
+    """Held-out loss and perplexity, each rank taking every num_processes-th example (no duplicates)."""
+    model.eval()
+    mine = examples[accelerator.process_index::accelerator.num_processes]
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # [nll_sum, n_targets]
+    for i in range(0, len(mine), batch_size):
+        batch = {k: v.to(accelerator.device) for k, v in collate(mine[i:i + batch_size], pad_id).items()}
+        with accelerator.autocast():
+            nll, n = sequence_nll(model, batch)
+        totals += torch.stack([nll.double(), n.double()])
+    totals = accelerator.reduce(totals, reduction="sum")
+    model.train()
+    loss = (totals[0] / totals[1].clamp(min=1)).item()
+    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": int(totals[1].item())}
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: SFTConfig) -> dict:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from transformers.utils import logging as hf_logging
+
+    from rlhf.models import count_parameters, load_tokenizer
+
+    hf_logging.disable_progress_bar()  # per-file load/save bars would drown the stage's own progress bar
+
+    accelerator = make_accelerator(bf16=cfg.bf16, report_to=cfg.report_to, project_dir=cfg.output_dir)
+    sizes = derive_batch_sizes(cfg.global_batch_size, cfg.per_device_batch_size, accelerator.num_processes)
+    ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    out = prepare_output_dir(cfg, accelerator)
+    set_seed(cfg.seed)
+
+    # 1. Data: tokenise on the main process first (it converts the embedded model into the cache once).
+    with accelerator.main_process_first():
+        tokenizer = load_tokenizer(cfg.model_name_or_path)
+        train_set, eval_set = load_sft_data(cfg, tokenizer)
+        model = build_model(cfg)
+    pad_id = tokenizer.pad_token_id
+    steps_per_epoch = len(train_set) // sizes.global_batch
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.floor(cfg.num_epochs * steps_per_epoch))
+    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total_steps)
+
+    # 2. Optimiser and schedule. The scheduler is stepped by hand, once per optimiser step: accelerate's
+    #    prepared scheduler would step num_processes times per call.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    start_step = 0
+    if ckpt is not None:
+        load_model_weights(unwrapped, ckpt / "model")
+        start_step = load_checkpoint(accelerator, ckpt, optimizer, scheduler)["step"]
+        accelerator.print(f"[sft] resumed from {ckpt} at step {start_step}")
+    logger = RunLogger(accelerator, cfg, "rlhf-sft", resume_step=start_step if ckpt is not None else None)
+
+    trainable, total = count_parameters(unwrapped)
+    accelerator.print(f"[sft] {cfg.model_name_or_path}: {trainable:,} of {total:,} parameters train; "
+                      f"{len(train_set)} train / {len(eval_set)} eval examples; {total_steps} steps; {sizes}")
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(accelerator, out, step, lambda d: save_model(unwrapped, tokenizer, d), optimizer,
+                        scheduler, {"epoch": step // max(steps_per_epoch, 1)}, cfg.keep_checkpoints)
+
+    # 3. Train: each optimiser step sees one global batch, split over ranks, then into micro-batches.
+    model.train()
+    bar = tqdm(total=total_steps, initial=start_step, desc="sft", disable=not accelerator.is_local_main_process)
+    started, tokens_seen, last = time.time(), 0, {}
+    for step in range(start_step, total_steps):
+        indices, epoch = global_batch_indices(step, len(train_set), sizes.global_batch, cfg.seed)
+        n_targets = sum(train_set[i].num_targets for i in indices)  # over the whole global batch
+        mine = rank_slice(indices, accelerator.process_index, accelerator.num_processes)
+        nll_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        for m in range(sizes.grad_accum):
+            micro = [train_set[i] for i in mine[m * sizes.per_device:(m + 1) * sizes.per_device]]
+            batch = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
+            sync = accelerator.no_sync(model) if m < sizes.grad_accum - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                nll, _ = sequence_nll(model, batch)
+                # DDP averages gradients over ranks; scaling by num_processes turns that into the global sum.
+                loss = nll * accelerator.num_processes / n_targets
+            accelerator.backward(loss)
+            nll_total += nll.detach().double()
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        tokens_seen += n_targets
+        train_loss = accelerator.reduce(nll_total, reduction="sum").item() / n_targets
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_loss:.4f}")
+        last = {"train/loss": train_loss, "train/lr": scheduler.get_last_lr()[0],
+                "train/grad_norm": float(grad_norm), "train/epoch": epoch, "train/target_tokens": n_targets}
+        if done % cfg.log_every == 0 or done == total_steps:
+            logger.log(last, step=done)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps and eval_set:
+            logger.log(evaluate(model, eval_set, accelerator, sizes.per_device, pad_id), step=done)
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            checkpoint(done)
+        if done == cfg.stop_after_step and done < total_steps:
+            if not (cfg.save_every and done % cfg.save_every == 0):
+                checkpoint(done)
+            bar.close()
+            accelerator.print(f"[sft] stopped after step {done} of {total_steps}; continue with --resume true")
+            return {"stopped_at_step": done}
+    bar.close()
+
+    # 4. Final evaluation, checkpoint and artefact.
+    final_eval = evaluate(model, eval_set, accelerator, sizes.per_device, pad_id) if eval_set else {}
+    if final_eval:
+        logger.log(final_eval, step=total_steps)
+    if start_step < total_steps:
+        checkpoint(total_steps)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model(unwrapped, tokenizer, out / "model")
+    accelerator.wait_for_everyone()
+    elapsed = time.time() - started
+    metrics = logger.finish({
+        **last, **final_eval, "train/steps": total_steps, "train/global_batch_size": sizes.global_batch,
+        "train/per_device_batch_size": sizes.per_device, "train/grad_accum": sizes.grad_accum,
+        "train/trainable_parameters": trainable, "train/seconds": elapsed,
+        "train/target_tokens_per_second": tokens_seen / elapsed if elapsed > 0 else 0.0,
+        "model_dir": str(out / "model"),
+    })
+    accelerator.print(f"[sft] done: train/loss {metrics.get('train/loss', float('nan')):.4f}"
+                      + (f", eval/loss {final_eval['eval/loss']:.4f}, eval/perplexity "
+                         f"{final_eval['eval/perplexity']:.2f}" if final_eval else "")
+                      + f"; model in {out / 'model'}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from rlhf.config import parse_args
+
+    cfg = parse_args(SFTConfig, argv, prog="rlhf sft")
+    return train(cfg)

@@ -1,0 +1,25 @@
+"""Built-in tasks. `qa`: short factual and arithmetic questions with a programmatic judge."""
+
+from rlhf.tasks.qa import (
+    Judgement,
+    TaskExample,
+    build_examples,
+    demonstration,
+    example_from_record,
+    is_correct,
+    judge,
+    prompt_messages,
+    prompt_record,
+)
+
+__all__ = [
+    "Judgement",
+    "TaskExample",
+    "build_examples",
+    "demonstration",
+    "example_from_record",
+    "is_correct",
+    "judge",
+    "prompt_messages",
+    "prompt_record",
+]
