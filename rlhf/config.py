@@ -49,6 +49,10 @@ class RunConfig:
     report_to: str = option("none", help="Experiment tracker, through accelerate's trackers.",
                             choices=("none", "tensorboard", "wandb", "all"))
 
+    # Fields that may differ between a run and its resumption (they do not change the result).
+    RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = (
+        "output_dir", "resume", "overwrite", "log_every", "report_to")
+
     def validate(self) -> None:
         """Check values beyond their types. Subclasses extend this; errors name the key."""
         if self.log_every < 1:
@@ -59,7 +63,9 @@ class RunConfig:
 
 
 def _type_hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """Types of the dataclass fields only (class-level constants such as RESUMABLE_CHANGES are not keys)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _unwrap_optional(tp) -> tuple[Any, bool]:
@@ -241,11 +247,11 @@ def build_parser(cls, prog: str, description: str = "") -> argparse.ArgumentPars
         help_text = f.metadata.get("help", "")
         if "choices" in f.metadata:
             help_text += f" One of: {', '.join(map(str, f.metadata['choices']))}."
-        help_text = f"{help_text} [{_type_name(hints[f.name])}]".replace("%", "%%")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{help_text} [{_type_name(hints[f.name])}] (default: {default!r})".replace("%", "%%")
         group.add_argument(f"--{f.name}", dest=f.name, metavar="VALUE", default=argparse.SUPPRESS,
                            nargs="?", const="true" if _unwrap_optional(hints[f.name])[0] is bool else None,
-                           help=help_text + f" (default: {default!r})")
+                           help=help_text)
     return parser
 
 

@@ -235,10 +235,27 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: lis
 
     targets = target_modules[0] if target_modules == ["all-linear"] else target_modules
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        task_type="CAUSAL_LM", base_model_name_or_path=base_name)
+                        task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
-    model.peft_config["default"].base_model_name_or_path = base_name
+    model.rlhf_base_name = base_name  # written into adapter_config.json by save_pretrained below
     return model
+
+
+def save_pretrained(model, tokenizer, directory: str | os.PathLike) -> None:
+    """Save a model (safetensors) and its tokenizer so that transformers / peft load the directory.
+
+    An adapter's config names its base as the user gave it (an alias such as `tiny-llama` stays an alias,
+    so the adapter is portable across machines and caches). peft saves with the resolved local base path,
+    which it may read, and the name is swapped in afterwards.
+    """
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    base_name = getattr(model, "rlhf_base_name", None)
+    if base_name and is_adapter_dir(directory):
+        path = Path(directory, "adapter_config.json")
+        config = json.loads(path.read_text())
+        config["base_model_name_or_path"] = base_name
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def count_parameters(model) -> tuple[int, int]:

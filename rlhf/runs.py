@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf.config import save_config, to_dict
+import yaml
+
+from rlhf.config import ConfigError, save_config, to_dict
 
 CHECKPOINTS = "checkpoints"
 
@@ -32,12 +34,23 @@ class RunExistsError(RuntimeError):
 
 
 def prepare_output_dir(cfg, accelerator) -> Path:
-    """Create output_dir; refuse to mix a fresh run into an old one unless `resume` or `overwrite`."""
+    """Create output_dir; refuse to mix a fresh run into an old one unless `resume` or `overwrite`.
+
+    Resuming checks that the config is the one the run started with, except RESUMABLE_CHANGES.
+    """
     out = Path(cfg.output_dir)
     has_run = (out / "config.yaml").exists() or (out / CHECKPOINTS).exists()
     if has_run and not cfg.resume and not cfg.overwrite:
         raise RunExistsError(f"{out} already holds a run; pass --resume true to continue it or "
                              "--overwrite true to start over")
+    if cfg.resume and (out / "config.yaml").exists():
+        old = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        new = to_dict(cfg)
+        changed = sorted(k for k in new if k not in cfg.RESUMABLE_CHANGES and old.get(k, new[k]) != new[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+            raise ConfigError(f"cannot resume {out} with a different config ({diffs}); "
+                              "use a new output_dir, or --overwrite true to start over")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if has_run and cfg.overwrite and not cfg.resume:

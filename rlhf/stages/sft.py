@@ -72,6 +72,9 @@ class SFTConfig(RunConfig):
     stop_after_step: int = option(0, help="Checkpoint and stop at this step as if interrupted (the schedule "
                                   "still spans max_steps); continue later with --resume true. 0: off.")
 
+    RESUMABLE_CHANGES = RunConfig.RESUMABLE_CHANGES + (
+        "per_device_batch_size", "eval_every", "save_every", "keep_checkpoints", "stop_after_step")
+
     def validate(self) -> None:
         super().validate()
         for name in ("max_length", "lora_r", "global_batch_size", "per_device_batch_size"):
@@ -123,14 +126,8 @@ def build_model(cfg: SFTConfig):
     return model
 
 
-def save_model(model, tokenizer, directory: Path) -> None:
-    """HF-loadable output: a full model, or an adapter whose config names the base as the user gave it."""
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-
-
 def load_model_weights(model, directory: Path) -> None:
-    """Load weights saved by `save_model` into the (unwrapped) training model, for resuming."""
+    """Load weights saved by `save_pretrained` into the (unwrapped) training model, for resuming."""
     from safetensors.torch import load_file
 
     if hasattr(model, "peft_config"):
@@ -180,7 +177,7 @@ def train(cfg: SFTConfig) -> dict:
 
     from transformers.utils import logging as hf_logging
 
-    from rlhf.models import count_parameters, load_tokenizer
+    from rlhf.models import count_parameters, load_tokenizer, save_pretrained
 
     hf_logging.disable_progress_bar()  # per-file load/save bars would drown the stage's own progress bar
 
@@ -220,7 +217,7 @@ def train(cfg: SFTConfig) -> dict:
                       f"{len(train_set)} train / {len(eval_set)} eval examples; {total_steps} steps; {sizes}")
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(accelerator, out, step, lambda d: save_model(unwrapped, tokenizer, d), optimizer,
+        save_checkpoint(accelerator, out, step, lambda d: save_pretrained(unwrapped, tokenizer, d), optimizer,
                         scheduler, {"epoch": step // max(steps_per_epoch, 1)}, cfg.keep_checkpoints)
 
     # 3. Train: each optimiser step sees one global batch, split over ranks, then into micro-batches.
@@ -276,7 +273,7 @@ def train(cfg: SFTConfig) -> dict:
         checkpoint(total_steps)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_model(unwrapped, tokenizer, out / "model")
+        save_pretrained(unwrapped, tokenizer, out / "model")
     accelerator.wait_for_everyone()
     elapsed = time.time() - started
     metrics = logger.finish({
