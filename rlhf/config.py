@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import math
 import types
 import typing
@@ -57,6 +58,11 @@ class RunConfig:
         """Check values beyond their types. Subclasses extend this; errors name the key."""
         if self.log_every < 1:
             raise ConfigError("log_every must be >= 1")
+        wanted = {"all": ["tensorboard", "wandb"]}.get(self.report_to, [self.report_to])
+        for tracker in wanted:
+            if tracker != "none" and importlib.util.find_spec(tracker) is None:
+                raise ConfigError(f"report_to '{self.report_to}' needs the {tracker} package: "
+                                  f"pip install {tracker}  (or pip install -e '.[tracking]')")
 
 
 # ---------------------------------------------------------------------------------------------- types

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from rlhf.losses import IGNORE_INDEX
+
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 

@@ -75,18 +75,29 @@ def embedded_gguf_path(alias: str = SMOLLM2_ALIAS) -> Path:
     return path
 
 
+# Bump when a cached conversion's format changes; older cache directories are then rebuilt.
+CACHE_FORMAT = 2
+CACHE_MARKER = "rlhf-cache.json"
+
+
+def _is_built(target: Path) -> bool:
+    marker = target / CACHE_MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("format") == CACHE_FORMAT
+
+
 def _build_atomically(target: Path, build) -> Path:
-    """Run `build(tmp_dir)` and rename the result into place, under a lock, unless `target` exists."""
+    """Run `build(tmp_dir)` and rename the result into place, under a lock, unless already built."""
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():
+        if _is_built(target):
             return target
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         build(tmp)
+        (tmp / CACHE_MARKER).write_text(json.dumps({"format": CACHE_FORMAT}) + "\n")
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return target
@@ -95,7 +106,7 @@ def _build_atomically(target: Path, build) -> Path:
 def ensure_embedded(alias: str = SMOLLM2_ALIAS) -> Path:
     """Convert the embedded GGUF into a safetensors model directory in the cache, once; return its path."""
     target = cache_root() / "models" / alias
-    if (target / "config.json").is_file():
+    if _is_built(target):
         return target
 
     def build(tmp: Path) -> None:
@@ -109,6 +120,9 @@ def ensure_embedded(alias: str = SMOLLM2_ALIAS) -> Path:
         # built from the same config save normally.
         config = gguf_model.config
         config.dtype = torch.float32
+        for attr in ("quantization_config", "_model_name_or_path"):  # the copy is a plain fp32 model
+            if hasattr(config, attr):
+                delattr(config, attr)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(gguf_model.state_dict())
         model.generation_config.eos_token_id = tokenizer.eos_token_id

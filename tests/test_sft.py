@@ -174,3 +174,29 @@ def test_two_processes_match_one_process(tmp_path):
     w2 = load_file(two / "model" / "model.safetensors")
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=0)
+
+
+def test_tensorboard_tracking_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the dev extras; install with .[dev]")
+    cfg = tiny_config(tmp_path, max_steps=3, save_every=0, report_to="tensorboard")
+    train(cfg)
+    events = list(Path(cfg.output_dir).rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    logged = [r["train/loss"] for r in read_log(Path(cfg.output_dir)) if "train/loss" in r]
+    assert losses == pytest.approx(logged, rel=1e-6)
+
+
+def test_missing_tracker_package_is_a_config_error(monkeypatch):
+    import importlib.util
+
+    from rlhf.config import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="report_to 'wandb' needs the wandb package"):
+        load_config(SFTConfig, None, {"report_to": "wandb"})

@@ -67,13 +67,14 @@ class SFTConfig(RunConfig):
     bf16: bool = option(False, help="bf16 autocast (mixed precision) on CPU or GPU; weights stay fp32.")
     gradient_checkpointing: bool = option(False, help="Recompute activations in backward to save memory.")
     eval_every: int = option(0, help="Evaluate every this many steps (0: only at the end).")
+    eval_at_start: bool = option(True, help="Also evaluate before the first step, as the baseline (step 0).")
     save_every: int = option(0, help="Checkpoint every this many steps (0: only at the end).")
     keep_checkpoints: int = option(2, help="Newest checkpoints to keep (0 keeps all).")
     stop_after_step: int = option(0, help="Checkpoint and stop at this step as if interrupted (the schedule "
                                   "still spans max_steps); continue later with --resume true. 0: off.")
 
     RESUMABLE_CHANGES = RunConfig.RESUMABLE_CHANGES + (
-        "per_device_batch_size", "eval_every", "save_every", "keep_checkpoints", "stop_after_step")
+        "per_device_batch_size", "eval_every", "eval_at_start", "save_every", "keep_checkpoints", "stop_after_step")
 
     def validate(self) -> None:
         super().validate()
@@ -220,6 +221,12 @@ def train(cfg: SFTConfig) -> dict:
         save_checkpoint(accelerator, out, step, lambda d: save_pretrained(unwrapped, tokenizer, d), optimizer,
                         scheduler, {"epoch": step // max(steps_per_epoch, 1)}, cfg.keep_checkpoints)
 
+    baseline = {}
+    if cfg.eval_at_start and eval_set and start_step == 0:
+        baseline = evaluate(model, eval_set, accelerator, sizes.per_device, pad_id)
+        logger.log(baseline, step=0)
+        accelerator.print(f"[sft] before training: eval/loss {baseline['eval/loss']:.4f}")
+
     # 3. Train: each optimiser step sees one global batch, split over ranks, then into micro-batches.
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, desc="sft", disable=not accelerator.is_local_main_process)
@@ -282,6 +289,7 @@ def train(cfg: SFTConfig) -> dict:
         "train/trainable_parameters": trainable, "train/seconds": elapsed,
         "train/target_tokens_per_second": tokens_seen / elapsed if elapsed > 0 else 0.0,
         "model_dir": str(out / "model"),
+        **({"eval/loss_at_start": baseline["eval/loss"]} if baseline else {}),
     })
     accelerator.print(f"[sft] done: train/loss {metrics.get('train/loss', float('nan')):.4f}"
                       + (f", eval/loss {final_eval['eval/loss']:.4f}, eval/perplexity "
