@@ -117,6 +117,7 @@ class TokenizedExample:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX where no loss is taken
     source: str
+    prompt_text: str = ""  # the last prompt message (or prompt string), for sample tables
 
     @property
     def num_targets(self) -> int:
@@ -189,6 +190,16 @@ def segments_of(record: Record, tokenizer) -> list[tuple[str, bool]]:
                     f"(found keys: {keys})")
 
 
+def _prompt_text(d: dict) -> str:
+    if "messages" in d:
+        last_assistant = max(i for i, m in enumerate(d["messages"]) if m["role"] == "assistant")
+        before = [m["content"] for m in d["messages"][:last_assistant] if m["role"] != "assistant"]
+        return before[-1] if before else ""
+    if "prompt" in d:
+        return d["prompt"][-1]["content"] if isinstance(d["prompt"], list) else d["prompt"]
+    return ""
+
+
 def tokenize_sft(record: Record, tokenizer, max_length: int, completion_only_loss: bool = True) -> TokenizedExample:
     """Token ids and labels for one record; prompt positions get IGNORE_INDEX when `completion_only_loss`.
 
@@ -203,7 +214,7 @@ def tokenize_sft(record: Record, tokenizer, max_length: int, completion_only_los
         labels += ids if (is_completion or not completion_only_loss) else [IGNORE_INDEX] * len(ids)
     if len(input_ids) > max_length:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
-    example = TokenizedExample(input_ids, labels, record.source)
+    example = TokenizedExample(input_ids, labels, record.source, _prompt_text(record.data))
     if example.num_targets == 0:
         raise DataError(f"{record.source}: no completion token fits in max_length={max_length} "
                         f"(the prompt alone is {len(input_ids)}+ tokens); raise max_length or shorten the prompt")

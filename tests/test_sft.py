@@ -50,6 +50,13 @@ def test_sft_lowers_training_loss_and_writes_the_output_contract(tmp_path):
     assert saved["eval/perplexity"] == pytest.approx(torch.tensor(saved["eval/loss"]).exp().item(), rel=1e-6)
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "tokenizer.json").is_file()
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-000010", "step-000020"]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == cfg.sample_count == 4
+    questions = {json.loads(line)["prompt"][-1]["content"]
+                 for line in (ROOT / "reward_data/sft_test.jsonl").read_text().splitlines()}
+    assert all(s["prompt"] in questions and s["reference"] for s in samples)
+    # eval at step 0 is the baseline, logged before any training step
+    assert read_log(run)[0]["step"] == 0 and saved["eval/loss_at_start"] > saved["eval/loss"]
     # the artefact loads with plain transformers
     from transformers import AutoModelForCausalLM
 
@@ -200,3 +207,16 @@ def test_missing_tracker_package_is_a_config_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match="report_to 'wandb' needs the wandb package"):
         load_config(SFTConfig, None, {"report_to": "wandb"})
+
+
+def test_full_fine_tuning_can_start_from_a_lora_adapter(tmp_path):
+    """An adapter directory as model_name_or_path with use_peft false trains the merged model."""
+    lora = load_config(SFTConfig, ROOT / "configs/tiny/sft_lora.yaml",
+                       {"output_dir": str(tmp_path / "lora"), "max_steps": "3"})
+    train(lora)
+    full = tiny_config(tmp_path / "full", model_name_or_path=str(Path(lora.output_dir) / "model"),
+                       max_steps=2, save_every=0, use_peft=False)
+    metrics = train(full)
+    assert metrics["train/trainable_parameters"] == 90_560  # every weight of the tiny model trains
+    assert (Path(full.output_dir) / "model" / "model.safetensors").is_file()
+    assert not (Path(full.output_dir) / "model" / "adapter_config.json").exists()

@@ -15,6 +15,7 @@ batch sizes are named apart and checked at start.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -70,11 +71,15 @@ class SFTConfig(RunConfig):
     eval_at_start: bool = option(True, help="Also evaluate before the first step, as the baseline (step 0).")
     save_every: int = option(0, help="Checkpoint every this many steps (0: only at the end).")
     keep_checkpoints: int = option(2, help="Newest checkpoints to keep (0 keeps all).")
+    sample_count: int = option(4, help="At the end, greedy-decode this many held-out prompts and print them "
+                               "(also written to samples.jsonl). 0: off.")
+    sample_max_new_tokens: int = option(48, help="New tokens per printed sample.")
     stop_after_step: int = option(0, help="Checkpoint and stop at this step as if interrupted (the schedule "
                                   "still spans max_steps); continue later with --resume true. 0: off.")
 
     RESUMABLE_CHANGES = RunConfig.RESUMABLE_CHANGES + (
-        "per_device_batch_size", "eval_every", "eval_at_start", "save_every", "keep_checkpoints", "stop_after_step")
+        "per_device_batch_size", "eval_every", "eval_at_start", "save_every", "keep_checkpoints",
+        "stop_after_step", "sample_count", "sample_max_new_tokens")
 
     def validate(self) -> None:
         super().validate()
@@ -116,6 +121,9 @@ def build_model(cfg: SFTConfig):
     from rlhf.models import apply_lora, load_model
 
     model = load_model(cfg.model_name_or_path, trainable_adapter=cfg.use_peft)
+    if hasattr(model, "peft_config") and not cfg.use_peft:
+        model = model.merge_and_unload()  # full fine-tuning from an adapter starts from the merged weights
+        model.requires_grad_(True)  # peft froze the base weights
     if cfg.use_peft and not hasattr(model, "peft_config"):
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules, base_name=cfg.model_name_or_path)
@@ -151,6 +159,65 @@ def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     return token_nll_sum(logits, batch["labels"])
 
 
+def optimizer_step(model, optimizer, scheduler, params, global_batch: list[TokenizedExample], sizes,
+                   accelerator, pad_id: int, max_grad_norm: float) -> dict[str, float]:
+    """One optimiser step on a global batch: this rank's share, in micro-batches, then clip, step, schedule.
+
+    The loss is the summed token NLL divided by the target-token count of the whole global batch, so that
+    gradient accumulation and any number of processes give the gradient of one big batch.
+    """
+    n_targets = sum(e.num_targets for e in global_batch)
+    mine = rank_slice(global_batch, accelerator.process_index, accelerator.num_processes)
+    nll_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for m in range(sizes.grad_accum):
+        micro = mine[m * sizes.per_device:(m + 1) * sizes.per_device]
+        batch = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
+        sync = accelerator.no_sync(model) if m < sizes.grad_accum - 1 else contextlib.nullcontext()
+        with sync, accelerator.autocast():
+            nll, _ = sequence_nll(model, batch)
+            # DDP averages gradients over ranks; scaling by num_processes turns that into the global sum.
+            loss = nll * accelerator.num_processes / n_targets
+        accelerator.backward(loss)
+        nll_total += nll.detach().double()
+    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"train/loss": accelerator.reduce(nll_total, reduction="sum").item() / n_targets,
+            "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+            "train/target_tokens": n_targets}
+
+
+@torch.no_grad()
+def sample_table(model, tokenizer, examples: list[TokenizedExample], max_new_tokens: int) -> list[dict]:
+    """Greedy completions of the examples' prompts (the tokens before the first target), with references."""
+    rows = []
+    model.eval()
+    for e in examples:
+        start = next(i for i, t in enumerate(e.labels) if t != IGNORE_INDEX)
+        prompt = torch.tensor([e.input_ids[:start]], device=model.device)
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, use_cache=True)
+        rows.append({"source": e.source,
+                     "prompt": e.prompt_text,
+                     "response": tokenizer.decode(out[0, start:], skip_special_tokens=True).strip(),
+                     "reference": tokenizer.decode([t for t in e.labels if t != IGNORE_INDEX],
+                                                   skip_special_tokens=True).strip()})
+    model.train()
+    return rows
+
+
+def print_samples(rows: list[dict], width: int = 48) -> None:
+    def cut(text: str) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    print(f"{'prompt':<{width}} | {'response':<{width}} | reference")
+    print(f"{'-' * width}-+-{'-' * width}-+-{'-' * 20}")
+    for r in rows:
+        print(f"{cut(r['prompt']):<{width}} | {cut(r['response']):<{width}} | {cut(r['reference'])}")
+
+
 @torch.no_grad()
 def evaluate(model, examples, accelerator, batch_size: int, pad_id: int) -> dict[str, float]:
     """Held-out loss and perplexity, each rank taking every num_processes-th example (no duplicates)."""
@@ -175,7 +242,6 @@ def train(cfg: SFTConfig) -> dict:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
-
     from transformers.utils import logging as hf_logging
 
     from rlhf.models import count_parameters, load_tokenizer, save_pretrained
@@ -229,35 +295,17 @@ def train(cfg: SFTConfig) -> dict:
 
     # 3. Train: each optimiser step sees one global batch, split over ranks, then into micro-batches.
     model.train()
-    bar = tqdm(total=total_steps, initial=start_step, desc="sft", disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=total_steps, initial=start_step, desc="sft", disable=not accelerator.is_main_process)
     started, tokens_seen, last = time.time(), 0, {}
     for step in range(start_step, total_steps):
         indices, epoch = global_batch_indices(step, len(train_set), sizes.global_batch, cfg.seed)
-        n_targets = sum(train_set[i].num_targets for i in indices)  # over the whole global batch
-        mine = rank_slice(indices, accelerator.process_index, accelerator.num_processes)
-        nll_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        for m in range(sizes.grad_accum):
-            micro = [train_set[i] for i in mine[m * sizes.per_device:(m + 1) * sizes.per_device]]
-            batch = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
-            sync = accelerator.no_sync(model) if m < sizes.grad_accum - 1 else contextlib.nullcontext()
-            with sync, accelerator.autocast():
-                nll, _ = sequence_nll(model, batch)
-                # DDP averages gradients over ranks; scaling by num_processes turns that into the global sum.
-                loss = nll * accelerator.num_processes / n_targets
-            accelerator.backward(loss)
-            nll_total += nll.detach().double()
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
+        stats = optimizer_step(model, optimizer, scheduler, params, [train_set[i] for i in indices], sizes,
+                               accelerator, pad_id, cfg.max_grad_norm)
         done = step + 1
-        tokens_seen += n_targets
-        train_loss = accelerator.reduce(nll_total, reduction="sum").item() / n_targets
+        tokens_seen += stats["train/target_tokens"]
         bar.update(1)
-        bar.set_postfix(loss=f"{train_loss:.4f}")
-        last = {"train/loss": train_loss, "train/lr": scheduler.get_last_lr()[0],
-                "train/grad_norm": float(grad_norm), "train/epoch": epoch, "train/target_tokens": n_targets}
+        bar.set_postfix(loss=f"{stats['train/loss']:.4f}")
+        last = {**stats, "train/epoch": epoch}
         if done % cfg.log_every == 0 or done == total_steps:
             logger.log(last, step=done)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps and eval_set:
@@ -281,6 +329,11 @@ def train(cfg: SFTConfig) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_pretrained(unwrapped, tokenizer, out / "model")
+        if cfg.sample_count and eval_set:
+            spread = eval_set[:: max(1, len(eval_set) // cfg.sample_count)][: cfg.sample_count]
+            rows = sample_table(unwrapped, tokenizer, spread, cfg.sample_max_new_tokens)
+            (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            print_samples(rows)
     accelerator.wait_for_everyone()
     elapsed = time.time() - started
     metrics = logger.finish({
