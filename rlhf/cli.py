@@ -12,6 +12,8 @@ import sys
 # subcommand -> (module with main(argv), one-line description). Later stages register here as they land.
 STAGES = {
     "sft": ("rlhf.stages.sft", "Stage 1: supervised fine-tuning on demonstrations."),
+    "collect": ("rlhf.stages.collect", "Stage 2a: sample k completions per prompt (candidates.jsonl)."),
+    "label": ("rlhf.stages.label", "Stage 2b: label candidates into preference pairs (pairs.jsonl)."),
 }
 
 

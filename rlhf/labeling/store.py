@@ -1,0 +1,205 @@
+"""Comparisons to label, and the append-only store that every labeler writes.
+
+Candidates come from `rlhf collect` (`candidates.jsonl`: one record per prompt with k completions). A person
+compares two completions at a time (`Comparison`); a simulated annotator ranks all k at once. Both write
+events to one JSONL file, each line flushed and fsynced the moment the decision is made, so a killed session
+loses nothing and the next one resumes at the first undecided comparison:
+
+    {"seq": 0, "event": "label", "item": "arith-add-0000:0-1", "prompt_id": ..., "a": 0, "b": 1,
+     "choice": "first" | "second" | "tie" | "skip", "labeler": "terminal", "time": ...}
+    {"seq": 1, "event": "undo", "undoes": 0, "labeler": "terminal", "time": ...}
+    {"seq": 2, "event": "rank", "item": "arith-add-0000", "prompt_id": ..., "order": [2, 0, 1],
+     "gold": [0.95, 1.0, -0.1], "labeler": "simulated", "time": ...}
+
+Nothing is ever rewritten: an undo is itself an event that cancels the latest decision not yet undone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhf.data import DataError, read_records
+
+CHOICES = ("first", "second", "tie", "skip")
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One prompt and its k sampled completions (a line of candidates.jsonl)."""
+
+    prompt_id: str
+    prompt: list[dict]  # chat messages before the response
+    texts: list[str]
+    record: dict  # the whole line, for task fields (reference, ...) and provenance
+    source: str  # file:line
+
+    @property
+    def prompt_text(self) -> str:
+        return "\n".join(m["content"] for m in self.prompt)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Completion `a` against completion `b` of one prompt, shown as first and second."""
+
+    item: str  # "<prompt_id>:<a>-<b>"
+    prompt_id: str
+    prompt: list[dict]
+    a: int
+    b: int
+    first: str
+    second: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"item": self.item, "prompt_id": self.prompt_id, "prompt": self.prompt, "a": self.a, "b": self.b,
+                "first": self.first, "second": self.second}
+
+
+def read_candidates(path: str | Path) -> list[Candidates]:
+    """Read candidates.jsonl, checking each line's keys; errors name the file and line."""
+    out, seen = [], set()
+    for rec in read_records(str(path)):
+        d = rec.data
+        for key in ("prompt_id", "prompt", "candidates"):
+            if key not in d:
+                raise DataError(f"{rec.source}: missing key '{key}'")
+        prompt = d["prompt"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        texts = [c["text"] if isinstance(c, dict) else c for c in d["candidates"]]
+        if len(texts) < 2 or not all(isinstance(t, str) for t in texts):
+            raise DataError(f"{rec.source}: 'candidates' must hold at least 2 completions (texts)")
+        if d["prompt_id"] in seen:
+            raise DataError(f"{rec.source}: duplicate prompt_id '{d['prompt_id']}'")
+        seen.add(d["prompt_id"])
+        out.append(Candidates(str(d["prompt_id"]), prompt, texts, d, rec.source))
+    return out
+
+
+def comparisons(cands: list[Candidates], rule: str = "all") -> list[Comparison]:
+    """The pairwise comparisons shown to a person: every pair of candidates ("all") or (0,1), (2,3), ...
+    ("disjoint"), in file order."""
+    items = []
+    for c in cands:
+        k = len(c.texts)
+        pairs = itertools.combinations(range(k), 2) if rule == "all" else ((i, i + 1) for i in range(0, k - 1, 2))
+        for a, b in pairs:
+            items.append(Comparison(f"{c.prompt_id}:{a}-{b}", c.prompt_id, c.prompt, a, b, c.texts[a], c.texts[b]))
+    return items
+
+
+class DecisionStore:
+    """The append-only event log of one labelling effort (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.events: list[dict] = []
+        if self.path.exists():
+            self.events = self._read()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _read(self) -> list[dict]:
+        events = []
+        lines = self.path.read_bytes().split(b"\n")
+        for lineno, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                events.append(json.loads(raw.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                if lineno == len(lines):  # a line torn by a kill mid-write (never acknowledged): ignore it
+                    continue
+                raise DataError(f"{self.path}:{lineno}: corrupt decision line; the store is append-only, "
+                                "so this was edited by hand") from None
+        return events
+
+    def _append(self, event: dict) -> dict:
+        event = {"seq": len(self.events), **event, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with open(self.path, "ab") as f:
+            if f.tell() > 0:
+                data = self.path.read_bytes()
+                if not data.endswith(b"\n"):  # a torn, never-acknowledged last line: cut it off
+                    f.truncate(data.rfind(b"\n") + 1)
+            f.write((json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        self.events.append(event)
+        return event
+
+    def label(self, item: Comparison, choice: str, labeler: str, **extra) -> dict:
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
+        return self._append({"event": "label", "item": item.item, "prompt_id": item.prompt_id, "a": item.a,
+                             "b": item.b, "choice": choice, "labeler": labeler, **extra})
+
+    def rank(self, cands: Candidates, order: list[int], labeler: str, **extra) -> dict:
+        if sorted(order) != list(range(len(cands.texts))):
+            raise ValueError(f"order {order} is not a permutation of the {len(cands.texts)} candidates")
+        return self._append({"event": "rank", "item": cands.prompt_id, "prompt_id": cands.prompt_id,
+                             "order": list(order), "labeler": labeler, **extra})
+
+    def undo(self, labeler: str, among: set[str] | None = None) -> dict | None:
+        """Cancel the latest live decision (on an item in `among`, if given); return it, or None if none."""
+        live = {k: e for k, e in self.effective().items() if among is None or k in among}
+        if not live:
+            return None
+        last = max(live.values(), key=lambda e: e["seq"])
+        self._append({"event": "undo", "undoes": last["seq"], "labeler": labeler})
+        return last
+
+    def effective(self) -> dict[str, dict]:
+        """item -> its latest decision that has not been undone."""
+        undone = {e["undoes"] for e in self.events if e["event"] == "undo"}
+        live: dict[str, dict] = {}
+        for e in self.events:
+            if e["event"] in ("label", "rank") and e["seq"] not in undone:
+                live[e["item"]] = e
+        return live
+
+    def pending(self, items: list) -> list:
+        """Items (Comparison or Candidates) with no live decision, in order."""
+        done = self.effective()
+        return [it for it in items if (it.item if isinstance(it, Comparison) else it.prompt_id) not in done]
+
+
+class LabelSession:
+    """What a person's labelling UI drives (terminal or browser): the current comparison, decide, undo.
+
+    Every decision goes straight to the store; the session itself holds no state that a kill could lose.
+    """
+
+    def __init__(self, items: list[Comparison], store: DecisionStore, labeler: str):
+        self.items = items
+        self.store = store
+        self.labeler = labeler
+        self._index = {c.item: c for c in items}
+
+    def current(self) -> Comparison | None:
+        pending = self.store.pending(self.items)
+        return pending[0] if pending else None
+
+    def decide(self, item_id: str, choice: str) -> dict:
+        """Record `choice` for `item_id` (which must be the current item: a stale page cannot mislabel)."""
+        cur = self.current()
+        if cur is None or cur.item != item_id:
+            raise ValueError(f"item {item_id!r} is not the current item ({cur.item if cur else 'none left'})")
+        return self.store.label(cur, choice, self.labeler)
+
+    def undo(self) -> dict | None:
+        """Cancel the latest of this session's items' decisions; the undone item becomes current again."""
+        return self.store.undo(self.labeler, among=set(self._index))
+
+    def progress(self) -> dict[str, int]:
+        live = self.store.effective()
+        done = sum(1 for c in self.items if c.item in live)
+        counts = {ch: 0 for ch in CHOICES}
+        for c in self.items:
+            if c.item in live and live[c.item]["event"] == "label":
+                counts[live[c.item]["choice"]] += 1
+        return {"done": done, "total": len(self.items), **counts}

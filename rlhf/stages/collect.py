@@ -1,0 +1,292 @@
+"""Stage 2a: sample k completions per prompt from a policy, for labelling into preference pairs.
+
+    python scripts/collect.py --config configs/collect.yaml
+    accelerate launch --multi_gpu --num_processes 2 scripts/collect.py --config configs/tiny/collect.yaml
+    rlhf collect --config configs/tiny/collect.yaml --k 4 --temperature 0.7
+
+Writes `<output_dir>/candidates.jsonl`, one line per prompt:
+
+    {"prompt_id": "arith-add-0000", "prompt": [{"role": "user", "content": "What is 50 + 98?"}],
+     "candidates": [{"text": "50 + 98 = 148.", "num_tokens": 9, "ended_with_eos": true}, ...],
+     "task": {...fields of the prompt record, e.g. reference and aliases...},
+     "provenance": {"model": ..., "model_hash": ..., "temperature": ..., "top_p": ..., "max_new_tokens": ...,
+                    "seed": ..., "batch_seed": ..., "time": ...}}
+
+Sampling is reproducible: each batch of prompts is sampled under its own seed (seed, batch index), so the
+same seed gives the same candidates whatever the number of processes, and a different seed different ones.
+A run that is interrupted resumes with `--resume true`: prompts already in candidates.jsonl are not sampled
+again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.config import ConfigError, RunConfig, option
+from rlhf.data import DataError, read_records
+from rlhf.distributed import make_accelerator
+from rlhf.runs import RunLogger, prepare_output_dir
+
+
+@dataclass
+class CollectConfig(RunConfig):
+    """Sample k completions per prompt (stage 2a)."""
+
+    output_dir: str = option("runs/collect", help="Where candidates.jsonl, config.yaml, log.jsonl and "
+                             "metrics.json go.")
+    model_name_or_path: str = option("smollm2-135m-instruct", help="Policy to sample from: hub id, local "
+                                     "model or adapter directory, or an alias (smollm2-135m-instruct, tiny-llama).")
+    prompts: str = option("reward_data/prompts_train.jsonl", help="Prompts: .jsonl/.json/.parquet or a hub "
+                          "dataset; each record has 'prompt' (string or chat messages) and optionally 'id'.")
+    prompts_split: str = option("train", help="Split to read when `prompts` is a hub dataset.")
+    max_prompts: int = option(0, help="Use only the first this many prompts (0: all).")
+    k: int = option(2, help="Completions per prompt (>= 2).")
+    temperature: float = option(1.0, help="Sampling temperature (> 0).")
+    top_p: float = option(1.0, help="Nucleus sampling: keep the smallest set of tokens with this much mass.")
+    max_new_tokens: int = option(48, help="New tokens per completion; a completion that reaches it without "
+                                 "EOS is marked ended_with_eos: false.")
+    max_prompt_tokens: int = option(512, help="A prompt longer than this (after the chat template) is an "
+                                    "error naming its file and line.")
+    batch_size: int = option(8, help="Prompts per generate call (each expanded to k sequences), per process.")
+    bf16: bool = option(False, help="Sample with bf16 weights (faster on CPUs with native bf16 and on GPUs).")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.k < 2:
+            raise ConfigError(f"k must be >= 2 (pairs need two completions), got {self.k}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompts < 0:
+            raise ConfigError(f"max_prompts must be >= 0, got {self.max_prompts}")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def model_fingerprint(name: str) -> str:
+    """A content hash of a local model (config + weight files), or the hub id and revision where remote."""
+    from rlhf.models import adapter_base, is_adapter_dir, resolve_model_path
+
+    path = Path(resolve_model_path(name))
+    if not path.exists():
+        return f"hub:{name}"
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors") and p.is_file()
+                   and p.name not in ("rlhf-cache.json",))
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    if is_adapter_dir(path):
+        h.update(model_fingerprint(adapter_base(path)).encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def load_prompts(cfg: CollectConfig, tokenizer) -> list[dict]:
+    """Prompt records as {"prompt_id", "prompt" (messages), "task"}; bad records name their file and line."""
+    out, seen = [], set()
+    records = read_records(cfg.prompts, cfg.prompts_split)
+    if cfg.max_prompts:
+        records = records[: cfg.max_prompts]
+    for i, rec in enumerate(records):
+        d = rec.data
+        if "prompt" not in d:
+            raise DataError(f"{rec.source}: missing key 'prompt'")
+        prompt = d["prompt"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if (not isinstance(prompt, list) or not prompt
+                or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in prompt)):
+            raise DataError(f"{rec.source}: 'prompt' must be a string or a list of {{role, content}} messages")
+        if not "".join(m["content"] for m in prompt).strip():
+            raise DataError(f"{rec.source}: empty prompt")
+        pid = str(d.get("id", d.get("prompt_id", i)))
+        if pid in seen:
+            raise DataError(f"{rec.source}: duplicate prompt id '{pid}'")
+        seen.add(pid)
+        n = len(render_prompt_ids(tokenizer, prompt))
+        if n > cfg.max_prompt_tokens:
+            raise DataError(f"{rec.source}: prompt is {n} tokens, longer than max_prompt_tokens="
+                            f"{cfg.max_prompt_tokens}")
+        task = {k: v for k, v in d.items() if k not in ("prompt",)}
+        out.append({"prompt_id": pid, "prompt": prompt, "task": task})
+    return out
+
+
+def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def completion_lengths(generated: torch.Tensor, eos_id: int) -> tuple[list[int], list[bool]]:
+    """Token counts and EOS flags of generated continuations.
+
+    generated: [N, T_new], the tokens after the prompt; positions after an EOS are padding (pad may equal
+    EOS, so only the first EOS counts). A row's count includes its EOS; a row without one ran out of tokens.
+    """
+    is_eos = generated == eos_id  # [N, T_new]
+    ended = is_eos.any(dim=1)  # [N]
+    first = torch.where(ended, is_eos.float().argmax(dim=1) + 1, torch.full_like(ended, generated.shape[1],
+                                                                                  dtype=torch.long))
+    return first.tolist(), ended.tolist()
+
+
+@torch.no_grad()
+def sample_batch(model, tokenizer, prompts: list[dict], cfg: CollectConfig, batch_seed: int) -> list[list[dict]]:
+    """k completions for each prompt of one batch, sampled with KV cache under `batch_seed`."""
+    ids = [render_prompt_ids(tokenizer, p["prompt"]) for p in prompts]
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])  # left padding: [B, T_prompt]
+    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    torch.manual_seed(batch_seed)
+    out = model.generate(
+        input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), do_sample=True,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
+        num_return_sequences=cfg.k, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+    )  # [B * k, T_prompt + T_new]
+    new = out[:, width:].cpu()
+    lengths, ended = completion_lengths(new, tokenizer.eos_token_id)
+    rows = []
+    for b in range(len(prompts)):
+        cands = []
+        for j in range(cfg.k):
+            r = b * cfg.k + j
+            toks = new[r, : lengths[r]].tolist()
+            cands.append({"text": tokenizer.decode(toks, skip_special_tokens=True).strip(),
+                          "num_tokens": lengths[r], "ended_with_eos": bool(ended[r])})
+        rows.append(cands)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def run(cfg: CollectConfig) -> dict:
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    from rlhf.models import load_model, load_tokenizer
+
+    hf_logging.disable_progress_bar()
+    accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
+    out = prepare_output_dir(cfg, accelerator)
+    path = out / "candidates.jsonl"
+    if accelerator.is_main_process and not cfg.resume:
+        path.write_text("")
+    logger = RunLogger(accelerator, cfg, "rlhf-collect", resume_step=0 if cfg.resume else None)
+
+    # 1. Prompts and model (the main process first: it may convert the embedded model into the cache).
+    with accelerator.main_process_first():
+        tokenizer = load_tokenizer(cfg.model_name_or_path)
+        prompts = load_prompts(cfg, tokenizer)
+        model = load_model(cfg.model_name_or_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    model.to(accelerator.device).eval()
+    provenance = {"model": cfg.model_name_or_path, "model_hash": model_fingerprint(cfg.model_name_or_path),
+                  "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+                  "k": cfg.k, "seed": cfg.seed}
+
+    # 2. Batches are numbered over the whole prompt list and dealt round-robin to the processes; a batch's
+    #    seed depends only on (seed, batch number), so the candidates do not depend on the process count.
+    done = set()
+    if path.exists():
+        accelerator.wait_for_everyone()
+        done = {row["prompt_id"] for row in read_written(path, repair=accelerator.is_main_process)}
+        accelerator.wait_for_everyone()
+    batches = [prompts[i:i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
+    mine = [(n, b) for n, b in enumerate(batches) if n % accelerator.num_processes == accelerator.process_index]
+    todo = [(n, b) for n, b in mine if any(p["prompt_id"] not in done for p in b)]
+    bar = tqdm(total=len(prompts), initial=len(done), desc="collect", disable=not accelerator.is_main_process)
+    started, stats = time.time(), {"completions": 0, "tokens": 0, "ended_with_eos": 0}
+    for n, batch in todo:
+        batch_seed = cfg.seed * 1_000_003 + n
+        rows = sample_batch(model, tokenizer, batch, cfg, batch_seed)
+        lines = []
+        for p, cands in zip(batch, rows):
+            if p["prompt_id"] in done:  # already written before an interruption
+                continue
+            stamp = {**provenance, "batch_seed": batch_seed, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            lines.append({"prompt_id": p["prompt_id"], "prompt": p["prompt"], "candidates": cands,
+                          "task": p["task"], "provenance": stamp})
+            stats["completions"] += len(cands)
+            stats["tokens"] += sum(c["num_tokens"] for c in cands)
+            stats["ended_with_eos"] += sum(c["ended_with_eos"] for c in cands)
+        # 3. Each process appends whole batches to its own shard; the main process merges them in order.
+        shard = path if accelerator.num_processes == 1 else out / f"candidates.rank{accelerator.process_index}.jsonl"
+        with open(shard, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+        bar.update(len(batch) * accelerator.num_processes)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and accelerator.num_processes > 1:
+        merge_shards(out, path, [p["prompt_id"] for p in prompts], accelerator.num_processes)
+    accelerator.wait_for_everyone()
+
+    totals = torch.tensor([stats["completions"], stats["tokens"], stats["ended_with_eos"]], dtype=torch.float64,
+                          device=accelerator.device)
+    totals = accelerator.reduce(totals, reduction="sum").tolist()
+    elapsed = time.time() - started
+    metrics = {"collect/prompts": len(prompts), "collect/k": cfg.k, "collect/completions_sampled": totals[0],
+               "collect/mean_tokens": totals[1] / max(totals[0], 1),
+               "collect/eos_fraction": totals[2] / max(totals[0], 1), "collect/seconds": elapsed,
+               "collect/tokens_per_second": totals[1] / elapsed if elapsed > 0 else 0.0,
+               "candidates": str(path)}
+    logger.log(metrics, step=1)
+    metrics = logger.finish(metrics)
+    accelerator.print(f"[collect] {len(prompts)} prompts x {cfg.k} completions in {path} "
+                      f"(mean {metrics['collect/mean_tokens']:.1f} tokens, "
+                      f"{100 * metrics['collect/eos_fraction']:.0f}% ended with EOS, {elapsed:.0f} s)")
+    return metrics
+
+
+def read_written(path: Path, repair: bool) -> list[dict]:
+    """Rows already in candidates.jsonl. A last line torn by an interruption is dropped (and, with `repair`,
+    cut from the file) so that its prompts are sampled again; any other bad line is an error."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise DataError(f"{path}:{i + 1}: corrupt line in candidates; remove it or start again") from None
+            if repair:
+                path.write_text("".join(ln + "\n" for ln in lines[:i] if ln.strip()), encoding="utf-8")
+    return rows
+
+
+def merge_shards(out: Path, path: Path, order: list[str], num_processes: int) -> None:
+    """Fold the per-rank shards into candidates.jsonl in prompt order, then remove them."""
+    rows = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.strip():
+            rows[json.loads(line)["prompt_id"]] = line
+    for r in range(num_processes):
+        shard = out / f"candidates.rank{r}.jsonl"
+        if shard.exists():
+            for line in shard.read_text().splitlines():
+                if line.strip():
+                    rows[json.loads(line)["prompt_id"]] = line
+    path.write_text("".join(rows[pid] + "\n" for pid in order if pid in rows))
+    for r in range(num_processes):
+        (out / f"candidates.rank{r}.jsonl").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from rlhf.config import parse_args
+
+    return run(parse_args(CollectConfig, argv, prog="rlhf collect"))
