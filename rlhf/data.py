@@ -72,7 +72,7 @@ def _read_jsonl(path: Path) -> list[Record]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(obj, dict):

@@ -4,4 +4,4 @@
 #     bash scripts/test.sh -m "not slow"   # skip the embedded-model and multi-process tests
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-exec "$PY" -m pytest -q "$@"
+exec "$PY" -m pytest -q -rs "$@"
