@@ -90,6 +90,18 @@ def test_bad_prompts_name_their_file_and_line(tmp_path):
         collect(tmp_path, "z", prompts=bad, max_prompt_tokens=64)
 
 
+def test_skip_invalid_leaves_out_bad_prompts_and_says_so(tmp_path, capsys):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"id": "a", "prompt": "What is 2 + 2?"}\n{"id": "b"}\n{"id": "c", "prompt": ""}\n'
+                   '{"id": "a", "prompt": "dup"}\n{"id": "d", "prompt": "What is 3 + 3?"}\n')
+    rows = collect(tmp_path, "x", prompts=bad, skip_invalid=True)
+    assert [r["prompt_id"] for r in rows] == ["a", "d"]
+    out = capsys.readouterr().out
+    assert "skipped 3 of 5 prompt records" in out
+    for line, problem in ((2, "missing key 'prompt'"), (3, "empty prompt"), (4, "duplicate prompt id 'a'")):
+        assert f"prompts.jsonl:{line}: {problem}" in out
+
+
 @pytest.mark.slow
 def test_two_processes_sample_the_same_candidates(tmp_path):
     import os

@@ -82,14 +82,17 @@ def read_candidates(path: str | Path) -> list[Candidates]:
     return out
 
 
-def comparisons(cands: list[Candidates], rule: str = "all") -> list[Comparison]:
+def comparisons(cands: list[Candidates], rule: str = "all", skip_identical: bool = False) -> list[Comparison]:
     """The pairwise comparisons shown to a person: every pair of candidates ("all") or (0,1), (2,3), ...
-    ("disjoint"), in file order."""
+    ("disjoint"), in file order. `skip_identical` leaves out pairs of two identical texts (callers count
+    them: `len(comparisons(c, rule)) - len(comparisons(c, rule, True))`)."""
     items = []
     for c in cands:
         k = len(c.texts)
         pairs = itertools.combinations(range(k), 2) if rule == "all" else ((i, i + 1) for i in range(0, k - 1, 2))
         for a, b in pairs:
+            if skip_identical and c.texts[a].strip() == c.texts[b].strip():
+                continue
             items.append(Comparison(f"{c.prompt_id}:{a}-{b}", c.prompt_id, c.prompt, a, b, c.texts[a], c.texts[b]))
     return items
 

@@ -53,6 +53,8 @@ class CollectConfig(RunConfig):
                                  "EOS is marked ended_with_eos: false.")
     max_prompt_tokens: int = option(512, help="A prompt longer than this (after the chat template) is an "
                                     "error naming its file and line.")
+    skip_invalid: bool = option(False, help="Leave out bad prompt records (counted and listed in a printed "
+                                "summary) instead of stopping at the first one.")
     batch_size: int = option(8, help="Prompts per generate call (each expanded to k sequences), per process.")
     bf16: bool = option(False, help="Sample with bf16 weights (faster on CPUs with native bf16 and on GPUs).")
 
@@ -94,34 +96,53 @@ def model_fingerprint(name: str) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+def check_prompt(rec, index: int, tokenizer, max_tokens: int) -> dict:
+    """One prompt record as {"prompt_id", "prompt" (messages), "task"}; DataError naming file:line if bad."""
+    d = rec.data
+    if "prompt" not in d:
+        raise DataError(f"{rec.source}: missing key 'prompt'")
+    prompt = d["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if (not isinstance(prompt, list) or not prompt
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in prompt)):
+        raise DataError(f"{rec.source}: 'prompt' must be a string or a list of {{role, content}} messages")
+    if not "".join(m["content"] for m in prompt).strip():
+        raise DataError(f"{rec.source}: empty prompt")
+    n = len(render_prompt_ids(tokenizer, prompt))
+    if n > max_tokens:
+        raise DataError(f"{rec.source}: prompt is {n} tokens, longer than max_prompt_tokens={max_tokens}")
+    pid = str(d.get("id", d.get("prompt_id", index)))
+    return {"prompt_id": pid, "prompt": prompt, "task": {k: v for k, v in d.items() if k != "prompt"}}
+
+
 def load_prompts(cfg: CollectConfig, tokenizer) -> list[dict]:
-    """Prompt records as {"prompt_id", "prompt" (messages), "task"}; bad records name their file and line."""
-    out, seen = [], set()
+    """The prompts to sample for. A bad record stops the run with its file and line, or, with
+    `skip_invalid`, is left out and counted in a printed summary (never dropped silently)."""
+    out, seen, skipped = [], set(), []
     records = read_records(cfg.prompts, cfg.prompts_split)
     if cfg.max_prompts:
         records = records[: cfg.max_prompts]
     for i, rec in enumerate(records):
-        d = rec.data
-        if "prompt" not in d:
-            raise DataError(f"{rec.source}: missing key 'prompt'")
-        prompt = d["prompt"]
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if (not isinstance(prompt, list) or not prompt
-                or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in prompt)):
-            raise DataError(f"{rec.source}: 'prompt' must be a string or a list of {{role, content}} messages")
-        if not "".join(m["content"] for m in prompt).strip():
-            raise DataError(f"{rec.source}: empty prompt")
-        pid = str(d.get("id", d.get("prompt_id", i)))
-        if pid in seen:
-            raise DataError(f"{rec.source}: duplicate prompt id '{pid}'")
-        seen.add(pid)
-        n = len(render_prompt_ids(tokenizer, prompt))
-        if n > cfg.max_prompt_tokens:
-            raise DataError(f"{rec.source}: prompt is {n} tokens, longer than max_prompt_tokens="
-                            f"{cfg.max_prompt_tokens}")
-        task = {k: v for k, v in d.items() if k not in ("prompt",)}
-        out.append({"prompt_id": pid, "prompt": prompt, "task": task})
+        try:
+            row = check_prompt(rec, i, tokenizer, cfg.max_prompt_tokens)
+            if row["prompt_id"] in seen:
+                raise DataError(f"{rec.source}: duplicate prompt id '{row['prompt_id']}'")
+        except DataError as e:
+            if not cfg.skip_invalid:
+                raise
+            skipped.append(str(e))
+            continue
+        seen.add(row["prompt_id"])
+        out.append(row)
+    if skipped:
+        print(f"[collect] skipped {len(skipped)} of {len(records)} prompt records (skip_invalid):")
+        for line in skipped[:20]:
+            print(f"  {line}")
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more")
+    if not out:
+        raise DataError(f"{cfg.prompts}: no usable prompts")
     return out
 
 

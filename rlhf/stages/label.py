@@ -177,7 +177,11 @@ def run(cfg: LabelConfig) -> dict:
     if cfg.labeler == "simulated":
         label_simulated(cands, store, cfg)
     else:
-        session = LabelSession(comparisons(cands, cfg.human_pairs), store, cfg.labeler)
+        items = comparisons(cands, cfg.human_pairs, skip_identical=True)
+        identical = len(comparisons(cands, cfg.human_pairs)) - len(items)
+        if identical:
+            print(f"[label] {identical} comparisons of two identical completions are not shown")
+        session = LabelSession(items, store, cfg.labeler)
         if cfg.labeler == "terminal":
             from rlhf.labeling.terminal import run_terminal
 
