@@ -14,6 +14,8 @@ STAGES = {
     "sft": ("rlhf.stages.sft", "Stage 1: supervised fine-tuning on demonstrations."),
     "collect": ("rlhf.stages.collect", "Stage 2a: sample k completions per prompt (candidates.jsonl)."),
     "label": ("rlhf.stages.label", "Stage 2b: label candidates into preference pairs (pairs.jsonl)."),
+    "reward": ("rlhf.stages.reward", "Stage 3: reward model (frozen backbone + scalar head, Bradley-Terry); "
+               "`rlhf reward score` scores a file."),
 }
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -277,3 +278,21 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def model_fingerprint(name: str) -> str:
+    """A content hash of a local model (its .json and .safetensors files), or `hub:<id>` for a hub model."""
+    path = Path(resolve_model_path(name))
+    if not path.exists():
+        return f"hub:{name}"
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors") and p.is_file()
+                   and p.name != CACHE_MARKER)
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    if is_adapter_dir(path):
+        h.update(model_fingerprint(adapter_base(path)).encode())
+    return "sha256:" + h.hexdigest()[:16]

@@ -52,7 +52,7 @@ def test_same_seed_same_candidates_different_seed_different(tmp_path):
 
 def test_candidates_carry_provenance_token_counts_and_eos_flags(tmp_path):
     rows = collect(tmp_path, "a", max_new_tokens=6)
-    from rlhf.stages.collect import model_fingerprint
+    from rlhf.models import model_fingerprint
 
     first = rows[0]
     assert first["prompt_id"] == "arith-add-0000" and first["prompt"][0]["role"] == "user"

@@ -20,7 +20,6 @@ again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -74,26 +73,6 @@ class CollectConfig(RunConfig):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def model_fingerprint(name: str) -> str:
-    """A content hash of a local model (config + weight files), or the hub id and revision where remote."""
-    from rlhf.models import adapter_base, is_adapter_dir, resolve_model_path
-
-    path = Path(resolve_model_path(name))
-    if not path.exists():
-        return f"hub:{name}"
-    h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors") and p.is_file()
-                   and p.name not in ("rlhf-cache.json",))
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    if is_adapter_dir(path):
-        h.update(model_fingerprint(adapter_base(path)).encode())
-    return "sha256:" + h.hexdigest()[:16]
 
 
 def check_prompt(rec, index: int, tokenizer, max_tokens: int) -> dict:
@@ -199,7 +178,7 @@ def run(cfg: CollectConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
-    from rlhf.models import load_model, load_tokenizer
+    from rlhf.models import load_model, load_tokenizer, model_fingerprint
 
     hf_logging.disable_progress_bar()
     accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)

@@ -1,0 +1,229 @@
+"""Reward model: Bradley-Terry math by hand, last-token pooling, frozen backbone, artefact, feature cache."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf.config import load_config
+from rlhf.losses import bradley_terry_loss, expected_calibration_error, last_token_index, reward_centering_loss
+from rlhf.reward import RewardModel, render_texts
+from rlhf.stages.reward import RewardConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------- math
+
+
+def test_bradley_terry_by_hand():
+    rc = torch.tensor([0.0, 1.0, 2.0, -1.0])
+    rr = torch.tensor([0.0, 0.0, 0.5, 1.0])
+    expected = [math.log(2), math.log(1 + math.exp(-1)), math.log(1 + math.exp(-1.5)), math.log(1 + math.exp(2))]
+    torch.testing.assert_close(bradley_terry_loss(rc, rr), torch.tensor(expected), atol=1e-6, rtol=0)
+    # margin shifts the difference: d = 1 - 0 - 0.5
+    assert bradley_terry_loss(rc[1:2], rr[1:2], margin=0.5).item() == pytest.approx(math.log(1 + math.exp(-0.5)))
+    # tie (eps = 0.5): the mean of both orders; equal rewards give log 2 whatever eps
+    d = 1.5
+    tie = (math.log(1 + math.exp(-d)) + math.log(1 + math.exp(d))) / 2
+    assert bradley_terry_loss(torch.tensor([d]), torch.tensor([0.0]), label_smoothing=0.5).item() == pytest.approx(tie)
+    assert bradley_terry_loss(torch.tensor([3.0]), torch.tensor([3.0]), label_smoothing=0.1).item() == pytest.approx(
+        math.log(2))
+    smooth = 0.9 * math.log(1 + math.exp(-d)) + 0.1 * math.log(1 + math.exp(d))
+    assert bradley_terry_loss(torch.tensor([d]), torch.tensor([0.0]), label_smoothing=0.1).item() == pytest.approx(
+        smooth, rel=1e-6)
+
+
+def test_reward_centering_and_ece_by_hand():
+    assert reward_centering_loss(torch.tensor([1.0, -2.0]), torch.tensor([1.0, 0.0])).item() == pytest.approx(
+        (4 + 4) / 2)
+    # bins of width 0.5: {0.2, 0.4} with outcomes {0, 1}: |0.5 - 0.3| = 0.2; {0.9, 0.7}: {1, 1}: |1 - 0.8| = 0.2
+    probs = torch.tensor([0.2, 0.4, 0.9, 0.7])
+    labels = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.5 * 0.2 + 0.5 * 0.2)
+    assert expected_calibration_error(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])) == 0.0
+
+
+def test_last_token_index_left_right_padding():
+    mask = torch.tensor([[1, 1, 1, 0, 0],  # right padded, 3 tokens
+                         [0, 0, 1, 1, 1],  # left padded
+                         [1, 1, 1, 1, 1],
+                         [1, 0, 0, 0, 0]])
+    assert last_token_index(mask).tolist() == [2, 4, 4, 0]
+
+
+# -------------------------------------------------------------------------------------- the model
+
+
+@pytest.fixture(scope="module")
+def tiny_rm():
+    return RewardModel.from_backbone("tiny-llama", max_length=128, seed=0)
+
+
+def test_pooling_is_right_for_left_right_padding_and_pad_equal_to_eos(tiny_rm):
+    tok = tiny_rm.tokenizer
+    assert tok.pad_token_id == tok.eos_token_id
+    texts = ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>",  # ends in EOS == pad
+             "<|im_start|>user\nwhat is two plus two?<|im_end|>\n<|im_start|>assistant\nfour<|im_end|>\n"]
+    alone = [tiny_rm.features(**tiny_rm.encode([t])) for t in texts]  # no padding at all
+    right = tiny_rm.encode(texts)
+    assert right["input_ids"][0, -1] == tok.pad_token_id  # the short text is padded with the EOS id
+    feats_right = tiny_rm.features(**right)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    left = {"input_ids": torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids]),
+            "attention_mask": torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])}
+    pos = torch.arange(width).expand(2, width) - (width - torch.tensor([len(x) for x in ids])).unsqueeze(1)
+    hidden = tiny_rm.backbone(**left, position_ids=pos.clamp(min=0)).last_hidden_state
+    feats_left = hidden[:, -1]
+    for i in range(2):
+        torch.testing.assert_close(feats_right[i], alone[i][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(feats_left[i], alone[i][0], atol=1e-5, rtol=0)
+    # the EOS-ended text is read at its EOS, not at the token before it
+    assert not torch.allclose(alone[0][0], tiny_rm.features(**tiny_rm.encode([texts[0][:-len("<|im_end|>")]]))[0])
+
+
+def reward_config(tmp_path: Path, **overrides) -> RewardConfig:
+    values = {"output_dir": str(tmp_path / "rm"), "train_pairs": str(tmp_path / "train.jsonl"),
+              "eval_pairs": str(tmp_path / "test.jsonl"), **{k: str(v) for k, v in overrides.items()}}
+    return load_config(RewardConfig, ROOT / "configs/tiny/reward.yaml", values)
+
+
+def write_separable_pairs(tmp_path: Path, seed: int = 0):
+    """Chosen responses end in an upbeat word, rejected ones in a downbeat word (different final-token
+    features in any backbone); train and test use different prompts and words' contexts."""
+    import random
+
+    rng = random.Random(seed)
+    good, bad = ["great", "correct", "yes", "right"], ["awful", "wrong", "no", "bad"]
+    for name, n in (("train", 160), ("test", 80)):
+        rows = []
+        for i in range(n):
+            q = f"Question {name} {i}: {rng.randint(0, 10**6)}?"
+            filler = " ".join(rng.choice(["so", "well", "then", "ok"]) for _ in range(rng.randint(0, 3)))
+            rows.append({"prompt": [{"role": "user", "content": q}],
+                         "chosen": [{"role": "assistant", "content": f"{filler} {rng.choice(good)}".strip()}],
+                         "rejected": [{"role": "assistant", "content": f"{filler} {rng.choice(bad)}".strip()}]})
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_FEATURE_CACHE", str(tmp_path / "features"))
+    return tmp_path / "features"
+
+
+def test_frozen_training_learns_separable_pairs_and_keeps_the_backbone(tmp_path, cache_dir):
+    from rlhf.models import resolve_model_path
+
+    write_separable_pairs(tmp_path)
+    cfg = reward_config(tmp_path, num_epochs=20, learning_rate=0.05)
+    metrics = train(cfg)
+    assert metrics["eval/accuracy"] >= 0.9, metrics  # chance is 0.5
+    assert metrics["train/accuracy"] >= 0.9
+    # backbone weights bit-identical to the tiny model's; the head moved away from its initialisation
+    saved = load_file(Path(cfg.output_dir) / "model" / "model.safetensors")
+    base = load_file(Path(resolve_model_path("tiny-llama")) / "model.safetensors")
+    for k, v in base.items():
+        if k.startswith("model."):
+            assert torch.equal(saved[k], v), k
+    fresh = RewardModel.from_backbone("tiny-llama", max_length=128, seed=0)
+    assert not torch.allclose(saved["score.weight"], fresh.head.weight)
+    assert metrics["reward/std"] > 0 and math.isfinite(metrics["reward/mean"])
+
+
+def test_transformers_loads_the_artefact_with_the_same_scores(tmp_path, cache_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    write_separable_pairs(tmp_path)
+    cfg = reward_config(tmp_path, num_epochs=2)
+    train(cfg)
+    model_dir = Path(cfg.output_dir) / "model"
+    rm = RewardModel.load(model_dir)
+    hf = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    assert hf.config.num_labels == 1
+    prompts = ["What is 2 + 3?", "Name a colour."]
+    responses = ["2 + 3 = 5.", "Blue, I think, or maybe green."]
+    ours = rm.score(prompts, responses)
+    for text, score in zip(render_texts(rm.tokenizer, prompts, responses), ours):
+        enc = rm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            theirs = hf(**enc).logits[0, 0].item()
+        assert abs(theirs - score) < 1e-4
+    meta = json.loads((model_dir / "reward_config.json").read_text())
+    assert meta["mean"] == pytest.approx(json.loads((Path(cfg.output_dir) / "metrics.json").read_text())["reward/mean"])
+    normed = rm.score(prompts, responses, normalize=True)
+    assert normed[0] == pytest.approx((ours[0] - meta["mean"]) / meta["std"], rel=1e-6)
+
+
+def test_feature_cache_hits_on_a_second_run_and_misses_on_changes(tmp_path, cache_dir, monkeypatch):
+    write_separable_pairs(tmp_path)
+    first = train(reward_config(tmp_path, num_epochs=1))
+    assert first["reward/features_computed"] == first["reward/unique_texts"] > 0
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone ran although every feature was cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(RewardModel, "features", no_backbone)
+        second = train(reward_config(tmp_path, num_epochs=1, overwrite=True))
+    assert second["reward/features_computed"] == 0
+    assert second["eval/accuracy"] == first["eval/accuracy"]
+
+    # a changed text misses (only that text)
+    rows = (tmp_path / "test.jsonl").read_text().splitlines()
+    row = json.loads(rows[0])
+    row["chosen"][0]["content"] += " indeed"
+    (tmp_path / "test.jsonl").write_text("\n".join([json.dumps(row), *rows[1:]]) + "\n")
+    third = train(reward_config(tmp_path, num_epochs=1, overwrite=True))
+    assert third["reward/features_computed"] == 1
+
+    # another length limit misses everything
+    fourth = train(reward_config(tmp_path, num_epochs=1, overwrite=True, max_length=96))
+    assert fourth["reward/features_computed"] == fourth["reward/unique_texts"]
+
+    # so does a different backbone: the tiny model with one weight changed
+    from rlhf.models import load_model, load_tokenizer
+
+    other = load_model("tiny-llama")
+    with torch.no_grad():
+        other.model.norm.weight[0] += 0.5
+    other.save_pretrained(tmp_path / "other")
+    load_tokenizer("tiny-llama").save_pretrained(tmp_path / "other")
+    fifth = train(reward_config(tmp_path, num_epochs=1, overwrite=True, model_name_or_path=tmp_path / "other"))
+    assert fifth["reward/features_computed"] == fifth["reward/unique_texts"]
+
+
+def test_unfrozen_top_layer_trains_through_the_full_forward_path(tmp_path, cache_dir):
+    write_separable_pairs(tmp_path)
+    cfg = reward_config(tmp_path, num_epochs=2, unfreeze_top_layers=1)
+    metrics = train(cfg)
+    assert metrics["reward/features_computed"] == 0  # no caching when the backbone trains
+    from rlhf.models import resolve_model_path
+
+    saved = load_file(Path(cfg.output_dir) / "model" / "model.safetensors")
+    base = load_file(Path(resolve_model_path("tiny-llama")) / "model.safetensors")
+    assert torch.equal(saved["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(saved["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_reward_score_command_scores_pairs(tmp_path, cache_dir, capsys):
+    from rlhf.cli import main
+
+    write_separable_pairs(tmp_path)
+    cfg = reward_config(tmp_path, num_epochs=20, learning_rate=0.05)
+    train(cfg)
+    out = tmp_path / "scored.jsonl"
+    assert main(["reward", "score", "--model", str(Path(cfg.output_dir) / "model"), "--input",
+                 str(tmp_path / "test.jsonl"), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 80
+    rm = RewardModel.load(Path(cfg.output_dir) / "model")
+    first = rows[0]
+    assert first["reward_chosen"] == pytest.approx(rm.score([first["prompt"]], [first["chosen"]])[0], abs=1e-5)
+    assert sum(r["reward_chosen"] > r["reward_rejected"] for r in rows) / len(rows) >= 0.9
