@@ -227,3 +227,35 @@ def test_reward_score_command_scores_pairs(tmp_path, cache_dir, capsys):
     first = rows[0]
     assert first["reward_chosen"] == pytest.approx(rm.score([first["prompt"]], [first["chosen"]])[0], abs=1e-5)
     assert sum(r["reward_chosen"] > r["reward_rejected"] for r in rows) / len(rows) >= 0.9
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """Feature extraction sharded over 2 gloo processes, head trained with DDP on the same global batch:
+    the same metrics and head weights as one process (1e-5; they differ only in float summation order)."""
+    import os
+    import subprocess
+    import sys
+
+    write_separable_pairs(tmp_path)
+    common = ["--config", str(ROOT / "configs/tiny/reward.yaml"), "--train_pairs", str(tmp_path / "train.jsonl"),
+              "--eval_pairs", str(tmp_path / "test.jsonl"), "--num_epochs", "3", "--global_batch_size", "32"]
+    runs = {
+        "one": [sys.executable, str(ROOT / "scripts/reward.py"), *common, "--per_device_batch_size", "16"],
+        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", "29535", str(ROOT / "scripts/reward.py"), *common,
+                "--per_device_batch_size", "16"],
+    }
+    for name, cmd in runs.items():
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RLHF_FEATURE_CACHE": str(tmp_path / f"features-{name}")}
+        proc = subprocess.run([*cmd, "--output_dir", str(tmp_path / name)], env=env, cwd=ROOT, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    m1, m2 = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
+    assert m1["reward/features_computed"] == m2["reward/features_computed"] == m1["reward/unique_texts"]
+    for key in ("train/accuracy", "eval/accuracy", "train/loss", "eval/loss", "reward/mean", "reward/std"):
+        assert abs(m1[key] - m2[key]) < 1e-5, (key, m1[key], m2[key])
+    w1, w2 = (load_file(tmp_path / n / "model" / "model.safetensors")["score.weight"] for n in ("one", "two"))
+    torch.testing.assert_close(w1, w2, atol=1e-5, rtol=0)

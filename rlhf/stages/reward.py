@@ -142,6 +142,7 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator) ->
     if not cfg.cache_features:
         cache.index.clear()  # recompute everything (results still written, for later runs)
     missing = cache.missing(keys)
+    accelerator.wait_for_everyone()  # every rank has its list before any rank writes a shard
     text_of = dict(zip(keys, texts))
     mine = missing[accelerator.process_index::accelerator.num_processes]
     backbone = model.backbone.to(dtype)
