@@ -167,11 +167,28 @@ def test_export_ties_skips_and_identical_completions(tmp_path):
         assert [p.tie for p in pairs] == ([False, True] if keep_ties else [False])
 
 
-def test_reward_model_labeler_says_it_needs_the_reward_stage(tmp_path):
+def test_reward_model_labeler_ranks_by_score(tmp_path, monkeypatch):
     from rlhf.config import ConfigError
+    from rlhf.reward import RewardModel
 
-    with pytest.raises(ConfigError, match="needs the reward stage"):
+    with pytest.raises(ConfigError, match="needs reward_model"):
         label_config(tmp_path, tmp_path / "c.jsonl", labeler="reward_model")
+    # a reward model whose head reads one feature; saved and loaded as the stage would
+    rm = RewardModel.from_backbone("tiny-llama", max_length=128, seed=0)
+    rm.save(tmp_path / "rm")
+    cands_path = write_candidates(tmp_path / "c.jsonl", 5, k=3)
+    cfg = label_config(tmp_path, cands_path, labeler="reward_model", reward_model=tmp_path / "rm",
+                       pair_rule="best_vs_worst")
+    metrics = run(cfg)
+    cands = read_candidates(cands_path)
+    loaded = RewardModel.load(tmp_path / "rm")
+    pairs = read_jsonl(Path(cfg.output_dir) / "pairs.jsonl")
+    assert metrics["label/pairs"] == len(pairs) == 5
+    for c, p in zip(cands, pairs):
+        scores = loaded.score([c.prompt] * 3, c.texts)
+        assert p["chosen"][0]["content"] == c.texts[max(range(3), key=lambda i: scores[i])]
+        assert p["rejected"][0]["content"] == c.texts[min(range(3), key=lambda i: scores[i])]
+        assert p["reward_chosen"] == pytest.approx(max(scores), abs=1e-5) and p["labeler"] == "reward_model"
 
 
 # ---------------------------------------------------------------------------------- terminal labeler

@@ -52,7 +52,7 @@ class LabelConfig(RunConfig):
     host: str = option("127.0.0.1", help="Browser labeler: address to bind (127.0.0.1 keeps it local; use an "
                        "ssh tunnel from a laptop).")
     port: int = option(8765, help="Browser labeler: port.")
-    reward_model: str = option("", help="Reward-model labeler: the reward model directory.")
+    reward_model: str = option("", help="Reward-model labeler: the reward model directory (from rlhf reward).")
 
     RESUMABLE_CHANGES = RunConfig.RESUMABLE_CHANGES + (
         "labeler", "host", "port", "sim_temperature", "sim_flip_rate", "keep_ties", "pair_rule", "reward_model")
@@ -65,9 +65,9 @@ class LabelConfig(RunConfig):
             raise ConfigError(f"sim_flip_rate must be in [0, 1], got {self.sim_flip_rate}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be in 1..65535, got {self.port}")
-        if self.labeler == "reward_model":
-            raise ConfigError("labeler 'reward_model' needs the reward stage (rlhf reward), which has not "
-                              "landed yet; use simulated, terminal or browser")
+        if self.labeler == "reward_model" and not self.reward_model:
+            raise ConfigError("labeler 'reward_model' needs reward_model: the directory written by rlhf reward "
+                              "(<output_dir>/model)")
 
 
 # ------------------------------------------------------------------------------------------ labelers
@@ -86,6 +86,20 @@ def label_simulated(cands: list[Candidates], store: DecisionStore, cfg: LabelCon
         order = annotator.rank(gold, np.random.default_rng([cfg.seed, position[c.prompt_id]]))
         store.rank(c, order, "simulated", gold=gold,
                    annotator={"temperature": cfg.sim_temperature, "flip_rate": cfg.sim_flip_rate})
+
+
+def label_with_reward_model(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig) -> None:
+    """Rank every undecided prompt's candidates by the reward model's score (highest first; ties keep the
+    candidates' order). The scores are stored beside the ranking."""
+    from tqdm.auto import tqdm
+
+    from rlhf.reward import RewardModel
+
+    model = RewardModel.load(cfg.reward_model)
+    for c in tqdm(store.pending(cands), desc="label (reward model)"):
+        rewards = model.score([c.prompt] * len(c.texts), c.texts)
+        order = sorted(range(len(rewards)), key=lambda i: -rewards[i])
+        store.rank(c, order, "reward_model", rewards=rewards, reward_model=cfg.reward_model)
 
 
 # ------------------------------------------------------------------------------------------ pairs
@@ -136,6 +150,8 @@ def export_pairs(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig
                     "model_hash": (c.record.get("provenance") or {}).get("model_hash", "")}
             if "gold" in event:
                 meta.update(gold_chosen=event["gold"][i], gold_rejected=event["gold"][j])
+            if "rewards" in event:
+                meta.update(reward_chosen=event["rewards"][i], reward_rejected=event["rewards"][j])
             pairs.append(PreferencePair(prompt=c.prompt, chosen=[{"role": "assistant", "content": c.texts[i]}],
                                         rejected=[{"role": "assistant", "content": c.texts[j]}], tie=tie,
                                         meta=meta))
@@ -176,6 +192,8 @@ def run(cfg: LabelConfig) -> dict:
     outcome = "done"
     if cfg.labeler == "simulated":
         label_simulated(cands, store, cfg)
+    elif cfg.labeler == "reward_model":
+        label_with_reward_model(cands, store, cfg)
     else:
         items = comparisons(cands, cfg.human_pairs, skip_identical=True)
         identical = len(comparisons(cands, cfg.human_pairs)) - len(items)
