@@ -5,6 +5,7 @@
 Writes, deterministically (same bytes on every run):
     prompts_train.jsonl, prompts_test.jsonl  questions with reference answers
     sft_train.jsonl, sft_test.jsonl          demonstrations (TRL conversational prompt-completion)
+    pairs_train.jsonl, pairs_test.jsonl      judge-ordered preference pairs (TRL conversational preference)
     README.md                                what the files are and how to regenerate them
 tests/test_tasks.py checks that the committed files match this script byte for byte.
 """
@@ -17,13 +18,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from rlhf.tasks.qa import build_examples, demonstration, prompt_messages, prompt_record  # noqa: E402
+from rlhf.tasks.qa import (  # noqa: E402
+    MIN_MARGIN,
+    PAIR_MIX,
+    PAIR_TYPES,
+    VARIANT_STYLES,
+    build_examples,
+    demonstration,
+    pair_type,
+    preference_pairs,
+    prompt_messages,
+    prompt_record,
+)
+
+PAIRS_PER_EXAMPLE = 2
 
 README = """\
 # reward_data
 
-Questions, reference answers and demonstrations of the built-in task `rlhf.tasks.qa`
-(short arithmetic and factual questions; see that module's docstring for the judge).
+Questions, reference answers, demonstrations and judge-ordered preference pairs of the built-in
+task `rlhf.tasks.qa` (short arithmetic and factual questions; see that module's docstring for the judge).
 Generated, do not edit by hand; regenerate with
 
     python scripts/make_data.py --seed {seed} --out reward_data
@@ -57,6 +71,62 @@ a short, correct, one-sentence answer that scores 1.0 under the judge.
     {{"completion": [{{"content": "The capital of France is Paris.", "role": "assistant"}}],
      "id": "fact-capital-france",
      "prompt": [{{"content": "What is the capital of France?", "role": "user"}}]}}
+
+## pairs_train.jsonl, pairs_test.jsonl
+
+Preference pairs for training and evaluating a reward model, {per_example} per question, in TRL's
+conversational preference format with extra keys (which `rlhf.preferences.read_pairs` keeps in `meta`).
+`pairs_train` is made from the train questions and `pairs_test` from the test questions, so the two are
+disjoint by prompt.
+
+    {{"chosen": [{{"content": "The capital of France is Paris.", "role": "assistant"}}],
+     "chosen_style": "concise", "gold_chosen": 1.0, "gold_rejected": 0.0,
+     "prompt": [{{"content": "What is the capital of France?", "role": "user"}}],
+     "prompt_id": "fact-capital-france",
+     "rejected": [{{"content": "The capital of France is Madrid.", "role": "assistant"}}],
+     "rejected_style": "wrong"}}
+
+- `prompt_id`: the question's `id` (as in the prompts files)
+- `gold_chosen`, `gold_rejected`: the judge's scores (`rlhf.tasks.qa.judge`, default settings), rounded to
+  4 decimals; the chosen response always scores at least {margin} higher (no ties)
+- `chosen_style`, `rejected_style`: which kind of response each is (below)
+
+A rival entity is another answer of the question's category (another capital, symbol, weekday, month
+or opposite word) that the question does not name, a near miss where there is one: a capital or
+symbol close by in its table, a day or month up to two steps away, a word of a related opposite pair.
+
+How they are made (`rlhf.tasks.qa.response_variants` and `preference_pairs`, seeded with `--seed`):
+each question gets one response in each of seven styles, filled from several templates per style so
+that no single phrasing marks a good or a bad answer:
+
+| style | what | judge outcome |
+|---|---|---|
+| concise | the demonstration | correct, 1.0 |
+| paraphrase | a correct answer in another short phrasing (sometimes an alias) | correct, 1.0 |
+| rambling | the correct answer among filler sentences, 40 words or more | correct, length penalty 0.10-0.25 |
+| repetitive | the correct answer repeated or looping (sometimes cut off) | correct, repetition penalty >= 0.06 |
+| wrong | the demonstration with a wrong answer: a number off by a little, or a rival entity | incorrect, 0 |
+| hedging | two candidates, the reference and a wrong one | incorrect, 0 |
+| evasive | a non-answer, sometimes long | incorrect, 0 or below |
+
+Then {per_example} pairs of styles per question, distinct style pairs whose gold scores are at least
+{margin} apart, the higher-scoring response chosen. The pair types follow a shuffled schedule with
+exactly these shares of each file (rounded), {mix}:
+
+- `correct_vs_wrong`: any correct style over the wrong answer
+- `concise_vs_verbose`: concise or paraphrase over rambling or repetitive
+- `other`: a hedging or evasive answer on either side, against a correct or a wrong answer or each other
+  (a pair of two incorrect answers only where a long evasion scores below 0)
+
+Within its type a pair is drawn uniformly from the question's eligible style pairs. Counts:
+
+| pair type | {split_heads} |
+|---|{split_rules}
+{mix_table}
+
+| chosen style | rejected style | {split_heads} |
+|---|---|{split_rules}
+{style_table}
 """
 
 
@@ -73,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     splits = dict(zip(["train", "test"], build_examples(seed=args.seed)))
-    rows = []
+    rows, pair_counts = [], {}
     for split, examples in splits.items():
         write_jsonl(args.out / f"prompts_{split}.jsonl", [prompt_record(ex) for ex in examples])
         write_jsonl(args.out / f"sft_{split}.jsonl", [
@@ -81,19 +151,49 @@ def main(argv: list[str] | None = None) -> None:
              "completion": [{"role": "assistant", "content": demonstration(ex)}]}
             for ex in examples
         ])
+        pairs = preference_pairs(examples, seed=args.seed, pairs_per_example=PAIRS_PER_EXAMPLE)
+        write_jsonl(args.out / f"pairs_{split}.jsonl", pairs)
+        pair_counts[split] = Counter((p["chosen_style"], p["rejected_style"]) for p in pairs)
         counts = Counter(ex.kind for ex in examples)
-        rows.append((split, counts["arithmetic"], counts["fact"], len(examples)))
+        rows.append((split, counts["arithmetic"], counts["fact"], len(examples), len(pairs)))
 
-    table = "\n".join(f"| {kind}_{split}.jsonl | {total} | {split} {what} |"
-                      for split, _, _, total in rows
-                      for kind, what in [("prompts", "questions"), ("sft", "demonstrations")])
-    readme = README.format(seed=args.seed, table=table)
+    table = "\n".join(f"| {kind}_{split}.jsonl | {n} | {split} {what} |"
+                      for split, _, _, total, n_pairs in rows
+                      for kind, what, n in [("prompts", "questions", total), ("sft", "demonstrations", total),
+                                            ("pairs", "preference pairs", n_pairs)])
+    readme = README.format(
+        seed=args.seed, table=table, per_example=PAIRS_PER_EXAMPLE, margin=MIN_MARGIN,
+        mix=", ".join(f"{PAIR_MIX[kind]:.0%} {kind}" for kind in PAIR_TYPES),
+        split_heads=" | ".join(f"{split} pairs" for split in splits),
+        split_rules="---:|" * len(splits),
+        mix_table=_mix_table(pair_counts), style_table=_style_table(pair_counts))
     (args.out / "README.md").write_text(readme, encoding="utf-8", newline="\n")
 
     print(f"wrote {args.out}/ (seed {args.seed})")
-    print(f"{'split':<6} {'arithmetic':>10} {'fact':>5} {'total':>6}")
-    for split, n_arith, n_fact, total in rows:
-        print(f"{split:<6} {n_arith:>10} {n_fact:>5} {total:>6}")
+    print(f"{'split':<6} {'arithmetic':>10} {'fact':>5} {'total':>6} {'pairs':>6}")
+    for split, n_arith, n_fact, total, n_pairs in rows:
+        print(f"{split:<6} {n_arith:>10} {n_fact:>5} {total:>6} {n_pairs:>6}")
+
+
+def _mix_table(pair_counts: dict[str, Counter]) -> str:
+    """Rows "| type | n (share) | ... |" of the pair types per split, and a total row."""
+    lines = []
+    for kind in PAIR_TYPES:
+        cells = []
+        for counts in pair_counts.values():
+            n = sum(c for styles, c in counts.items() if pair_type(*styles) == kind)
+            cells.append(f"{n} ({n / sum(counts.values()):.1%})")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines.append("| total | " + " | ".join(str(sum(c.values())) for c in pair_counts.values()) + " |")
+    return "\n".join(lines)
+
+
+def _style_table(pair_counts: dict[str, Counter]) -> str:
+    """Rows "| chosen | rejected | n | ... |" of every style pair that occurs, in style order."""
+    order = {style: i for i, style in enumerate(VARIANT_STYLES)}
+    styles = sorted(set().union(*pair_counts.values()), key=lambda p: (order[p[0]], order[p[1]]))
+    return "\n".join(f"| {chosen} | {rejected} | " + " | ".join(str(c[chosen, rejected]) for c in pair_counts.values())
+                     + " |" for chosen, rejected in styles)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 import importlib.util
 import json
+import random
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from rlhf.preferences import read_pairs
 from rlhf.tasks import (
     Judgement,
     TaskExample,
@@ -15,6 +19,17 @@ from rlhf.tasks import (
     judge,
     prompt_messages,
     prompt_record,
+)
+from rlhf.tasks.qa import (
+    FACT_ENTITIES,
+    PAIR_MIX,
+    PAIR_TYPES,
+    VARIANT_STYLES,
+    _mentions,
+    _template_texts,
+    pair_type,
+    preference_pairs,
+    response_variants,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,8 +184,8 @@ def test_make_data_reproduces_committed_files(tmp_path, capsys):
 
     committed = ROOT / "reward_data"
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["README.md", "prompts_test.jsonl", "prompts_train.jsonl",
-                     "sft_test.jsonl", "sft_train.jsonl"]
+    assert names == ["README.md", "pairs_test.jsonl", "pairs_train.jsonl", "prompts_test.jsonl",
+                     "prompts_train.jsonl", "sft_test.jsonl", "sft_train.jsonl"]
     assert sorted(p.name for p in committed.iterdir()) == names
     for name in names:
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
@@ -179,3 +194,145 @@ def test_make_data_reproduces_committed_files(tmp_path, capsys):
     train, _ = build_examples(seed=0)
     lines = (committed / "prompts_train.jsonl").read_text(encoding="utf-8").splitlines()
     assert [example_from_record(json.loads(line)) for line in lines] == train
+
+
+# --------------------------------------------------------------------------- preference pairs
+
+
+def _variants(ex, seed=0):
+    return dict(zip(VARIANT_STYLES, response_variants(ex, random.Random(f"{seed}:{ex.id}"))))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_variant_gets_its_judge_outcome(seed):
+    for ex in sum(build_examples(seed=seed), []):
+        texts = _variants(ex, seed)
+        j = {style: judge(ex, text) for style, text in texts.items()}
+        context = (ex, texts)
+        assert texts["concise"] == demonstration(ex), context
+        assert j["concise"] == Judgement(1.0, True, 0.0, 0.0), context
+        assert j["paraphrase"] == Judgement(1.0, True, 0.0, 0.0), context
+        assert texts["paraphrase"] != texts["concise"], context
+        assert j["rambling"].correct and j["rambling"].length_penalty >= 0.1, context
+        assert j["rambling"].repetition_penalty == 0.0, context
+        assert j["repetitive"].correct and j["repetitive"].repetition_penalty >= 0.06 - 1e-12, context
+        for style in ("wrong", "hedging", "evasive"):
+            assert not j[style].correct and j[style].score <= 0, (style, context)
+        assert j["wrong"].score == 0.0 and j["hedging"].score == 0.0, context
+        _wrong_of(ex, texts["wrong"])  # the wrong answer keeps the demonstration's form
+        assert _mentions(texts["hedging"].lower(), ex.reference), context
+        assert len(set(texts.values())) == len(texts), context
+
+
+def _wrong_of(ex, text):
+    """The answer that the wrong variant puts in the demonstration's place of the reference."""
+    demo = demonstration(ex)
+    head, tail = demo[:demo.rindex(ex.reference)], demo[demo.rindex(ex.reference) + len(ex.reference):]
+    assert text.startswith(head) and text.endswith(tail), (demo, text)
+    return text[len(head):len(text) - len(tail)]
+
+
+def test_wrong_answers_are_near_misses():
+    for ex in sum(build_examples(seed=0), []):
+        wrong = _wrong_of(ex, _variants(ex)["wrong"])
+        if ex.kind == "arithmetic":
+            a, b = map(int, re.findall(r"\d+", ex.question))
+            off = abs(int(wrong) - int(ex.reference))
+            assert off in (1, 2, 10) or (ex.id.startswith("arith-mul") and off in (a, b)), (ex, wrong)
+        else:  # another answer of the same category, not in the question
+            category = ex.id.split("-")[1]
+            assert wrong.lower() in FACT_ENTITIES[category] - {ex.reference.lower()}, (ex, wrong)
+            assert not _mentions(ex.question.lower(), wrong), (ex, wrong)
+
+
+def test_variant_templates_hold_no_digit_and_no_entity():
+    entities = set().union(*FACT_ENTITIES.values())
+    for text in _template_texts():
+        assert not re.search(r"\d", text), text
+        low = " ".join(text.lower().split())
+        assert not [e for e in entities if _mentions(low, e)], text
+
+
+def test_variants_are_deterministic_and_varied():
+    train, _ = build_examples(seed=0)
+    assert all(_variants(ex) == _variants(ex) for ex in train[:50])
+    assert any(_variants(ex, 0) != _variants(ex, 1) for ex in train[:50])
+    # Several phrasings per style: with the answer, numbers and question subject masked out, no template
+    # family dominates.
+    for style in VARIANT_STYLES[1:]:
+        shapes = Counter()
+        for ex in train:
+            text = _variants(ex)[style]
+            for value in sorted({ex.reference, *ex.aliases, demonstration(ex)[:-1]}, key=len, reverse=True):
+                text = text.replace(value, "#")
+            shapes[re.sub(r"\d+", "#", text)] += 1
+        assert len(shapes) >= 4, (style, shapes)
+        assert shapes.most_common(1)[0][1] <= 0.45 * len(train), (style, shapes.most_common(3))
+
+
+def _check_pairs(examples, pairs, per_example=2):
+    by_id = {ex.id: ex for ex in examples}
+    assert len(pairs) == per_example * len(examples)
+    assert Counter(p["prompt_id"] for p in pairs) == {ex.id: per_example for ex in examples}
+    seen = set()
+    for p in pairs:
+        ex = by_id[p["prompt_id"]]
+        assert set(p) == {"prompt", "chosen", "rejected", "prompt_id", "gold_chosen", "gold_rejected",
+                          "chosen_style", "rejected_style"}
+        assert p["prompt"] == prompt_messages(ex)
+        chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
+        assert p["chosen"] == [{"role": "assistant", "content": chosen}]
+        assert p["rejected"] == [{"role": "assistant", "content": rejected}]
+        assert chosen != rejected
+        assert p["gold_chosen"] == round(judge(ex, chosen).score, 4)
+        assert p["gold_rejected"] == round(judge(ex, rejected).score, 4)
+        assert round(p["gold_chosen"] - p["gold_rejected"], 6) >= 0.05, p
+        assert pair_type(p["chosen_style"], p["rejected_style"]) in PAIR_TYPES, p
+        key = (p["prompt_id"], p["chosen_style"], p["rejected_style"])
+        assert key not in seen, p
+        seen.add(key)
+
+
+def _mix(pairs):
+    counts = Counter(pair_type(p["chosen_style"], p["rejected_style"]) for p in pairs)
+    return {kind: counts[kind] / len(pairs) for kind in PAIR_TYPES}
+
+
+def test_preference_pairs_are_ordered_distinct_and_mixed():
+    train, test = build_examples(seed=0)
+    for examples, seed in [(train, 0), (test, 0), (train[:40], 7)]:
+        pairs = preference_pairs(examples, seed=seed)
+        _check_pairs(examples, pairs)
+        for kind, share in _mix(pairs).items():
+            assert abs(share - PAIR_MIX[kind]) <= 0.02, (kind, share)
+        # the schedule is met exactly: no example lacked an eligible pair of its scheduled type
+        counts = Counter(pair_type(p["chosen_style"], p["rejected_style"]) for p in pairs)
+        assert counts["correct_vs_wrong"] == round(0.5 * len(pairs))
+        assert counts["concise_vs_verbose"] == round(0.25 * len(pairs))
+    assert preference_pairs(test, seed=3) == preference_pairs(test, seed=3)
+    assert preference_pairs(test, seed=3) != preference_pairs(test, seed=4)
+    _check_pairs(test, preference_pairs(test, seed=0, pairs_per_example=3), per_example=3)
+
+
+def test_committed_pair_files():
+    committed = ROOT / "reward_data"
+    splits = dict(zip(["train", "test"], build_examples(seed=0)))
+    ids = {}
+    for split, examples in splits.items():
+        path = committed / f"pairs_{split}.jsonl"
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        _check_pairs(examples, records)
+        for kind, share in _mix(records).items():
+            assert abs(share - PAIR_MIX[kind]) <= 0.03, (split, kind, share)
+        styles = Counter(s for r in records for s in (r["chosen_style"], r["rejected_style"]))
+        assert set(styles) == set(VARIANT_STYLES), styles
+
+        pairs, summary = read_pairs(str(path))  # TRL conversational, extra keys kept in meta
+        assert summary.kept == summary.total == len(records) and not summary.skipped
+        assert all(p.format == "conversational" and not p.tie for p in pairs)
+        assert pairs[0].meta["prompt_id"] == records[0]["prompt_id"]
+        ids[split] = {r["prompt_id"] for r in records}
+        prompts = {json.dumps(r["prompt"]) for r in records}
+        ids[split + "_prompts"] = prompts
+    assert not ids["train"] & ids["test"]
+    assert not ids["train_prompts"] & ids["test_prompts"]

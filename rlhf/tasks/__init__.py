@@ -9,7 +9,9 @@ from rlhf.tasks.qa import (
     is_correct,
     judge,
     prompt_messages,
+    preference_pairs,
     prompt_record,
+    response_variants,
 )
 
 __all__ = [
@@ -21,5 +23,7 @@ __all__ = [
     "is_correct",
     "judge",
     "prompt_messages",
+    "preference_pairs",
     "prompt_record",
+    "response_variants",
 ]
