@@ -69,3 +69,112 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # [T]
     return (attention_mask.long() * positions).argmax(dim=1)
+
+
+# --------------------------------------------------------------------------------- policy gradient
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log pi(token_t | prefix): logits [B, T, V] already aligned with tokens [B, T] (logits[:, t] predicts
+    tokens[:, t]) -> [B, T]."""
+    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def kl_k1(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """Per-token k1 estimator of KL(pi || pi_ref) on tokens sampled from pi: log pi - log pi_ref. [B, T]."""
+    return logp - logp_ref
+
+
+def kl_k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator (Schulman, "Approximating KL divergence", 2020): r - 1 - log r with
+    r = pi_ref / pi; unbiased and never negative. [B, T]."""
+    log_ratio = logp_ref - logp
+    return torch.exp(log_ratio) - 1 - log_ratio
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (the mean is kept when `shift_mean` is False)."""
+    if mask is None:
+        mask = torch.ones_like(x)
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return out if shift_mean else out + mean
+
+
+def leave_one_out_baseline(scores: torch.Tensor) -> torch.Tensor:
+    """For k samples of each prompt, scores [P, k] -> baselines [P, k]: the mean of the other k - 1 scores
+    (RLOO; Kool et al., 2019, "Buy 4 REINFORCE samples, get a baseline for free")."""
+    k = scores.shape[1]
+    if k < 2:
+        raise ValueError("a leave-one-out baseline needs k >= 2 samples per prompt")
+    return (scores.sum(dim=1, keepdim=True) - scores) / (k - 1)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation (Schulman et al., 2016) over token time steps.
+
+    rewards, values, mask: [B, T] (mask 1 on response tokens, which come first in each row). The value after
+    the last real token is 0. Returns (advantages, returns), both [B, T], zero where mask is 0.
+    """
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    mask = mask.to(rewards.dtype)
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last * (mask[:, t + 1] if t + 1 < T else 0.0)) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, (advantages + values) * mask
+
+
+def policy_gradient_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
+                         mask: torch.Tensor, clip_range: float | None) -> tuple[torch.Tensor, dict]:
+    """Importance-sampled policy-gradient loss with optional PPO clipping, and its statistics.
+
+    logp (current pi_theta, with grad), logp_old (pi_bar, the sampling policy), advantages, mask: [B, T].
+    Loss per token: -ratio * A, ratio = pi_theta / pi_bar; with `clip_range` eps the pessimistic
+    max(-ratio * A, -clip(ratio, 1 - eps, 1 + eps) * A) (PPO, Schulman et al., 2017). At pi_theta = pi_bar
+    the gradient is the on-policy REINFORCE gradient A * grad log pi. Returns (masked mean loss, stats).
+    """
+    log_ratio = logp - logp_old
+    ratio = torch.exp(log_ratio)
+    loss = -advantages * ratio
+    if clip_range is not None and clip_range > 0:
+        clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+        clip_hit = (clipped > loss).float()
+        loss = torch.maximum(loss, clipped)
+    else:
+        clip_hit = torch.zeros_like(loss)
+    with torch.no_grad():
+        stats = {"policy/approxkl": masked_mean(0.5 * log_ratio**2, mask).item(),
+                 "policy/clipfrac": masked_mean(clip_hit, mask).item(),
+                 "policy/ratio_mean": masked_mean(ratio, mask).item(),
+                 "policy/ratio_max": ratio[mask.bool()].max().item() if mask.any() else 1.0}
+    return masked_mean(loss, mask), stats
+
+
+class AdaptiveKLController:
+    """beta adapted toward a target KL (Ziegler et al., 2019): beta *= 1 + clip(KL / target - 1, +-0.2) * n / horizon."""
+
+    def __init__(self, init_beta: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init_beta, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = max(-0.2, min(0.2, current_kl / self.target - 1))
+        self.value *= 1 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.target, self.horizon = state["value"], state["target"], state["horizon"]
