@@ -16,6 +16,7 @@ STAGES = {
     "label": ("rlhf.stages.label", "Stage 2b: label candidates into preference pairs (pairs.jsonl)."),
     "reward": ("rlhf.stages.reward", "Stage 3: reward model (frozen backbone + scalar head, Bradley-Terry); "
                "`rlhf reward score` scores a file."),
+    "policy": ("rlhf.stages.policy", "Stage 4: KL-penalised, importance-sampled policy gradient."),
 }
 
 

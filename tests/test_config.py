@@ -13,6 +13,7 @@ from rlhf.cli import main as cli_main
 from rlhf.config import ConfigError, load_config, parse_args, read_yaml, save_config
 from rlhf.stages.collect import CollectConfig
 from rlhf.stages.label import LabelConfig
+from rlhf.stages.policy import PolicyConfig
 from rlhf.stages.reward import RewardConfig
 from rlhf.stages.sft import SFTConfig
 
@@ -21,7 +22,7 @@ CONFIGS = ROOT / "configs"
 
 # Stage name (a config file's stem up to its first "_") -> that stage's config dataclass.
 # Every YAML under configs/ (except configs/accelerate/) must map to an entry here: add new stages as they land.
-STAGE_CONFIGS = {"sft": SFTConfig, "collect": CollectConfig, "label": LabelConfig, "reward": RewardConfig}
+STAGE_CONFIGS = {"sft": SFTConfig, "collect": CollectConfig, "label": LabelConfig, "reward": RewardConfig, "policy": PolicyConfig}
 
 
 def stage_yaml_files() -> list[Path]:

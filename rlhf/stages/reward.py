@@ -144,6 +144,9 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator) ->
     missing = cache.missing(keys)
     accelerator.wait_for_everyone()  # every rank has its list before any rank writes a shard
     text_of = dict(zip(keys, texts))
+    # Batches of similar length waste little on padding: sort by length (characters track tokens closely)
+    # before dealing texts out, so each rank's batches are homogeneous too.
+    missing = sorted(missing, key=lambda k: len(text_of[k]))
     mine = missing[accelerator.process_index::accelerator.num_processes]
     backbone = model.backbone.to(dtype)
     model.eval()

@@ -1,0 +1,322 @@
+"""Stage 4: KL-penalised, importance-sampled policy gradient.
+
+    python scripts/policy.py --config configs/policy.yaml
+    accelerate launch --multi_gpu --num_processes 2 scripts/policy.py --config configs/tiny/policy.yaml
+    rlhf policy --config configs/tiny/policy.yaml --num_updates 10
+
+Objective: E[r(s, a) - beta * KL(pi_theta || pi_ref)], pi_ref the frozen SFT policy. Each update:
+    1. sample a batch of completions from pi_theta (k per prompt, KV-cached generation);
+    2. score them with the reward model (normalised with the mean/std stored by stage 3) or a reward function;
+    3. set pi_bar = pi_theta: record the sampling and reference log-probabilities once for the batch;
+       sequence return R = score - beta * sum_t k1_t; advantage = R - baseline (leave-one-out over the k
+       samples of a prompt, or the batch mean), optionally whitened;
+    4. K times: take a minibatch and step along (pi_theta / pi_bar) grad log pi_theta * advantage, with
+       PPO-style ratio clipping (clip_range 0 gives the plain importance-sampled estimator).
+With kl_estimator k3 the penalty is a loss term beta * k3 instead of a reward term. The KL that is logged is
+the estimator that is penalised. With LoRA the reference is the same model with its adapters disabled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.config import ConfigError, RunConfig, option
+from rlhf.distributed import make_accelerator
+from rlhf.losses import (
+    AdaptiveKLController,
+    kl_k1,
+    kl_k3,
+    leave_one_out_baseline,
+    masked_mean,
+    policy_gradient_loss,
+    token_logprobs,
+    whiten,
+)
+
+
+@dataclass
+class PolicyConfig(RunConfig):
+    """KL-penalised, importance-sampled policy optimisation (stage 4)."""
+
+    output_dir: str = option("runs/policy", help="Where the aligned model/ and the run files go.")
+    model_name_or_path: str = option("runs/quickstart/sft/model", help="Initial policy, also the frozen "
+                                     "reference: hub id, local model or adapter directory, or an alias.")
+    reward_model: str = option("runs/quickstart/reward/model", help="Reward model directory (rlhf reward).")
+    reward_fn: str = option("", help="Instead of a reward model, 'module:function' called as "
+                            "f(prompts, completions, records) -> list of floats (tests, verifiable tasks).")
+    normalize_rewards: bool = option(True, help="Use (r - mean) / std with the reward model's stored statistics.")
+    prompts: str = option("reward_data/prompts_train.jsonl", help="Prompts (.jsonl/.json/.parquet or hub).")
+    prompts_split: str = option("train", help="Split for a hub prompt data set.")
+    prompts_per_update: int = option(8, help="Prompts per update, over all processes.")
+    k: int = option(4, help="Completions per prompt (>= 2 for the leave-one-out baseline).")
+    temperature: float = option(1.0, help="Sampling temperature.")
+    top_p: float = option(1.0, help="Nucleus sampling mass.")
+    max_new_tokens: int = option(32, help="New tokens per completion.")
+    missing_eos_penalty: float = option(0.0, help="Subtracted from the score of a completion cut without EOS.")
+    num_updates: int = option(30, help="Sample-score-update rounds.")
+    ppo_epochs: int = option(1, help="Passes over each batch (K = ppo_epochs x batch / minibatch_size).")
+    minibatch_size: int = option(16, help="Completions per optimiser step, over all processes.")
+    clip_range: float = option(0.2, help="PPO ratio clipping; 0 gives the plain importance-sampled estimator.")
+    beta: float = option(0.05, help="KL penalty coefficient (the initial one when target_kl > 0).")
+    kl_estimator: str = option("k1", help="k1: beta * (log pi - log pi_ref) per token in the reward; k3: "
+                               "beta * k3 as a loss term.", choices=("k1", "k3"))
+    target_kl: float = option(0.0, help="Adapt beta toward this sequence KL (0: fixed beta).")
+    kl_horizon: int = option(10000, help="Horizon of the adaptive KL controller, in samples.")
+    baseline: str = option("loo", help="Advantage baseline.", choices=("loo", "mean"))
+    whiten_advantages: bool = option(False, help="Whiten advantages over the batch.")
+    use_peft: bool = option(True, help="Train LoRA adapters (the reference is the model with adapters off).")
+    lora_r: int = option(16, help="LoRA rank.")
+    lora_alpha: int = option(32, help="LoRA alpha.")
+    learning_rate: float = option(1e-5, help="AdamW learning rate.")
+    max_grad_norm: float = option(1.0, help="Gradient-norm clip.")
+    sample_every: int = option(5, help="Print a prompt / response / score / KL table every this many updates.")
+    save_every: int = option(0, help="Checkpoint every this many updates (0: only at the end).")
+    stop_after_update: int = option(0, help="Checkpoint and stop after this update, as if interrupted; "
+                                    "continue with --resume true. 0: off.")
+
+    RESUMABLE_CHANGES = RunConfig.RESUMABLE_CHANGES + ("sample_every", "save_every", "stop_after_update")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("prompts_per_update", "k", "max_new_tokens", "num_updates", "ppo_epochs", "minibatch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.baseline == "loo" and self.k < 2:
+            raise ConfigError("baseline 'loo' needs k >= 2")
+        if (self.prompts_per_update * self.k) % self.minibatch_size:
+            raise ConfigError(f"minibatch_size {self.minibatch_size} must divide the batch "
+                              f"prompts_per_update x k = {self.prompts_per_update * self.k}")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.beta < 0 or self.clip_range < 0:
+            raise ConfigError("need temperature > 0, 0 < top_p <= 1, beta >= 0, clip_range >= 0")
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+def load_reward(cfg: PolicyConfig, device):
+    """A function (prompts, completions, records) -> scores [N] tensor."""
+    if cfg.reward_fn:
+        module, _, name = cfg.reward_fn.partition(":")
+        fn = getattr(importlib.import_module(module), name)
+        return lambda prompts, completions, records: torch.tensor(fn(prompts, completions, records),
+                                                                  dtype=torch.float32)
+    from rlhf.reward import RewardModel
+
+    rm = RewardModel.load(cfg.reward_model).to(device)
+    return lambda prompts, completions, records: torch.tensor(
+        rm.score(prompts, completions, normalize=cfg.normalize_rewards), dtype=torch.float32)
+
+
+def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
+    """log pi(response tokens): sequences [N, T_q + T_r] (left-padded query, response after), mask alike ->
+    [N, T_r]. Position ids follow the mask, as in generation."""
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids).logits
+    return token_logprobs(logits[:, n_query - 1:-1], sequences[:, n_query:])
+
+
+def prompt_batch(update: int, n_prompts: int, per_update: int, seed: int) -> list[int]:
+    """Prompt indices of one update: a seeded permutation per pass over the prompts (pure of (seed, update))."""
+    per_pass = n_prompts // per_update
+    epoch, b = divmod(update, per_pass)
+    order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return order[b * per_update:(b + 1) * per_update].tolist()
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def train(cfg: PolicyConfig) -> dict:
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    from rlhf.models import apply_lora, load_model, load_tokenizer, save_pretrained
+    from rlhf.runs import RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
+    from rlhf.stages.collect import CollectConfig, load_prompts, render_prompt_ids
+    from rlhf.stages.sft import load_model_weights
+
+    hf_logging.disable_progress_bar()
+    accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.prompts_per_update % world or cfg.minibatch_size % world:
+        raise ConfigError(f"prompts_per_update ({cfg.prompts_per_update}) and minibatch_size "
+                          f"({cfg.minibatch_size}) must split evenly over {world} processes")
+    local_prompts, local_mb = cfg.prompts_per_update // world, cfg.minibatch_size // world
+    ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    out = prepare_output_dir(cfg, accelerator)
+    torch.manual_seed(cfg.seed + rank)
+
+    with accelerator.main_process_first():
+        tokenizer = load_tokenizer(cfg.model_name_or_path)
+        prompts = load_prompts(CollectConfig(prompts=cfg.prompts, prompts_split=cfg.prompts_split), tokenizer)
+        policy = load_model(cfg.model_name_or_path)
+        if hasattr(policy, "peft_config"):
+            policy = policy.merge_and_unload()
+        ref = None
+        if cfg.use_peft:
+            policy = apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
+                                target_modules=["all-linear"], base_name=cfg.model_name_or_path)
+        else:  # full fine-tuning: a frozen copy is the reference
+            ref = load_model(cfg.model_name_or_path).eval().requires_grad_(False).to(accelerator.device)
+    reward = load_reward(cfg, accelerator.device)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    core = accelerator.unwrap_model(policy)
+    kl_ctl = AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
+
+    class _NoScheduler:  # the checkpoint format has a scheduler slot; this stage keeps a constant rate
+        def state_dict(self):
+            return {"kl": kl_ctl.state_dict() if kl_ctl else None}
+
+        def load_state_dict(self, state):
+            if kl_ctl and state.get("kl"):
+                kl_ctl.load_state_dict(state["kl"])
+
+    start = 0
+    if ckpt is not None:
+        load_model_weights(core, ckpt / "model")
+        start = load_checkpoint(accelerator, ckpt, optimizer, _NoScheduler())["step"]
+    logger = RunLogger(accelerator, cfg, "rlhf-policy", resume_step=start if ckpt is not None else None)
+
+    def reference_logprobs(seqs, mask, n_query):
+        if ref is not None:
+            return response_logprobs(ref, seqs, mask, n_query)
+        with core.disable_adapter():
+            return response_logprobs(core, seqs, mask, n_query)
+
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    bar = tqdm(total=cfg.num_updates, initial=start, desc="policy", disable=not accelerator.is_main_process)
+    started, history = time.time(), []
+    for update in range(start, cfg.num_updates):
+        t0 = time.time()
+        beta = kl_ctl.value if kl_ctl else cfg.beta
+        chosen = prompt_batch(update, len(prompts), cfg.prompts_per_update, cfg.seed)
+        batch = [prompts[i] for i in chosen[rank * local_prompts:(rank + 1) * local_prompts]]
+
+        # 1. Sample k completions per prompt from pi_theta.
+        core.eval()
+        ids = [render_prompt_ids(tokenizer, p["prompt"]) for p in batch]
+        n_query = max(map(len, ids))
+        query = torch.tensor([[pad] * (n_query - len(x)) + x for x in ids]).repeat_interleave(cfg.k, 0)
+        qmask = torch.tensor([[0] * (n_query - len(x)) + [1] * len(x) for x in ids]).repeat_interleave(cfg.k, 0)
+        with torch.no_grad():
+            seqs = core.generate(input_ids=query.to(accelerator.device), attention_mask=qmask.to(accelerator.device),
+                                 do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                                 use_cache=True)  # [N, T_q + T_r]
+        response = seqs[:, n_query:]
+        is_eos = response == eos
+        ended = is_eos.any(1)
+        lengths = torch.where(ended, is_eos.float().argmax(1) + 1, torch.full_like(ended, response.shape[1],
+                                                                                    dtype=torch.long))
+        rmask = (torch.arange(response.shape[1], device=response.device)[None] < lengths[:, None]).long()  # [N, T_r]
+        mask = torch.cat([qmask.to(rmask.device), rmask], dim=1)
+        texts = [tokenizer.decode(r[:n], skip_special_tokens=True).strip() for r, n in zip(response, lengths)]
+        t_sample = time.time() - t0
+
+        # 2. Score (the score sits on each response's EOS / last token; with sequence-level advantages that
+        #    is the sequence return below). A completion cut without EOS can take a penalty.
+        records = [p for p in batch for _ in range(cfg.k)]
+        scores = reward([r["prompt"] for r in records], texts, records).to(rmask.device)
+        scores = scores - cfg.missing_eos_penalty * (~ended).float()
+
+        # 3. pi_bar = pi_theta: sampling and reference log-probabilities, once per batch.
+        with torch.no_grad():
+            logp_old = response_logprobs(core, seqs, mask, n_query)  # [N, T_r]
+            logp_ref = reference_logprobs(seqs, mask, n_query)
+        kl_tokens = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(logp_old, logp_ref) * rmask
+        seq_kl = kl_tokens.sum(1)  # [N]
+        returns = scores - beta * seq_kl if cfg.kl_estimator == "k1" else scores
+        grouped = returns.view(-1, cfg.k)
+        base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
+        advantages = (grouped - base).flatten()
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages)
+        adv_tokens = advantages[:, None].expand_as(logp_old)  # [N, T_r]
+
+        # 4. K minibatch steps along (pi_theta / pi_bar) grad log pi_theta * advantage.
+        core.train()
+        stats_sum, n_steps = {}, 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(seqs))
+            for s in range(0, len(seqs), local_mb):
+                mb = order[s:s + local_mb]
+                logp = response_logprobs(policy, seqs[mb], mask[mb], n_query)
+                loss, stats = policy_gradient_loss(logp, logp_old[mb], adv_tokens[mb], rmask[mb],
+                                                   cfg.clip_range or None)
+                if cfg.kl_estimator == "k3":
+                    loss = loss + beta * masked_mean(kl_k3(logp, logp_ref[mb]), rmask[mb])
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                for key, v in stats.items():
+                    stats_sum[key] = stats_sum.get(key, 0.0) + v
+                n_steps += 1
+        if kl_ctl:
+            kl_ctl.update(accelerator.reduce(seq_kl.mean(), "mean").item(), cfg.prompts_per_update * cfg.k)
+
+        entropy = -(logp_old * rmask).sum() / rmask.sum()  # sampled-token estimate of the per-token entropy
+        g = lambda x: accelerator.reduce(torch.as_tensor(x, dtype=torch.float32, device=rmask.device), "mean").item()
+        row = {"objective/scores": g(scores.mean()), "objective/kl": g(seq_kl.mean()),
+               "objective/non_score_reward": g(-beta * seq_kl.mean()), "objective/beta": beta,
+               "policy/entropy": g(entropy), "response/length": g(lengths.float().mean()),
+               "response/eos_fraction": g(ended.float().mean()),
+               **{k: g(v / n_steps) for k, v in stats_sum.items()},
+               "time/sample_seconds": t_sample, "time/update_seconds": time.time() - t0}
+        row["policy/ratio_max"] = accelerator.reduce(torch.tensor(stats_sum["policy/ratio_max"] / n_steps,
+                                                                  device=rmask.device), "max").item()
+        logger.log(row, step=update + 1)
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
+        if cfg.sample_every and (update + 1) % cfg.sample_every == 0 and accelerator.is_main_process:
+            print_rollouts(records, texts, scores, seq_kl)
+        done = update + 1
+        if done < cfg.num_updates and ((cfg.save_every and done % cfg.save_every == 0)
+                                       or done == cfg.stop_after_update):
+            save_checkpoint(accelerator, out, done, lambda d: save_pretrained(core, tokenizer, d), optimizer,
+                            _NoScheduler(), {}, keep=2)
+        if done == cfg.stop_after_update and done < cfg.num_updates:
+            bar.close()
+            accelerator.print(f"[policy] stopped after update {done}; continue with --resume true")
+            return {"stopped_at_update": done}
+    bar.close()
+
+    save_checkpoint(accelerator, out, cfg.num_updates, lambda d: save_pretrained(core, tokenizer, d), optimizer,
+                    _NoScheduler(), {}, keep=2)
+    if accelerator.is_main_process:
+        save_pretrained(core, tokenizer, out / "model")
+    accelerator.wait_for_everyone()
+    first = history[: max(1, len(history) // 5)]
+    last = history[-max(1, len(history) // 5):]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows) if rows else math.nan
+    metrics = logger.finish({
+        "policy/updates": cfg.num_updates, "policy/seconds": time.time() - started,
+        "objective/scores_first": mean(first, "objective/scores"), "objective/scores_last": mean(last, "objective/scores"),
+        "objective/kl_last": mean(last, "objective/kl"), "model_dir": str(out / "model"),
+        "completions_per_second": cfg.prompts_per_update * cfg.k * len(history) / max(time.time() - started, 1e-9),
+    })
+    accelerator.print(f"[policy] score {metrics['objective/scores_first']:.3f} -> {metrics['objective/scores_last']:.3f}"
+                      f" (first vs last fifth of updates), KL {metrics['objective/kl_last']:.3f}; model in {out / 'model'}")
+    return metrics
+
+
+def print_rollouts(records, texts, scores, kl, n: int = 4, width: int = 44) -> None:
+    cut = lambda t: (t if len(t) <= width else t[: width - 1] + "…").replace("\n", " ")
+    print(f"\n{'prompt':<{width}} | {'response':<{width}} | {'score':>6} | {'KL':>6}")
+    for r, t, s, k in list(zip(records, texts, scores.tolist(), kl.tolist()))[:n]:
+        print(f"{cut(r['prompt'][-1]['content']):<{width}} | {cut(t):<{width}} | {s:>6.3f} | {k:>6.3f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from rlhf.config import parse_args
+
+    return train(parse_args(PolicyConfig, argv, prog="rlhf policy"))
