@@ -285,9 +285,19 @@ def model_fingerprint(name: str) -> str:
     path = Path(resolve_model_path(name))
     if not path.exists():
         return f"hub:{name}"
-    h = hashlib.sha256()
     files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors") and p.is_file()
                    and p.name != CACHE_MARKER)
+    # Hashing ~0.5 GB of weights takes seconds: remember the hash under the files' sizes and mtimes.
+    stamp = hashlib.sha256(repr([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+                                 for f in files]).encode()).hexdigest()
+    memo_file = cache_root() / "fingerprints.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if stamp in memo and not is_adapter_dir(path):
+        return memo[stamp]
+    h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
         with open(f, "rb") as fh:
@@ -295,4 +305,13 @@ def model_fingerprint(name: str) -> str:
                 h.update(chunk)
     if is_adapter_dir(path):
         h.update(model_fingerprint(adapter_base(path)).encode())
-    return "sha256:" + h.hexdigest()[:16]
+    digest = "sha256:" + h.hexdigest()[:16]
+    try:
+        memo[stamp] = digest
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_file)
+    except OSError:
+        pass  # a read-only cache only costs the re-hash
+    return digest

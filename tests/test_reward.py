@@ -259,3 +259,17 @@ def test_two_processes_match_one_process(tmp_path):
         assert abs(m1[key] - m2[key]) < 1e-5, (key, m1[key], m2[key])
     w1, w2 = (load_file(tmp_path / n / "model" / "model.safetensors")["score.weight"] for n in ("one", "two"))
     torch.testing.assert_close(w1, w2, atol=1e-5, rtol=0)
+
+
+def test_bf16_feature_extraction_leaves_the_saved_backbone_in_full_precision(tmp_path, cache_dir):
+    from rlhf.models import resolve_model_path
+
+    write_separable_pairs(tmp_path)
+    cfg = reward_config(tmp_path, num_epochs=10, learning_rate=0.05, feature_dtype="bfloat16")
+    metrics = train(cfg)
+    assert metrics["eval/accuracy"] >= 0.9
+    saved = load_file(Path(cfg.output_dir) / "model" / "model.safetensors")
+    base = load_file(Path(resolve_model_path("tiny-llama")) / "model.safetensors")
+    for k, v in base.items():
+        if k.startswith("model."):
+            assert saved[k].dtype == torch.float32 and torch.equal(saved[k], v), k

@@ -18,6 +18,7 @@ over the training responses (stored with the model for normalisation in stage 4)
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -148,14 +149,16 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator) ->
     # before dealing texts out, so each rank's batches are homogeneous too.
     missing = sorted(missing, key=lambda k: len(text_of[k]))
     mine = missing[accelerator.process_index::accelerator.num_processes]
-    backbone = model.backbone.to(dtype)
-    model.eval()
+    # a bf16 copy for extraction, so the saved (fp32) backbone keeps its exact weights
+    extractor = model if dtype == torch.float32 else copy.copy(model)
+    if dtype != torch.float32:
+        extractor.backbone = copy.deepcopy(model.backbone).to(dtype)
+    extractor.eval()
     for i in tqdm(range(0, len(mine), cfg.extract_batch_size), desc="features",
                   disable=not accelerator.is_main_process or not mine):
         chunk = mine[i:i + cfg.extract_batch_size]
-        batch = {k: v.to(accelerator.device) for k, v in model.encode([text_of[k] for k in chunk]).items()}
-        cache.put(chunk, model.features(**batch).float())
-    backbone.float()
+        batch = {k: v.to(accelerator.device) for k, v in extractor.encode([text_of[k] for k in chunk]).items()}
+        cache.put(chunk, extractor.features(**batch).float())
     accelerator.wait_for_everyone()
     cache.reload()
     accelerator.print(f"[reward] features: {len(set(keys)) - len(missing)} cached, {len(missing)} computed "
@@ -236,10 +239,10 @@ def train(cfg: RewardConfig) -> dict:
     model.to(accelerator.device)
 
     # 2. Frozen backbone: features once per unique text, from the cache where possible.
-    features, computed = None, 0
+    features, computed, extract_started = None, 0, time.time()
     if cfg.frozen:
         features, computed = extract_features(model, texts, cfg, accelerator)
-    extract_seconds = time.time() - started
+    extract_seconds = time.time() - extract_started
 
     # 3. Bradley-Terry training of the head (and any unfrozen part).
     params = [p for p in model.parameters() if p.requires_grad]
@@ -304,7 +307,7 @@ def train(cfg: RewardConfig) -> dict:
     metrics = logger.finish({
         **final, "reward/mean": core.mean, "reward/std": core.std, "reward/unique_texts": len(texts),
         "reward/features_computed": computed, "reward/extract_seconds": extract_seconds,
-        "reward/seconds": elapsed, "reward/pairs_per_second": cfg.num_epochs * len(train_set) / elapsed,
+        "reward/seconds": elapsed, "reward/pairs_per_second": total_steps * sizes.global_batch / elapsed,
         "model_dir": str(out / "model"),
     })
     accelerator.print(f"[reward] train accuracy {final['train/accuracy']:.3f}"
