@@ -149,16 +149,19 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator) ->
     # before dealing texts out, so each rank's batches are homogeneous too.
     missing = sorted(missing, key=lambda k: len(text_of[k]))
     mine = missing[accelerator.process_index::accelerator.num_processes]
-    # a bf16 copy for extraction, so the saved (fp32) backbone keeps its exact weights
-    extractor = model if dtype == torch.float32 else copy.copy(model)
+    # extract with a bf16 copy when asked, so the saved (fp32) backbone keeps its exact weights
+    original = model.backbone
     if dtype != torch.float32:
-        extractor.backbone = copy.deepcopy(model.backbone).to(dtype)
-    extractor.eval()
-    for i in tqdm(range(0, len(mine), cfg.extract_batch_size), desc="features",
-                  disable=not accelerator.is_main_process or not mine):
-        chunk = mine[i:i + cfg.extract_batch_size]
-        batch = {k: v.to(accelerator.device) for k, v in extractor.encode([text_of[k] for k in chunk]).items()}
-        cache.put(chunk, extractor.features(**batch).float())
+        model.backbone = copy.deepcopy(original).to(dtype)
+    model.eval()
+    try:
+        for i in tqdm(range(0, len(mine), cfg.extract_batch_size), desc="features",
+                      disable=not accelerator.is_main_process or not mine):
+            chunk = mine[i:i + cfg.extract_batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in model.encode([text_of[k] for k in chunk]).items()}
+            cache.put(chunk, model.features(**batch).float())
+    finally:
+        model.backbone = original
     accelerator.wait_for_everyone()
     cache.reload()
     accelerator.print(f"[reward] features: {len(set(keys)) - len(missing)} cached, {len(missing)} computed "
