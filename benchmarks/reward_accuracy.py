@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'metric':<36} {'mean':>8} {'std':>8} {'pairs':>6}")
     for name, (mean, std), n in rows:
         print(f"{name:<36} {mean:>8.3f} {std:>8.3f} {n if n is not None else '':>6}")
-    print(f"wall time per seed (s): {', '.join(f'{r['seconds']:.0f}' for r in runs)} "
-          f"(the first includes feature extraction)")
+    per_seed = ", ".join(f"{r['seconds']:.0f}" for r in runs)
+    print(f"wall time per seed (s): {per_seed} (the first includes feature extraction)")
     result = {"benchmark": "reward_accuracy", "backbone": args.model, "config": args.config, "seeds": args.seeds,
               "test_pairs": len(test_rows), "pairs_by_kind": counts,
               "eval_accuracy_mean": rows[0][1][0], "eval_accuracy_std": rows[0][1][1],
