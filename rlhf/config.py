@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import difflib
 import importlib.util
-import math
 import types
 import typing
 from pathlib import Path
@@ -277,8 +276,8 @@ def parse_args(cls, argv: list[str] | None = None, prog: str = "rlhf", descripti
     return load_config(cls, path, values)
 
 
-def check_finite_positive(cfg, *names: str) -> None:
+def require_at_least(cfg, minimum: int, *names: str) -> None:
+    """ConfigError naming the first of `names` whose value is below `minimum`."""
     for name in names:
-        value = getattr(cfg, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if getattr(cfg, name) < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")

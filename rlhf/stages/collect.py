@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import ConfigError, RunConfig, option
+from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.data import DataError, read_records
 from rlhf.distributed import make_accelerator
 from rlhf.runs import RunLogger, prepare_output_dir
@@ -65,9 +65,7 @@ class CollectConfig(RunConfig):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        for name in ("max_new_tokens", "batch_size", "max_prompt_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "max_new_tokens", "batch_size", "max_prompt_tokens")
         if self.max_prompts < 0:
             raise ConfigError(f"max_prompts must be >= 0, got {self.max_prompts}")
 

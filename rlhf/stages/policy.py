@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import ConfigError, RunConfig, option
+from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.distributed import make_accelerator
 from rlhf.losses import (
     AdaptiveKLController,
@@ -84,9 +84,8 @@ class PolicyConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("prompts_per_update", "k", "max_new_tokens", "num_updates", "ppo_epochs", "minibatch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "prompts_per_update", "k", "max_new_tokens", "num_updates", "ppo_epochs",
+                         "minibatch_size")
         if self.baseline == "loo" and self.k < 2:
             raise ConfigError("baseline 'loo' needs k >= 2")
         if (self.prompts_per_update * self.k) % self.minibatch_size:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import ConfigError, RunConfig, option
+from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.distributed import derive_batch_sizes, global_batch_indices, make_accelerator, rank_slice
 from rlhf.losses import bradley_terry_loss, expected_calibration_error, reward_centering_loss
 
@@ -72,10 +72,8 @@ class RewardConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("max_length", "mlp_hidden", "extract_batch_size", "num_epochs", "global_batch_size",
-                     "per_device_batch_size", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "max_length", "mlp_hidden", "extract_batch_size", "num_epochs",
+                         "global_batch_size", "per_device_batch_size", "lora_r")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.label_smoothing < 0.5:

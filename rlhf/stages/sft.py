@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import ConfigError, RunConfig, option
+from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.data import IGNORE_INDEX, TokenizedExample, collate, read_records, split_records, tokenize_sft
 from rlhf.distributed import derive_batch_sizes, global_batch_indices, make_accelerator, rank_slice
 from rlhf.losses import token_nll_sum
@@ -83,9 +83,7 @@ class SFTConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("max_length", "lora_r", "global_batch_size", "per_device_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "max_length", "lora_r", "global_batch_size", "per_device_batch_size")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.eval_fraction < 1:
@@ -94,9 +92,7 @@ class SFTConfig(RunConfig):
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_steps <= 0 and not self.num_epochs > 0:
             raise ConfigError("set max_steps > 0 or num_epochs > 0")
-        for name in ("eval_every", "save_every", "warmup_steps", "keep_checkpoints", "stop_after_step"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 0, "eval_every", "save_every", "warmup_steps", "keep_checkpoints", "stop_after_step")
 
 
 # ------------------------------------------------------------------------------------------ helpers
