@@ -128,27 +128,39 @@ def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def completion_lengths(generated: torch.Tensor, eos_id: int) -> tuple[list[int], list[bool]]:
-    """Token counts and EOS flags of generated continuations.
+def eos_lengths(generated: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token counts [N] and EOS flags [N] of generated continuations generated [N, T_new].
 
-    generated: [N, T_new], the tokens after the prompt; positions after an EOS are padding (pad may equal
-    EOS, so only the first EOS counts). A row's count includes its EOS; a row without one ran out of tokens.
+    Positions after an EOS are padding (pad may equal EOS, so only the first EOS counts). A row's count
+    includes its EOS; a row without one ran out of tokens and counts T_new.
     """
     is_eos = generated == eos_id  # [N, T_new]
     ended = is_eos.any(dim=1)  # [N]
     first = torch.where(ended, is_eos.float().argmax(dim=1) + 1, torch.full_like(ended, generated.shape[1],
                                                                                   dtype=torch.long))
-    return first.tolist(), ended.tolist()
+    return first, ended
+
+
+def completion_lengths(generated: torch.Tensor, eos_id: int) -> tuple[list[int], list[bool]]:
+    """`eos_lengths` as Python lists."""
+    lengths, ended = eos_lengths(generated, eos_id)
+    return lengths.tolist(), ended.tolist()
+
+
+def left_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded for generation: input_ids and attention_mask, both [B, T_prompt]."""
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids])
+    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    return input_ids, attention
 
 
 @torch.no_grad()
 def sample_batch(model, tokenizer, prompts: list[dict], cfg: CollectConfig, batch_seed: int) -> list[list[dict]]:
     """k completions for each prompt of one batch, sampled with KV cache under `batch_seed`."""
-    ids = [render_prompt_ids(tokenizer, p["prompt"]) for p in prompts]
-    width = max(map(len, ids))
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])  # left padding: [B, T_prompt]
-    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    input_ids, attention = left_pad([render_prompt_ids(tokenizer, p["prompt"]) for p in prompts], pad)
+    width = input_ids.shape[1]
     torch.manual_seed(batch_seed)
     out = model.generate(
         input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), do_sample=True,

@@ -137,7 +137,7 @@ def train(cfg: PolicyConfig) -> dict:
 
     from rlhf.models import apply_lora, load_model, load_tokenizer, save_pretrained
     from rlhf.runs import RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
-    from rlhf.stages.collect import CollectConfig, load_prompts, render_prompt_ids
+    from rlhf.stages.collect import CollectConfig, eos_lengths, left_pad, load_prompts, render_prompt_ids
     from rlhf.stages.sft import load_model_weights
 
     hf_logging.disable_progress_bar()
@@ -201,20 +201,16 @@ def train(cfg: PolicyConfig) -> dict:
 
         # 1. Sample k completions per prompt from pi_theta.
         core.eval()
-        ids = [render_prompt_ids(tokenizer, p["prompt"]) for p in batch]
-        n_query = max(map(len, ids))
-        query = torch.tensor([[pad] * (n_query - len(x)) + x for x in ids]).repeat_interleave(cfg.k, 0)
-        qmask = torch.tensor([[0] * (n_query - len(x)) + [1] * len(x) for x in ids]).repeat_interleave(cfg.k, 0)
+        query, qmask = left_pad([render_prompt_ids(tokenizer, p["prompt"]) for p in batch], pad)
+        query, qmask = query.repeat_interleave(cfg.k, 0), qmask.repeat_interleave(cfg.k, 0)  # [N, T_q]
+        n_query = query.shape[1]
         with torch.no_grad():
             seqs = core.generate(input_ids=query.to(accelerator.device), attention_mask=qmask.to(accelerator.device),
                                  do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=eos,
                                  use_cache=True)  # [N, T_q + T_r]
         response = seqs[:, n_query:]
-        is_eos = response == eos
-        ended = is_eos.any(1)
-        lengths = torch.where(ended, is_eos.float().argmax(1) + 1, torch.full_like(ended, response.shape[1],
-                                                                                    dtype=torch.long))
+        lengths, ended = eos_lengths(response, eos)  # from the first EOS, never by matching the pad token
         rmask = (torch.arange(response.shape[1], device=response.device)[None] < lengths[:, None]).long()  # [N, T_r]
         mask = torch.cat([qmask.to(rmask.device), rmask], dim=1)
         texts = [tokenizer.decode(r[:n], skip_special_tokens=True).strip() for r, n in zip(response, lengths)]
