@@ -162,6 +162,30 @@ def policy_gradient_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages:
     return masked_mean(loss, mask), stats
 
 
+def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range: float | None) -> tuple[torch.Tensor, dict]:
+    """Value-head regression toward GAE returns, with optional PPO-style clipping around the sampling-time
+    values, and its statistics.
+
+    values (with grad), values_old, returns, mask: [B, T]. Per token 0.5 * (V - R)^2, or with clip eps
+    0.5 * max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2) (PPO2's value clipping, as in
+    lm-human-preferences). Returns (masked mean loss, stats).
+    """
+    loss = (values - returns) ** 2
+    if clip_range is not None and clip_range > 0:
+        clipped = values_old + torch.clamp(values - values_old, -clip_range, clip_range)
+        clipped_loss = (clipped - returns) ** 2
+        clip_hit = (clipped_loss > loss).float()
+        loss = torch.maximum(loss, clipped_loss)
+    else:
+        clip_hit = torch.zeros_like(loss)
+    with torch.no_grad():
+        stats = {"value/loss": masked_mean(0.5 * loss, mask).item(),
+                 "value/clipfrac": masked_mean(clip_hit, mask).item(),
+                 "value/mean": masked_mean(values, mask).item()}
+    return 0.5 * masked_mean(loss, mask), stats
+
+
 class AdaptiveKLController:
     """beta adapted toward a target KL (Ziegler et al., 2019): beta *= 1 + clip(KL / target - 1, +-0.2) * n / horizon."""
 
@@ -178,3 +202,104 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.value, self.target, self.horizon = state["value"], state["target"], state["horizon"]
+
+
+# ------------------------------------------------------------------------------------------ pomdp
+
+_LOG_2PI = 1.8378770664093453  # log(2 pi)
+
+
+def discounted_reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{t' >= t} gamma^(t' - t) r_t' within each row: rewards, mask [B, T] (one episode per row,
+    padding after its end where mask is 0) -> [B, T], zero on padding.
+
+    No loop over time: one [B, T] x [T, T] product with the upper-triangular matrix gamma^(t' - t).
+    """
+    T = rewards.shape[1]
+    idx = torch.arange(T, device=rewards.device)
+    power = (idx.view(1, T) - idx.view(T, 1)).to(torch.float64)  # [T (t'), T (t)]: t' - t ... transposed below
+    discount = torch.where(power <= 0, torch.tensor(gamma, dtype=torch.float64) ** (-power),
+                           torch.zeros((), dtype=torch.float64))  # [t', t] = gamma^(t' - t) for t' >= t
+    m = mask.to(rewards.dtype)
+    return ((rewards * m).double() @ discount).to(rewards.dtype) * m
+
+
+def n_step_td_targets(rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
+                      mask: torch.Tensor, gamma: float, n: int = 1) -> torch.Tensor:
+    """n-step TD targets along sequences, cut at episode ends and at the end of each row's valid steps.
+
+    rewards, next_values, terminated, mask: [B, T]. next_values[:, t] is the bootstrap value of o_{t+1}
+    (e.g. max_a Q_target); terminated[:, t] = 1 when step t ended the episode in a terminal state (no
+    bootstrap; a time-limit truncation is not terminal). With m = the number of steps taken before an
+    episode end, a row's last valid step or n, whichever comes first:
+
+        y_t = sum_{k < m} gamma^k r_{t+k} + gamma^m (1 - terminated_{t+m-1}) next_values_{t+m-1}
+
+    Returns [B, T], zero where mask is 0. n = 1 is the one-step target r_t + gamma (1 - d_t) V(o_{t+1}).
+    The loop runs over k < n, not over time.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    B, T = rewards.shape
+    m = mask.to(rewards.dtype)
+    d = terminated.to(rewards.dtype)
+
+    def ahead(x: torch.Tensor, k: int) -> torch.Tensor:  # x[:, t + k], zero past the end
+        return torch.cat([x[:, k:], x.new_zeros(B, min(k, T))], dim=1)
+
+    target = torch.zeros_like(rewards)
+    going = m.clone()  # 1 while steps t..t+k-1 were valid and none ended the episode
+    for k in range(n):
+        m_k, d_k, m_next = ahead(m, k), ahead(d, k), ahead(m, k + 1)
+        target = target + going * m_k * gamma**k * ahead(rewards, k)
+        stop = going * m_k * (torch.ones_like(m_k) if k == n - 1 else torch.maximum(d_k, 1 - m_next))
+        target = target + stop * gamma ** (k + 1) * (1 - d_k) * ahead(next_values, k)
+        going = going * m_k * (1 - stop)
+    return target * m
+
+
+def diagonal_gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor,
+                         logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p))) for diagonal Gaussians, summed over the last
+    dimension: [..., Z] -> [...]."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1).sum(-1)
+
+
+def diagonal_gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(x; mu, exp(logvar)) for a diagonal Gaussian, summed over the last dimension: [..., D] -> [...]."""
+    return -0.5 * (_LOG_2PI + logvar + (x - mu) ** 2 / logvar.exp()).sum(-1)
+
+
+def sequence_elbo(log_likelihood: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                  beta: float = 1.0) -> torch.Tensor:
+    """Per-step evidence lower bound of a sequential latent-variable model, averaged over valid steps:
+    mean over mask of (log p(x_t | z_t) - beta * KL(q(z_t | history) || p(z_t | z_{t-1}, a_{t-1}))).
+    log_likelihood, kl, mask: [B, T] -> scalar (maximise it; beta = 1 is the ELBO proper)."""
+    return masked_mean(log_likelihood - beta * kl, mask)
+
+
+# ---- dt (Decision Transformer) ----
+
+
+def returns_to_go(rewards: torch.Tensor) -> torch.Tensor:
+    """Undiscounted return-to-go R_t = sum_{t' >= t} r_t' along the last dimension, as the Decision Transformer
+    (Chen et al., 2021) conditions on it: R_0 is the episode's return, R_{T-1} its last reward.
+
+    rewards: [..., T], every entry a real step of one episode (no padding) -> [..., T], same dtype. No
+    bootstrapping: the sum stops at the end of the given rewards.
+    """
+    return rewards.flip(-1).cumsum(-1).flip(-1)
+
+
+def dt_action_loss(preds: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, discrete: bool) -> torch.Tensor:
+    """Action-prediction loss of a Decision Transformer (or behaviour cloning) over the real steps of a window.
+
+    discrete: preds are logits [B, K, A], targets action ids [B, K] (long); loss = masked mean cross-entropy.
+    continuous: preds and targets [B, K, A]; loss = masked mean over steps of the squared error averaged over
+    the A action dimensions (the DT paper's MSE). mask: [B, K], 1 on real steps, 0 on padding. Returns a scalar.
+    """
+    if discrete:
+        per_step = F.cross_entropy(preds.float().transpose(1, 2), targets.long(), reduction="none")  # [B, K]
+    else:
+        per_step = ((preds.float() - targets.float()) ** 2).mean(-1)  # [B, K]
+    return masked_mean(per_step, mask)

@@ -16,6 +16,7 @@ from rlhf.losses import (
     masked_mean,
     policy_gradient_loss,
     token_logprobs,
+    value_loss,
     whiten,
 )
 
@@ -124,3 +125,21 @@ def test_adaptive_kl_controller_by_hand():
 def test_token_logprobs_by_hand():
     logits = torch.tensor([[[0.0, math.log(3.0)]]])  # probabilities 1/4, 3/4
     assert token_logprobs(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.75))
+
+
+def test_value_loss_by_hand_with_and_without_clipping():
+    old = torch.tensor([[0.0, 0.0, 1.0, 5.0]])
+    new = torch.tensor([[0.5, -0.1, 1.0, 0.0]], requires_grad=True)
+    ret = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last token is padding: ignored
+    loss, stats = value_loss(new, old, ret, mask, clip_range=None)
+    # 0.5 * mean of (0.5 - 1)^2, (-0.1 - 1)^2, 0 over three real tokens
+    assert loss.item() == pytest.approx(0.5 * (0.25 + 1.21 + 0.0) / 3)
+    # clip 0.2: token 0's clipped value is 0.2, (0.2 - 1)^2 = 0.64 > 0.25, so the clipped term wins and
+    # its gradient is zero; token 1 moved by -0.1 (inside the range): unclipped, gradient flows.
+    loss, stats = value_loss(new, old, ret, mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 1.21 + 0.0) / 3)
+    (grad,) = torch.autograd.grad(loss, new)
+    assert grad[0, 0] == 0 and grad[0, 3] == 0
+    assert grad[0, 1].item() == pytest.approx((-0.1 - 1.0) / 3)
+    assert stats["value/clipfrac"] == pytest.approx(1 / 3)

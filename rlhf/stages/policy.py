@@ -9,7 +9,8 @@ Objective: E[r(s, a) - beta * KL(pi_theta || pi_ref)], pi_ref the frozen SFT pol
     2. score them with the reward model (normalised with the mean/std stored by stage 3) or a reward function;
     3. set pi_bar = pi_theta: record the sampling and reference log-probabilities once for the batch;
        sequence return R = score - beta * sum_t k1_t; advantage = R - baseline (leave-one-out over the k
-       samples of a prompt, or the batch mean), optionally whitened;
+       samples of a prompt, or the batch mean), optionally whitened; or, with baseline 'gae', per-token
+       rewards (-beta * k1_t on every token, the score on the last) and GAE over a learned value head;
     4. K times: take a minibatch and step along (pi_theta / pi_bar) grad log pi_theta * advantage, with
        PPO-style ratio clipping (clip_range 0 gives the plain importance-sampled estimator).
 With kl_estimator k3 the penalty is a loss term beta * k3 instead of a reward term. The KL that is logged is
@@ -30,12 +31,14 @@ from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.distributed import make_accelerator
 from rlhf.losses import (
     AdaptiveKLController,
+    gae,
     kl_k1,
     kl_k3,
     leave_one_out_baseline,
     masked_mean,
     policy_gradient_loss,
     token_logprobs,
+    value_loss,
     whiten,
 )
 
@@ -68,7 +71,12 @@ class PolicyConfig(RunConfig):
                                "beta * k3 as a loss term.", choices=("k1", "k3"))
     target_kl: float = option(0.0, help="Adapt beta toward this sequence KL (0: fixed beta).")
     kl_horizon: int = option(10000, help="Horizon of the adaptive KL controller, in samples.")
-    baseline: str = option("loo", help="Advantage baseline.", choices=("loo", "mean"))
+    baseline: str = option("loo", help="Advantage baseline: leave-one-out over the k samples of a prompt, the "
+                           "batch mean, or a learned value head with GAE over tokens.", choices=("loo", "mean", "gae"))
+    gamma: float = option(1.0, help="GAE discount over response tokens (baseline gae).")
+    lam: float = option(0.95, help="GAE lambda (baseline gae).")
+    vf_coef: float = option(0.1, help="Weight of the value-head loss (baseline gae).")
+    value_clip: float = option(0.2, help="PPO-style value clipping around the sampling-time values; 0: off.")
     whiten_advantages: bool = option(False, help="Whiten advantages over the batch.")
     use_peft: bool = option(True, help="Train LoRA adapters (the reference is the model with adapters off).")
     lora_r: int = option(16, help="LoRA rank.")
@@ -93,6 +101,8 @@ class PolicyConfig(RunConfig):
                               f"prompts_per_update x k = {self.prompts_per_update * self.k}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.beta < 0 or self.clip_range < 0:
             raise ConfigError("need temperature > 0, 0 < top_p <= 1, beta >= 0, clip_range >= 0")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1 and self.vf_coef >= 0 and self.value_clip >= 0):
+            raise ConfigError("need 0 <= gamma, lam <= 1 and vf_coef, value_clip >= 0")
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -115,9 +125,37 @@ def load_reward(cfg: PolicyConfig, device):
 def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
     """log pi(response tokens): sequences [N, T_q + T_r] (left-padded query, response after), mask alike ->
     [N, T_r]. Position ids follow the mask, as in generation."""
+    return response_logprobs_and_values(model, sequences, attention_mask, n_query)[0]
+
+
+def response_logprobs_and_values(model, sequences, attention_mask, n_query: int):
+    """As `response_logprobs`, plus the value of each response token's state when `model` is a
+    `PolicyWithValue` (one forward pass for both): ([N, T_r], [N, T_r] or None)."""
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids).logits
-    return token_logprobs(logits[:, n_query - 1:-1], sequences[:, n_query:])
+    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids)
+    logits, values = out if isinstance(out, tuple) else (out.logits, None)
+    logp = token_logprobs(logits[:, n_query - 1:-1], sequences[:, n_query:])
+    # V(s_t) for the state before response token t, read at the position that predicts it.
+    return logp, None if values is None else values[:, n_query - 1:-1]
+
+
+class PolicyWithValue(torch.nn.Module):
+    """The policy and a scalar value head on its last hidden state, one module so that one forward (and one
+    DDP wrapper) serves both. The head shares the policy's trunk (and LoRA adapters), as in PPO for RLHF
+    (Ziegler et al., 2019); it is zero-initialised, so training starts from V = 0."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+        self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          output_hidden_states=True)
+        values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # [N, T]
+        return out.logits, values
 
 
 def prompt_batch(update: int, n_prompts: int, per_update: int, seed: int) -> list[int]:
@@ -164,10 +202,19 @@ def train(cfg: PolicyConfig) -> dict:
         else:  # full fine-tuning: a frozen copy is the reference
             ref = load_model(cfg.model_name_or_path).eval().requires_grad_(False).to(accelerator.device)
     reward = load_reward(cfg, accelerator.device)
+    if cfg.baseline == "gae":
+        policy = PolicyWithValue(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    core = accelerator.unwrap_model(policy)
+    value_head = accelerator.unwrap_model(policy).value_head if cfg.baseline == "gae" else None
+    core = accelerator.unwrap_model(policy).policy if cfg.baseline == "gae" else accelerator.unwrap_model(policy)
+
+    def save_model(directory: Path) -> None:
+        save_pretrained(core, tokenizer, directory)
+        if value_head is not None:  # beside the model directory (which holds the policy alone): exact resume
+            from safetensors.torch import save_file
+            save_file(value_head.state_dict(), str(directory.parent / "value_head.safetensors"))
     kl_ctl = AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
 
     class _NoScheduler:  # the checkpoint format has a scheduler slot; this stage keeps a constant rate
@@ -181,6 +228,9 @@ def train(cfg: PolicyConfig) -> dict:
     start = 0
     if ckpt is not None:
         load_model_weights(core, ckpt / "model")
+        if value_head is not None:
+            from safetensors.torch import load_file
+            value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
         start = load_checkpoint(accelerator, ckpt, optimizer, _NoScheduler())["step"]
     logger = RunLogger(accelerator, cfg, "rlhf-policy", resume_step=start if ckpt is not None else None)
 
@@ -224,17 +274,29 @@ def train(cfg: PolicyConfig) -> dict:
 
         # 3. pi_bar = pi_theta: sampling and reference log-probabilities, once per batch.
         with torch.no_grad():
-            logp_old = response_logprobs(core, seqs, mask, n_query)  # [N, T_r]
+            logp_old, values_old = response_logprobs_and_values(policy if value_head is not None else core,
+                                                                seqs, mask, n_query)  # [N, T_r] each
             logp_ref = reference_logprobs(seqs, mask, n_query)
         kl_tokens = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(logp_old, logp_ref) * rmask
         seq_kl = kl_tokens.sum(1)  # [N]
-        returns = scores - beta * seq_kl if cfg.kl_estimator == "k1" else scores
-        grouped = returns.view(-1, cfg.k)
-        base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
-        advantages = (grouped - base).flatten()
-        if cfg.whiten_advantages:
-            advantages = whiten(advantages)
-        adv_tokens = advantages[:, None].expand_as(logp_old)  # [N, T_r]
+        if cfg.baseline == "gae":
+            # Per-token rewards: -beta * k1_t on every response token, plus the score on the last one
+            # (the EOS, or the last token of a cut response); advantages by GAE over the value head.
+            token_rewards = -beta * kl_tokens if cfg.kl_estimator == "k1" else torch.zeros_like(kl_tokens)
+            last = (lengths - 1).clamp(min=0)
+            token_rewards[torch.arange(len(last)), last] += scores
+            values_old = values_old * rmask
+            adv_tokens, value_targets = gae(token_rewards, values_old, rmask, cfg.gamma, cfg.lam)  # [N, T_r]
+            if cfg.whiten_advantages:
+                adv_tokens = whiten(adv_tokens, rmask) * rmask
+        else:
+            returns = scores - beta * seq_kl if cfg.kl_estimator == "k1" else scores
+            grouped = returns.view(-1, cfg.k)
+            base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
+            advantages = (grouped - base).flatten()
+            if cfg.whiten_advantages:
+                advantages = whiten(advantages)
+            adv_tokens = advantages[:, None].expand_as(logp_old)  # [N, T_r]
 
         # 4. K minibatch steps along (pi_theta / pi_bar) grad log pi_theta * advantage.
         core.train()
@@ -243,9 +305,14 @@ def train(cfg: PolicyConfig) -> dict:
             order = torch.randperm(len(seqs))
             for s in range(0, len(seqs), local_mb):
                 mb = order[s:s + local_mb]
-                logp = response_logprobs(policy, seqs[mb], mask[mb], n_query)
+                logp, values = response_logprobs_and_values(policy, seqs[mb], mask[mb], n_query)
                 loss, stats = policy_gradient_loss(logp, logp_old[mb], adv_tokens[mb], rmask[mb],
                                                    cfg.clip_range or None)
+                if values is not None:
+                    v_loss, v_stats = value_loss(values, values_old[mb], value_targets[mb], rmask[mb],
+                                                 cfg.value_clip or None)
+                    loss = loss + cfg.vf_coef * v_loss
+                    stats = {**stats, **v_stats}
                 if cfg.kl_estimator == "k3":
                     loss = loss + beta * masked_mean(kl_k3(logp, logp_ref[mb]), rmask[mb])
                 accelerator.backward(loss)
@@ -277,7 +344,7 @@ def train(cfg: PolicyConfig) -> dict:
         done = update + 1
         if done < cfg.num_updates and ((cfg.save_every and done % cfg.save_every == 0)
                                        or done == cfg.stop_after_update):
-            save_checkpoint(accelerator, out, done, lambda d: save_pretrained(core, tokenizer, d), optimizer,
+            save_checkpoint(accelerator, out, done, save_model, optimizer,
                             _NoScheduler(), {}, keep=2)
         if done == cfg.stop_after_update and done < cfg.num_updates:
             bar.close()
@@ -285,7 +352,7 @@ def train(cfg: PolicyConfig) -> dict:
             return {"stopped_at_update": done}
     bar.close()
 
-    save_checkpoint(accelerator, out, cfg.num_updates, lambda d: save_pretrained(core, tokenizer, d), optimizer,
+    save_checkpoint(accelerator, out, cfg.num_updates, save_model, optimizer,
                     _NoScheduler(), {}, keep=2)
     if accelerator.is_main_process:
         save_pretrained(core, tokenizer, out / "model")
