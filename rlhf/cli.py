@@ -17,6 +17,7 @@ STAGES = {
     "reward": ("rlhf.stages.reward", "Stage 3: reward model (frozen backbone + scalar head, Bradley-Terry); "
                "`rlhf reward score` scores a file."),
     "policy": ("rlhf.stages.policy", "Stage 4: KL-penalised, importance-sampled policy gradient."),
+    "pomdp": ("rlhf.pomdp.train", "POMDP baselines: `rlhf pomdp train|evaluate` any agent on any environment."),
     "dt": ("rlhf.dt.cli", "Decision Transformer: `rlhf dt data | train | evaluate` (offline RL, gymnasium tasks)."),
 }
 

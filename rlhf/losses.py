@@ -303,3 +303,191 @@ def dt_action_loss(preds: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     else:
         per_step = ((preds.float() - targets.float()) ** 2).mean(-1)  # [B, K]
     return masked_mean(per_step, mask)
+
+
+# ------------------------------------------------------------------------------------------ pomdp
+
+_LOG_2PI = 1.8378770664093453  # log(2 pi)
+
+
+def discounted_reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{t' >= t} gamma^(t' - t) r_t' within each row: rewards, mask [B, T] (one episode per row,
+    padding after its end where mask is 0) -> [B, T], zero on padding.
+
+    No loop over time: one [B, T] x [T, T] product with the upper-triangular matrix gamma^(t' - t).
+    """
+    T = rewards.shape[1]
+    idx = torch.arange(T, device=rewards.device)
+    power = (idx.view(1, T) - idx.view(T, 1)).to(torch.float64)  # [T (t'), T (t)]: t' - t ... transposed below
+    discount = torch.where(power <= 0, torch.tensor(gamma, dtype=torch.float64) ** (-power),
+                           torch.zeros((), dtype=torch.float64))  # [t', t] = gamma^(t' - t) for t' >= t
+    m = mask.to(rewards.dtype)
+    return ((rewards * m).double() @ discount).to(rewards.dtype) * m
+
+
+def n_step_td_targets(rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
+                      mask: torch.Tensor, gamma: float, n: int = 1) -> torch.Tensor:
+    """n-step TD targets along sequences, cut at episode ends and at the end of each row's valid steps.
+
+    rewards, next_values, terminated, mask: [B, T]. next_values[:, t] is the bootstrap value of o_{t+1}
+    (e.g. max_a Q_target); terminated[:, t] = 1 when step t ended the episode in a terminal state (no
+    bootstrap; a time-limit truncation is not terminal). With m = the number of steps taken before an
+    episode end, a row's last valid step or n, whichever comes first:
+
+        y_t = sum_{k < m} gamma^k r_{t+k} + gamma^m (1 - terminated_{t+m-1}) next_values_{t+m-1}
+
+    Returns [B, T], zero where mask is 0. n = 1 is the one-step target r_t + gamma (1 - d_t) V(o_{t+1}).
+    The loop runs over k < n, not over time.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    B, T = rewards.shape
+    m = mask.to(rewards.dtype)
+    d = terminated.to(rewards.dtype)
+
+    def ahead(x: torch.Tensor, k: int) -> torch.Tensor:  # x[:, t + k], zero past the end
+        return torch.cat([x[:, k:], x.new_zeros(B, min(k, T))], dim=1)
+
+    target = torch.zeros_like(rewards)
+    going = m.clone()  # 1 while steps t..t+k-1 were valid and none ended the episode
+    for k in range(n):
+        m_k, d_k, m_next = ahead(m, k), ahead(d, k), ahead(m, k + 1)
+        target = target + going * m_k * gamma**k * ahead(rewards, k)
+        stop = going * m_k * (torch.ones_like(m_k) if k == n - 1 else torch.maximum(d_k, 1 - m_next))
+        target = target + stop * gamma ** (k + 1) * (1 - d_k) * ahead(next_values, k)
+        going = going * m_k * (1 - stop)
+    return target * m
+
+
+def diagonal_gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor,
+                         logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p))) for diagonal Gaussians, summed over the last
+    dimension: [..., Z] -> [...]."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1).sum(-1)
+
+
+def diagonal_gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(x; mu, exp(logvar)) for a diagonal Gaussian, summed over the last dimension: [..., D] -> [...]."""
+    return -0.5 * (_LOG_2PI + logvar + (x - mu) ** 2 / logvar.exp()).sum(-1)
+
+
+def sequence_elbo(log_likelihood: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                  beta: float = 1.0) -> torch.Tensor:
+    """Per-step evidence lower bound of a sequential latent-variable model, averaged over valid steps:
+    mean over mask of (log p(x_t | z_t) - beta * KL(q(z_t | history) || p(z_t | z_{t-1}, a_{t-1}))).
+    log_likelihood, kl, mask: [B, T] -> scalar (maximise it; beta = 1 is the ELBO proper)."""
+    return masked_mean(log_likelihood - beta * kl, mask)
+
+
+# ---- dt (Decision Transformer) ----
+
+
+def returns_to_go(rewards: torch.Tensor) -> torch.Tensor:
+    """Undiscounted return-to-go R_t = sum_{t' >= t} r_t' along the last dimension, as the Decision Transformer
+    (Chen et al., 2021) conditions on it: R_0 is the episode's return, R_{T-1} its last reward.
+
+    rewards: [..., T], every entry a real step of one episode (no padding) -> [..., T], same dtype. No
+    bootstrapping: the sum stops at the end of the given rewards.
+    """
+    return rewards.flip(-1).cumsum(-1).flip(-1)
+
+
+def dt_action_loss(preds: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, discrete: bool) -> torch.Tensor:
+    """Action-prediction loss of a Decision Transformer (or behaviour cloning) over the real steps of a window.
+
+    discrete: preds are logits [B, K, A], targets action ids [B, K] (long); loss = masked mean cross-entropy.
+    continuous: preds and targets [B, K, A]; loss = masked mean over steps of the squared error averaged over
+    the A action dimensions (the DT paper's MSE). mask: [B, K], 1 on real steps, 0 on padding. Returns a scalar.
+    """
+    if discrete:
+        per_step = F.cross_entropy(preds.float().transpose(1, 2), targets.long(), reduction="none")  # [B, K]
+    else:
+        per_step = ((preds.float() - targets.float()) ** 2).mean(-1)  # [B, K]
+    return masked_mean(per_step, mask)
+
+
+# ---- dialogue (multi-step offline RL: rlhf/dialogue) ----
+
+
+def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
+    """Asymmetric squared loss |tau - 1(diff < 0)| * diff^2 with diff = target - prediction, elementwise
+    [*] -> [*]. Minimised over a constant prediction it gives the tau-expectile of the targets: tau = 0.5 is
+    the mean, tau -> 1 the maximum (IQL, Kostrikov et al., 2021; ILQL's V loss, Snell et al., 2022)."""
+    weight = torch.where(diff < 0, 1.0 - tau, tau)
+    return weight * diff**2
+
+
+def cql_term(q_all: torch.Tensor, q_taken: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Conservative Q-learning penalty logsumexp_a Q(s, a) - Q(s, a_data) (CQL(H), Kumar et al., 2020).
+
+    q_all: [N, A] over the action set (the vocabulary per token, or k sampled candidate utterances);
+    q_taken: [N] at the logged action; valid: optional [N, A] bool, False on padded candidates.
+    Returns [N] (>= 0 when the logged action is in the set): pushes down unseen actions, up the logged one.
+    """
+    if valid is not None:
+        q_all = q_all.masked_fill(~valid.bool(), float("-inf"))
+    return torch.logsumexp(q_all, dim=-1) - q_taken
+
+
+def next_action_index(action_mask: torch.Tensor) -> torch.Tensor:
+    """For each position t of action_mask [B, T] (1 where the token is an agent action), the index of the
+    next action position after t, or T if there is none (the episode ends after t). [B, T] long."""
+    B, T = action_mask.shape
+    out = torch.full((B, T), T, dtype=torch.long, device=action_mask.device)
+    nxt = torch.full((B,), T, dtype=torch.long, device=action_mask.device)
+    for t in reversed(range(T)):
+        out[:, t] = nxt
+        nxt = torch.where(action_mask[:, t].bool(), torch.full_like(nxt, t), nxt)
+    return out
+
+
+def next_state_values(values: torch.Tensor, action_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V(s') for every action position: values [B, T] of the state before each position's token -> the
+    value at the next action position (0 after the episode's last action), and done [B, T] (1.0 where no
+    action follows). Environment tokens in between belong to the transition, not to a state."""
+    idx = next_action_index(action_mask)  # [B, T]
+    T = values.shape[1]
+    done = (idx == T).to(values.dtype)
+    gathered = torch.gather(values, 1, idx.clamp(max=T - 1))
+    return gathered * (1 - done), done
+
+
+def bellman_targets(rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
+                    gamma: torch.Tensor | float) -> torch.Tensor:
+    """One-step targets r + gamma * (1 - done) * V(s'); all [B, T] (gamma a scalar or [B, T])."""
+    return rewards + gamma * (1 - dones) * next_values
+
+
+def place_utterance_rewards(utt_rewards: torch.Tensor, utt_last: torch.Tensor, utt_mask: torch.Tensor,
+                            n_tokens: int) -> torch.Tensor:
+    """Per-token reward placement: each utterance's reward on its last token, 0 on every other token.
+    utt_rewards, utt_last (token index of each utterance's last token), utt_mask: [B, U] -> [B, T_tokens]."""
+    out = torch.zeros(utt_rewards.shape[0], n_tokens, dtype=utt_rewards.dtype, device=utt_rewards.device)
+    return out.scatter_add(1, utt_last * utt_mask.long(), utt_rewards * utt_mask.to(utt_rewards.dtype))
+
+
+def token_discounts(utt_last: torch.Tensor, utt_mask: torch.Tensor, n_tokens: int, gamma: float) -> torch.Tensor:
+    """Per-token discounts [B, T_tokens]: gamma on each utterance's last token (the step to the next
+    utterance), 1 inside an utterance, so that chaining the token targets of one utterance gives the
+    utterance-level target r_u + gamma V(next utterance state). utt_last, utt_mask: [B, U]."""
+    out = torch.ones(utt_last.shape[0], n_tokens, device=utt_last.device)
+    src = torch.full(utt_last.shape, float(gamma), device=utt_last.device)
+    keep = utt_mask.bool()
+    rows = torch.arange(utt_last.shape[0], device=utt_last.device)[:, None].expand_as(utt_last)
+    out[rows[keep], utt_last[keep]] = src[keep]
+    return out
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Monte-Carlo return-to-go sum_k gamma^k r_{t+k} over each row's steps: rewards, mask [B, U] -> [B, U]
+    (GAE with lambda = 1 and zero values)."""
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)
+    return returns
+
+
+def perturbed_logits(bc_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float) -> torch.Tensor:
+    """ILQL's acting distribution: log pi_bc(a|s) + beta * (Q(s, a) - V(s)) (Snell et al., 2022), as
+    unnormalised logits. bc_logits, q: [B, V]; v: [B] or [B, 1]. beta = 0 gives the BC policy back."""
+    if v.dim() == bc_logits.dim() - 1:
+        v = v.unsqueeze(-1)
+    return torch.log_softmax(bc_logits.float(), dim=-1) + beta * (q - v)
