@@ -11,6 +11,9 @@ import yaml
 
 from rlhf.cli import main as cli_main
 from rlhf.config import ConfigError, load_config, parse_args, read_yaml, save_config
+from rlhf.dt.data import DTDataConfig
+from rlhf.dt.evaluate import DTEvalConfig
+from rlhf.dt.train import DTTrainConfig
 from rlhf.stages.collect import CollectConfig
 from rlhf.stages.label import LabelConfig
 from rlhf.stages.policy import PolicyConfig
@@ -23,6 +26,8 @@ CONFIGS = ROOT / "configs"
 # Stage name (a config file's stem up to its first "_") -> that stage's config dataclass.
 # Every YAML under configs/ (except configs/accelerate/) must map to an entry here: add new stages as they land.
 STAGE_CONFIGS = {"sft": SFTConfig, "collect": CollectConfig, "label": LabelConfig, "reward": RewardConfig, "policy": PolicyConfig}
+# `rlhf dt <command>` configs are configs/dt/dt-<command>_<experiment>.yaml.
+STAGE_CONFIGS.update({"dt-data": DTDataConfig, "dt-train": DTTrainConfig, "dt-evaluate": DTEvalConfig})
 
 
 def stage_yaml_files() -> list[Path]:

@@ -6,6 +6,11 @@ intermediate values are medium policies and eps = 0 is the expert. The tasks:
 
     CartPole-v1   discrete (2 actions); expert: push toward the side the pole is falling (angle + velocities)
     Pendulum-v1   continuous torque in [-2, 2]; expert: energy pumping to swing up, a PD controller on top
+    pomdp/tmaze   rlhf/pomdp/envs.py's T-maze: the cue is seen at t = 0 only; the expert reads it from the env
+    pomdp/masked-cartpole   CartPole seen as (x, theta) only; the expert acts on the full state
+
+The POMDP experts are privileged (they read the hidden state), as a data-collecting policy may be; the learner
+sees only the observations, so it must recover the hidden part from its context window.
 
 A data set is `dataset.npz` (steps of all episodes back to back) plus `dataset.json` (task, action space,
 levels, seed, per-level returns) in one directory; `generate(...)` with the same arguments rebuilds it
@@ -15,7 +20,7 @@ exactly. Observations are stored as float vectors (a Discrete observation space 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,27 +52,60 @@ def _pendulum_expert(env, obs: np.ndarray) -> np.ndarray:
     return np.clip(np.array([u], dtype=np.float32), -2.0, 2.0)
 
 
+def _tmaze_expert(env, obs: np.ndarray) -> int:
+    # Privileged scripted expert: reads the cue from the environment (the learner sees it at t = 0 only).
+    maze = env.unwrapped
+    return 0 if maze.pos < maze.corridor_length else 1 + int(maze.cue)
+
+
+def _masked_cartpole_expert(env, obs: np.ndarray) -> int:
+    # The learner sees (x, theta) only; the scripted expert acts on the full state, velocities included.
+    return _cartpole_expert(env, np.asarray(env.unwrapped.state, np.float64))
+
+
+def _gym_maker(env_id: str):
+    def make(max_episode_steps: int):
+        import gymnasium as gym
+
+        return gym.make(env_id, max_episode_steps=max_episode_steps)
+    return make
+
+
+def _pomdp_maker(name: str, cap_kwarg: str | None = None):
+    """Environments of rlhf/pomdp/envs.py (imported, not copied); the cap goes to `cap_kwarg` or a TimeLimit."""
+    def make(max_episode_steps: int):
+        from gymnasium.wrappers import TimeLimit
+
+        from rlhf.pomdp.envs import make_env
+
+        if cap_kwarg:
+            return make_env(name, **{cap_kwarg: max_episode_steps})
+        return TimeLimit(make_env(name), max_episode_steps=max_episode_steps)
+    return make
+
+
 @dataclass(frozen=True)
 class Task:
-    """A task: how to build its environment and its scripted expert `expert(env, obs) -> action`."""
+    """A task: `make(max_episode_steps) -> env` and its scripted expert `expert(env, obs) -> action`."""
 
-    env_id: str
+    name: str
+    make_env: Callable[[int], Any]
     expert: Callable[[Any, np.ndarray], Any]
     max_episode_steps: int
-    make_kwargs: dict = field(default_factory=dict)
     description: str = ""
 
     def make(self, max_episode_steps: int | None = None):
-        import gymnasium as gym
-
-        return gym.make(self.env_id, max_episode_steps=max_episode_steps or self.max_episode_steps,
-                        **self.make_kwargs)
+        return self.make_env(max_episode_steps or self.max_episode_steps)
 
 
-TASKS: dict[str, Task] = {
-    "CartPole-v1": Task("CartPole-v1", _cartpole_expert, 500, description="discrete, return = steps balanced"),
-    "Pendulum-v1": Task("Pendulum-v1", _pendulum_expert, 200, description="continuous torque, swing-up"),
-}
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("CartPole-v1", _gym_maker("CartPole-v1"), _cartpole_expert, 500, "discrete, return = steps balanced"),
+    Task("Pendulum-v1", _gym_maker("Pendulum-v1"), _pendulum_expert, 200, "continuous torque, swing-up"),
+    Task("pomdp/tmaze", _pomdp_maker("tmaze", "max_steps"), _tmaze_expert, 14,
+         "T-maze (corridor 5): cue at t = 0 only; +1 right arm, -1 wrong arm, 0 time-out"),
+    Task("pomdp/masked-cartpole", _pomdp_maker("masked-cartpole"), _masked_cartpole_expert, 500,
+         "CartPole-v1 observing (x, theta) only"),
+)}
 
 
 def get_task(name: str) -> Task:
@@ -76,9 +114,9 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def register_task(task: Task, name: str | None = None) -> None:
-    """Add a task (for example one of rlhf.pomdp's environments) under `name` (default: its env id)."""
-    TASKS[name or task.env_id] = task
+def register_task(task: Task) -> None:
+    """Add a task under its name (for `rlhf dt data --env NAME`)."""
+    TASKS[task.name] = task
 
 
 # ------------------------------------------------------------------------------ spaces and encoding
@@ -266,7 +304,7 @@ class DTDataConfig(RunConfig):
     """Generate an offline data set of mixed quality (`rlhf dt data`)."""
 
     output_dir: str = option("runs/dt/data", help="Where dataset.npz, dataset.json and the run files go.")
-    env: str = option("CartPole-v1", help="Task: CartPole-v1, Pendulum-v1, or a POMDP task (see rlhf/dt/data.py).")
+    env: str = option("CartPole-v1", help=f"Task, one of: {', '.join(TASKS)} (see rlhf/dt/data.py).")
     levels: list[float] = option([1.0, 0.6, 0.4, 0.2], help="Behaviour noise levels: at each step the policy "
                                  "acts at random with this probability, else like the scripted expert "
                                  "(1: random, 0: expert).")
@@ -276,6 +314,7 @@ class DTDataConfig(RunConfig):
     def validate(self) -> None:
         super().validate()
         require_at_least(self, 1, "episodes_per_level")
+        get_task(self.env)
         if not self.levels:
             raise ConfigError("levels must list at least one noise level")
         if any(not 0 <= lv <= 1 for lv in self.levels):

@@ -22,7 +22,7 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.dt.data import encode_obs, get_task
 from rlhf.dt.model import DecisionTransformer
-from rlhf.dt.sequences import stack_windows, window
+from rlhf.dt.sequences import left_pad, padding_mask, stack_windows, timestep_indices
 
 EVAL_SEED_BASE = 100_000_000  # reset seeds of evaluation episodes: EVAL_SEED_BASE + 10_000 * seed + i
 
@@ -80,14 +80,16 @@ def rollout(model: DecisionTransformer, targets: list[float], episodes: int, see
         if not active:
             break
         windows = []
-        for j in active:
+        for j in active:  # the last K steps of each episode (older history is never read)
             h = hist[j]
             t = len(h["states"]) - 1
-            arrays = {"states": np.stack(h["states"]),
-                      "actions": np.asarray(h["actions"] + [np.zeros(act_shape, act_dtype)], act_dtype).reshape(
-                          t + 1, *act_shape),
-                      "rtg": np.asarray(h["rtg"], np.float32)}
-            windows.append(window(arrays, 0, t, K))
+            n = min(t + 1, K)
+            recent_actions = h["actions"][t + 1 - n:] + [np.zeros(act_shape, act_dtype)]  # a_t not chosen yet
+            windows.append({
+                "states": left_pad(np.stack(h["states"][-n:]), K),
+                "actions": left_pad(np.asarray(recent_actions, act_dtype).reshape(n, *act_shape), K),
+                "rtg": left_pad(np.asarray(h["rtg"][-n:], np.float32), K),
+                "mask": padding_mask(n, K), "timesteps": timestep_indices(t + 1 - n, n, K)})
         batch = {k: torch.from_numpy(v) for k, v in stack_windows(windows).items()}
         actions = model.act(batch["states"], batch["actions"], batch["rtg"], batch["timesteps"], batch["mask"],
                             sample=sample_actions, generator=gen)
