@@ -157,6 +157,32 @@ def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
                          nn.Linear(hidden, n_out))
 
 
+class RunningNorm(nn.Module):
+    """Observation normalisation by running mean and variance (as SB3's VecNormalize), kept in buffers so that it
+    is saved with the network. Updated only from observations met while training; identity until then."""
+
+    def __init__(self, dim: int, clip: float = 10.0):
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """x [N, D]: Chan et al.'s parallel update of the mean and variance."""
+        x = x.double()
+        n, mean, var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = mean - self.mean
+        self.var.copy_((self.var * self.count + var * n + delta**2 * self.count * n / total) / total)
+        self.mean.add_(delta * n / total)
+        self.count.fill_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean.float()) * torch.rsqrt(self.var.float() + 1e-8)).clamp(-self.clip, self.clip)
+
+
 def one_hot_prev(prev_actions: torch.Tensor, n_actions: int) -> torch.Tensor:
     """prev_actions [...] with -1 for none -> one-hot [..., A] (zeros for none)."""
     return F.one_hot(prev_actions.clamp(min=0), n_actions).float() * (prev_actions >= 0).unsqueeze(-1).float()
@@ -188,6 +214,17 @@ class RecurrentCore(nn.Module):
     def unflat(self, flat: torch.Tensor):
         h, c = flat.split(self.hidden_size, dim=-1)
         return (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous())
+
+
+class WindowQNet(nn.Module):
+    """Q on a flattened window of observations [B, k * D] -> [B, A] (k = 1: the current observation)."""
+
+    def __init__(self, n_in: int, hidden: int, n_actions: int):
+        super().__init__()
+        self.body = mlp(n_in, hidden, n_actions)
+
+    def forward(self, x):
+        return self.body(x)
 
 
 class DRQNet(nn.Module):
@@ -266,11 +303,12 @@ class ValueAgent:
         self.recurrent = kind in ("drqn", "vae")
         self.window = cfg.window if kind == "dqn-window" else 1
         if kind in ("dqn", "dqn-window"):
-            self.net = mlp(obs_dim * self.window, cfg.hidden_size, n_actions)
+            self.net = WindowQNet(obs_dim * self.window, cfg.hidden_size, n_actions)
         elif kind == "drqn":
             self.net = DRQNet(obs_dim, n_actions, cfg.hidden_size)
         else:
             self.net = SequenceVAEQ(obs_dim, n_actions, cfg.hidden_size, cfg.latent_size, cfg.vae_q_grad)
+        self.net.obs_norm = RunningNorm(obs_dim)  # a submodule, so saved with the weights
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate)
         stored = self.recurrent and cfg.hidden_init == "stored"
@@ -299,15 +337,19 @@ class ValueAgent:
         return RecurrentCore.flat(state["rnn"]).numpy() if self.replay.hidden is not None else None
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, state: dict, epsilon: float) -> tuple[np.ndarray, dict]:
-        """obs [N, D] -> actions [N] (epsilon-greedy), the state after this step."""
+    def act(self, obs: np.ndarray, state: dict, epsilon: float, learn: bool = False) -> tuple[np.ndarray, dict]:
+        """obs [N, D] -> actions [N] (epsilon-greedy), the state after this step. `learn`: update the
+        observation statistics (when normalising)."""
         o = torch.from_numpy(obs)
+        if learn and self.cfg.normalize_obs:
+            self.net.obs_norm.update(o)
+        norm = self.net.obs_norm
         if self.recurrent:
-            q, rnn = self.net(o.unsqueeze(1), state["prev"].unsqueeze(1), state["rnn"])
+            q, rnn = self.net(norm(o).unsqueeze(1), state["prev"].unsqueeze(1), state["rnn"])
             q = q[:, 0]
         else:
-            window = torch.cat([state["window"][:, 1:], o.unsqueeze(1)], dim=1)
-            q = self.net(window.flatten(1))
+            window = torch.cat([state["window"][:, 1:], o.unsqueeze(1)], dim=1)  # raw; normalised below
+            q = self.net(norm(window).flatten(1))
         actions = q.argmax(-1).numpy()
         explore = self.rng.random(len(actions)) < epsilon
         actions = np.where(explore, self.rng.integers(self.n_actions, size=len(actions)), actions)
@@ -335,6 +377,7 @@ class ValueAgent:
     def _window_loss(self) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         b = self.replay.sample_windows(cfg.batch_size, self.window, self.rng)
+        b["obs"], b["next_obs"] = self.net.obs_norm(b["obs"]), self.net.obs_norm(b["next_obs"])
         q = self.net(b["obs"].flatten(1)).gather(1, b["actions"].unsqueeze(1)).squeeze(1)  # [B]
         with torch.no_grad():  # double DQN: the online net picks, the target net values
             a_next = self.net(b["next_obs"].flatten(1)).argmax(-1, keepdim=True)
@@ -349,6 +392,7 @@ class ValueAgent:
         """One pass of the online and target networks over whole sub-sequences [B, S + 1]."""
         cfg = self.cfg
         b = self.replay.sample_sequences(cfg.batch_size, cfg.seq_len, cfg.burn_in, self.rng)
+        b["obs"] = self.net.obs_norm(b["obs"])
         B = b["obs"].shape[0]
         if cfg.hidden_init == "stored":
             state = self.net.core.unflat(b["hidden"])
@@ -415,6 +459,7 @@ class PolicyAgent:
         self.kind, self.n_actions, self.cfg, self.rng = kind, n_actions, cfg, rng
         self.recurrent = kind == "rpg"
         self.net = PolicyNet(obs_dim, n_actions, cfg.hidden_size, self.recurrent)
+        self.net.obs_norm = RunningNorm(obs_dim)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate)
         self.updates = 0
 
@@ -431,9 +476,13 @@ class PolicyAgent:
         return {"rnn": rnn, "prev": torch.where(d, -1, state["prev"])}
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, state: dict, greedy: bool = False) -> tuple[np.ndarray, dict]:
-        """Sample from the policy (its argmax when greedy): obs [N, D] -> actions [N], state."""
-        logits, rnn = self.net.step(torch.from_numpy(obs), state["prev"], state["rnn"])
+    def act(self, obs: np.ndarray, state: dict, greedy: bool = False, learn: bool = False):
+        """Sample from the policy (its argmax when greedy): obs [N, D] -> actions [N], state. `learn`: update
+        the observation statistics (when normalising)."""
+        o = torch.from_numpy(obs)
+        if learn and self.cfg.normalize_obs:
+            self.net.obs_norm.update(o)
+        logits, rnn = self.net.step(self.net.obs_norm(o), state["prev"], state["rnn"])
         if greedy:
             actions = logits.argmax(-1)
         else:
@@ -454,7 +503,7 @@ class PolicyAgent:
             rewards[i, :L], mask[i, :L] = torch.from_numpy(e.rewards), True
         prev = torch.cat([torch.full((B, 1), -1, dtype=torch.long), actions[:, :-1]], dim=1)
         # 1. the policy and the baseline over whole episodes, one call each
-        logits, baseline, _ = self.net(obs, prev)  # [B, T, A], [B, T]
+        logits, baseline, _ = self.net(self.net.obs_norm(obs), prev)  # [B, T, A], [B, T]
         logp_all = F.log_softmax(logits, dim=-1)
         logp = logp_all.gather(2, actions.unsqueeze(2)).squeeze(2)  # [B, T]
         # 2. reward-to-go and advantages against the history-conditioned baseline

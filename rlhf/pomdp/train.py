@@ -45,6 +45,8 @@ class PomdpConfig(RunConfig):
     learning_rate: float = option(1e-3, help="Adam learning rate.")
     gamma: float = option(0.99, help="Discount factor.")
     max_grad_norm: float = option(10.0, help="Gradient-norm clipping.")
+    normalize_obs: bool = option(False, help="Normalise observations by running mean and variance (saved with "
+                                 "the network).")
     # value-based agents
     window: int = option(4, help="dqn-window: number of most recent observations the Q-network sees.")
     batch_size: int = option(64, help="Transitions (dqn, dqn-window) or sub-sequences (drqn, vae) per update.")
@@ -122,7 +124,7 @@ class VecEnv:
         for i, (env, a) in enumerate(zip(self.envs, actions)):
             o, r, term, trunc, info = env.step(int(a))
             ep = self.open[i]
-            ep["obs"].append(self.obs[i])
+            ep["obs"].append(self.obs[i].copy())
             ep["next_obs"].append(np.asarray(o, np.float32))
             ep["actions"].append(int(a))
             ep["rewards"].append(float(r))
@@ -208,9 +210,9 @@ def train(cfg: PomdpConfig) -> dict:
         # 1. act in every environment (one network call per step for all N)
         hidden = agent.stored_hidden(state) if store_hidden else None
         if is_policy:
-            actions, state = agent.act(vec.obs, state)
+            actions, state = agent.act(vec.obs, state, learn=True)
         else:
-            actions, state = agent.act(vec.obs, state, epsilon_at(cfg, steps))
+            actions, state = agent.act(vec.obs, state, epsilon_at(cfg, steps), learn=True)
         _, done, finished = vec.step(actions, hidden)
         state = agent.reset_state(state, done)
         steps += cfg.num_envs

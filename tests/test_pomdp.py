@@ -1,0 +1,285 @@
+"""POMDP baselines: the environments behave as specified, the pure math matches hand-computed values, replay
+sampling builds the right windows and masks, and `rlhf pomdp train|evaluate` runs end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf.config import ConfigError, load_config
+from rlhf.losses import (diagonal_gaussian_kl, diagonal_gaussian_log_prob, discounted_reward_to_go,
+                         n_step_td_targets, sequence_elbo)
+from rlhf.pomdp.agents import Episode, SequenceReplay
+from rlhf.pomdp.envs import ENV_NAMES, AliasedCorridor, TMaze, TwoDoors, make_env
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ envs
+
+
+def test_aliased_corridor_ends_look_alike_and_value_is_exact():
+    env = AliasedCorridor(n_cells=5, step_cost=0.1, max_steps=20)
+    starts = {}
+    for seed in range(20):
+        o, info = env.reset(seed=seed)
+        starts[info["state"]] = o
+    assert set(starts) == {0, 4}  # episodes start at either end ...
+    np.testing.assert_array_equal(starts[0], starts[4])  # ... and the two ends look the same
+    # interior cells are told apart
+    assert env.obs_index(1) != env.obs_index(3) and env.obs_index(1) != 0
+    # always-right: from the left end 2 steps (-0.1 + 0.9), from the right end 20 steps into the wall
+    assert env.memoryless_value(1.0) == pytest.approx(0.5 * 0.8 + 0.5 * -2.0)
+    assert env.memoryless_value(0.0) == pytest.approx(-0.6)
+    values = {p: env.memoryless_value(p) for p in np.linspace(0, 1, 21)}
+    assert max(values, key=values.get) == pytest.approx(0.5)  # the stochastic optimum
+    # Monte Carlo with p = 0.5 at the ends agrees with the exact value
+    rng, total, n = np.random.default_rng(0), 0.0, 3000
+    for ep in range(n):
+        o, _ = env.reset(seed=1000 + ep)
+        done = False
+        while not done:
+            a = int(rng.random() < 0.5) if o[0] == 1 else int(np.flatnonzero(o)[0] == 1)
+            o, r, term, trunc, info = env.step(a)
+            total += r
+            done = term or trunc
+    assert total / n == pytest.approx(env.memoryless_value(0.5), abs=0.03)
+
+
+def test_two_doors_locked_door_never_opens_and_failures_look_alike():
+    env = TwoDoors(max_steps=4)
+    locked_seen, fail_obs = set(), []
+    for seed in range(20):
+        env.reset(seed=seed)
+        locked = env.locked
+        locked_seen.add(locked)
+        for _ in range(3):  # retrying the locked door never works
+            o, r, term, trunc, _ = env.step(locked)
+            assert not term and r == pytest.approx(-0.1)
+            fail_obs.append(o)
+        o, r, term, trunc, info = env.step(1 - locked)
+        assert term and r == 1.0 and info["success"] and o.argmax() == TwoDoors.OPENED
+    assert locked_seen == {0, 1}
+    assert all(np.array_equal(o, fail_obs[0]) for o in fail_obs)  # which door failed is not observed
+    env.reset(seed=0)
+    for t in range(4):
+        _, _, term, trunc, info = env.step(env.locked)
+    assert trunc and not term and info["success"] is False
+
+
+@pytest.mark.parametrize("length", [1, 3, 7])
+def test_tmaze_cue_only_at_start(length):
+    env = TMaze(corridor_length=length)
+    assert env.max_steps == 2 * length + 4
+    for seed in range(6):
+        o, info = env.reset(seed=seed)
+        cue = info["state"]
+        assert o[:2].tolist() == [1.0 - cue, float(cue)] and o[2] == 1.0
+        for t in range(length):
+            o, r, term, trunc, _ = env.step(0)
+            assert o[:2].sum() == 0 and r == 0 and not term  # the cue is gone after t = 0
+        assert o[3] == 1.0 and o[2] == 0.0  # at the junction
+        good = 1 + cue
+        o, r, term, _, info = env.step(good if seed % 2 else 3 - good)
+        assert term and info["success"] == bool(seed % 2) and r == (1.0 if seed % 2 else -1.0)
+    env.reset(seed=0)
+    for t in range(env.max_steps):
+        _, _, term, trunc, info = env.step(1)  # "up" in the corridor wastes a step
+    assert trunc and not term and info["success"] is False
+
+
+def test_cartpole_wrappers():
+    masked = make_env("masked-cartpole")
+    assert masked.observation_space.shape == (2,)
+    o, info = masked.reset(seed=0)
+    np.testing.assert_allclose(o, info["state"][[0, 2]])
+    o, *_, info = masked.step(1)
+    assert o.shape == (2,)
+    np.testing.assert_allclose(o, info["state"][[0, 2]])
+
+    def blanks(p):
+        env = make_env("flicker-cartpole", p_blank=p)
+        env.reset(seed=1)
+        n, count = 0, 0
+        for t in range(1000):
+            o, _, term, trunc, info = env.step(t % 2)
+            n += 1
+            count += int(not o.any())
+            if o.any():
+                np.testing.assert_allclose(o, info["state"])
+            if term or trunc:
+                env.reset()
+        return count / n
+
+    assert blanks(0.0) == 0.0 and blanks(1.0) == 1.0
+    assert blanks(0.5) == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match="unknown environment"):
+        make_env("pong")
+    assert all(make_env(n).reset(seed=0)[0].dtype == np.float32 for n in ENV_NAMES)
+
+
+# ------------------------------------------------------------------------------------- pure math
+
+
+def test_discounted_reward_to_go_by_hand():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 9.0], [1.0, 1.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    out = discounted_reward_to_go(rewards, mask, gamma=0.5)
+    # row 0: 3 -> 2 + 0.5*3 = 3.5 -> 1 + 0.5*3.5 = 2.75; padding (the 9s) is ignored and zeroed
+    torch.testing.assert_close(out, torch.tensor([[2.75, 3.5, 3.0, 0.0], [1.5, 1.0, 0.0, 0.0]]))
+    # against a plain loop on random data
+    r, m = torch.randn(3, 7), torch.ones(3, 7)
+    ref = torch.zeros(3, 7)
+    for t in reversed(range(7)):
+        ref[:, t] = r[:, t] + (0.9 * ref[:, t + 1] if t + 1 < 7 else 0)
+    torch.testing.assert_close(discounted_reward_to_go(r, m, 0.9), ref)
+
+
+def test_n_step_td_targets_by_hand():
+    r = torch.tensor([[1.0, 2.0, 3.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    v = torch.tensor([[10.0, 20.0, 30.0, 40.0], [10.0, 20.0, 30.0, 40.0]])  # V(o_{t+1})
+    d = torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0]])  # row 0 terminates at t = 2; row 1 is cut at t = 1
+    m = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    one = n_step_td_targets(r, v, d, m, gamma=0.5, n=1)
+    torch.testing.assert_close(one, torch.tensor([[1 + 5.0, 2 + 10.0, 3.0, 0.0], [6.0, 11.0, 0.0, 0.0]]))
+    two = n_step_td_targets(r, v, d, m, gamma=0.5, n=2)
+    # t=0: 1 + 0.5*2 + 0.25*V_1(=20); t=1: 2 + 0.5*3, terminal; row 1 t=0: 1 + 0.5*1 + 0.25*20
+    torch.testing.assert_close(two, torch.tensor([[7.0, 3.5, 3.0, 0.0], [6.5, 11.0, 0.0, 0.0]]))
+    many = n_step_td_targets(r, v, d, m, gamma=0.5, n=10)  # Monte Carlo up to the terminal state
+    torch.testing.assert_close(many[0, :3], discounted_reward_to_go(r, m, 0.5)[0, :3])
+    with pytest.raises(ValueError):
+        n_step_td_targets(r, v, d, m, 0.5, n=0)
+
+
+def test_gaussian_pieces_by_hand():
+    z = torch.zeros(1, 2)
+    assert diagonal_gaussian_kl(z, z, z, z).item() == 0.0
+    # KL(N(1, 1) || N(0, 1)) = 0.5 per dimension
+    assert diagonal_gaussian_kl(torch.ones(1, 2), z, z, z).item() == pytest.approx(1.0)
+    # KL(N(0, e) || N(0, 1)) = 0.5 (e - 1 - 1)
+    assert diagonal_gaussian_kl(z[:, :1], torch.ones(1, 1), z[:, :1], z[:, :1]).item() == \
+        pytest.approx(0.5 * (math.e - 2))
+    # KL(N(0, 1) || N(2, e^2)) = 0.5 (2 - 0 + (1 + 4) / e^2 - 1)
+    kl = diagonal_gaussian_kl(torch.zeros(1), torch.zeros(1), torch.tensor([2.0]), torch.tensor([2.0]))
+    assert kl.item() == pytest.approx(0.5 * (2 + 5 / math.e**2 - 1))
+    lp = diagonal_gaussian_log_prob(torch.tensor([1.0, 0.0]), torch.zeros(2), torch.tensor([0.0, math.log(4.0)]))
+    assert lp.item() == pytest.approx(-0.5 * (math.log(2 * math.pi) + 1) - 0.5 * (math.log(2 * math.pi) + math.log(4)))
+    elbo = sequence_elbo(torch.tensor([[1.0, 2.0, 100.0]]), torch.tensor([[0.5, 1.0, 100.0]]),
+                         torch.tensor([[1, 1, 0]]), beta=2.0)
+    assert elbo.item() == pytest.approx(((1 - 1.0) + (2 - 2.0)) / 2)
+
+
+# ------------------------------------------------------------------------------------------ replay
+
+
+def _episode(start: float, length: int, terminated: bool, hidden_dim: int = 0) -> Episode:
+    obs = (start + np.arange(length, dtype=np.float32))[:, None]  # o_t = start + t
+    return Episode(obs=obs, next_obs=obs + 1, actions=np.arange(length) % 2,
+                   rewards=np.ones(length, np.float32), terminated=terminated,
+                   hidden=np.full((length, hidden_dim), start, np.float32) if hidden_dim else None)
+
+
+def test_window_sampling_zero_pads_at_episode_start():
+    replay = SequenceReplay(100, obs_dim=1)
+    replay.add(_episode(1.0, 3, terminated=True))  # o = 1, 2, 3 (final 4)
+    batch = replay.sample_windows(200, k=3, rng=np.random.default_rng(0))
+    rows = {tuple(o[:, 0].tolist()): n[:, 0].tolist() for o, n in zip(batch["obs"], batch["next_obs"])}
+    assert rows == {(0.0, 0.0, 1.0): [0.0, 1.0, 2.0], (0.0, 1.0, 2.0): [1.0, 2.0, 3.0],
+                    (1.0, 2.0, 3.0): [2.0, 3.0, 4.0]}
+    last = batch["obs"][:, -1, 0] == 3.0
+    assert batch["terminated"][last].eq(1).all() and batch["terminated"][~last].eq(0).all()
+
+
+def test_sequence_sampling_masks_burn_in_and_episode_ends():
+    replay = SequenceReplay(100, obs_dim=1, hidden_dim=2)
+    replay.add(_episode(0.0, 10, terminated=False, hidden_dim=2))   # o = 0..9, truncated: final obs 10
+    replay.add(_episode(100.0, 4, terminated=True, hidden_dim=2))   # o = 100..103
+    b = replay.sample_sequences(300, length=3, burn_in=2, rng=np.random.default_rng(0))
+    S = 5
+    assert b["obs"].shape == (300, S + 1, 1) and b["train"].shape == (300, S)
+    for i in range(300):
+        obs, valid, train, burn = b["obs"][i, :, 0], b["valid"][i], b["train"][i], b["burn"][i]
+        first = obs[0].item()
+        episode_start, last_obs = (0.0, 9.0) if first < 100 else (100.0, 103.0)
+        n_valid = int(valid.sum())
+        # each row starts inside one episode and runs on in order while the episode lasts
+        torch.testing.assert_close(obs[:n_valid], first + torch.arange(n_valid, dtype=torch.float32))
+        assert obs[:n_valid][-1].item() == min(first + S - 1, last_obs)
+        assert valid[:n_valid].all() and not valid[n_valid:].any()
+        if n_valid < S or first + S - 1 == last_obs:  # the input after the last step is the final observation
+            assert obs[n_valid].item() == last_obs + 1
+        # burn-in: up to 2 steps before the training start, fewer only at the episode start
+        n_burn = int(burn.sum())
+        assert n_burn == 2 or (first == episode_start and n_burn < 2)
+        assert burn[:n_burn].all() and train[n_burn:n_valid].all() and not train[:n_burn].any()
+        assert bool(b["episode_start"][i]) == (first == episode_start)
+        assert b["hidden"][i].tolist() == [episode_start] * 2  # the stored state of the row's first step
+        assert b["prev_actions"][i, 0].item() == (-1 if first == episode_start else (int(first) - 1 - int(episode_start)) % 2)
+    # terminal flag only on the terminal step of the terminated episode
+    term_obs = b["obs"][:, :S, 0][b["terminated"].bool()]
+    assert term_obs.numel() > 0 and (term_obs == 103.0).all()
+
+
+def test_replay_overwrite_invalidates_whole_episode():
+    replay = SequenceReplay(8, obs_dim=1)
+    replay.add(_episode(0.0, 5, terminated=True))
+    replay.add(_episode(10.0, 5, terminated=True))  # wraps around and overwrites the first episode's start
+    assert len(replay) == 5
+    b = replay.sample_sequences(50, length=4, burn_in=0, rng=np.random.default_rng(0))
+    assert (b["obs"][:, 0, 0] >= 10).all()
+
+
+# ------------------------------------------------------------------------------------ models, CLI
+
+
+def test_two_door_model_comparison():
+    from rlhf.pomdp.models import two_door_comparison
+
+    out = two_door_comparison(seed=0, train_episodes=400, test_episodes=300, steps=150)
+    assert out["retry"]["actual"] == 0.0 and out["switch"]["actual"] == 1.0
+    assert out["retry"]["one_step"] == pytest.approx(0.5, abs=0.1)  # cannot tell which door failed
+    assert out["switch"]["one_step"] == pytest.approx(0.5, abs=0.1)
+    assert out["retry"]["history"] < 0.1 and out["switch"]["history"] > 0.9
+
+
+def test_configs_parse():
+    from rlhf.pomdp.train import PomdpConfig
+
+    files = sorted((ROOT / "configs" / "pomdp").glob("*.yaml"))
+    assert files
+    for f in files:
+        load_config(PomdpConfig, f)
+    with pytest.raises(ConfigError, match="unknown key 'windw'.*did you mean 'window'"):
+        load_config(PomdpConfig, overrides={"windw": "3"})
+    with pytest.raises(ConfigError, match="'agent'"):
+        load_config(PomdpConfig, overrides={"agent": "ppo"})
+
+
+@pytest.mark.parametrize("agent,extra", [
+    ("drqn", ["--hidden_init", "stored", "--burn_in", "2", "--n_step", "2"]),
+    ("vae", []),
+    ("dqn-window", []),
+    ("rpg", []),
+])
+def test_cli_train_and_evaluate_smoke(tmp_path, agent, extra):
+    from rlhf.cli import main
+
+    out = tmp_path / agent
+    args = ["pomdp", "train", "--env", "tmaze", "--corridor_length", "2", "--agent", agent, "--total_steps", "320",
+            "--num_envs", "4", "--learning_starts", "64", "--batch_size", "8", "--seq_len", "4", "--eval_every",
+            "160", "--eval_episodes", "4", "--final_eval_episodes", "4", "--log_every", "80", "--hidden_size", "16",
+            "--output_dir", str(out), *extra]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["env_steps"] == 320 and metrics["updates"] > 0 and len(metrics["eval_history"]) == 2
+    assert 0.0 <= metrics["final_eval"]["success_rate"] <= 1.0
+    assert (out / "agent.pt").is_file() and (out / "best.pt").is_file()
+    assert main(["pomdp", "evaluate", "--output_dir", str(out), "--final_eval_episodes", "3"]) == 0
+    assert json.loads((out / "eval.json").read_text())["episodes"] == 3
+    assert main(args) == 2  # the run exists: refused without --overwrite
