@@ -260,3 +260,26 @@ def test_continuous_rollout_runs_at_several_targets():
     bc = DecisionTransformer(make_spec(False, condition=False, K=3)).eval()
     same = rollout(bc, [-100.0, -10.0], episodes=2, seed=0, max_episode_steps=6, progress=False)
     assert same[0] == same[1]
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    data = generate("pomdp/tmaze", [1.0, 0.0], 4, seed=0, progress=False)
+    data.save(tmp_path / "data")
+    args = ["dt", "train", "--dataset", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run"),
+            "--max_steps", "6", "--save_every", "3", "--batch_size", "4", "--context_len", "4",
+            "--hidden_size", "16", "--warmup_steps", "2"]
+    assert cli_main(args) == 0
+    full = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert (tmp_path / "run" / "checkpoints" / "step-000003").is_dir()
+    capsys.readouterr()
+    assert cli_main(args + ["--resume", "true"]) == 0  # continues from step 3 (dropout RNG restored)
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "step-000003 (step 3)" in out
+    resumed = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], atol=0, rtol=0)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

@@ -144,6 +144,7 @@ def train(cfg: DTTrainConfig) -> dict:
 
         model.core.load_state_dict(DecisionTransformerModel.from_pretrained(ckpt / "model").state_dict())
         start = load_checkpoint(accelerator, ckpt, optimizer, scheduler)["step"]
+        print(f"dt train: resuming from {ckpt} (step {start})")
     logger = RunLogger(accelerator, cfg, "rlhf-dt", resume_step=start if ckpt is not None else None)
     print(f"dt train: {cfg.method} on {len(data.lengths)} episodes / {len(data.rewards)} steps of {spec.env} "
           f"(returns {data.returns.min():.1f} .. {data.returns.max():.1f}); "

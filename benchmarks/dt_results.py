@@ -1,0 +1,191 @@
+"""Decision Transformer results: achieved vs target return, against BC and filtered BC, over several seeds.
+
+    python benchmarks/dt_results.py                                   # CartPole-v1, Pendulum-v1, pomdp/tmaze; seeds 0 1 2
+    python benchmarks/dt_results.py --envs pomdp/tmaze --seeds 0 --steps_scale 0.2   # a smoke run
+
+For every task and seed: 1. generate the mixed-quality data set with that seed (`rlhf.dt.data.generate`),
+2. train three policies with the same network, context, optimiser and number of steps (`rlhf.dt.train.train`):
+the return-conditioned DT, BC on all episodes and filtered BC on the top 10% of episodes by return, 3. roll
+out the DT at each target return of a fixed list spanning the data set's range and the two BC policies, all from
+the same evaluation seeds (`rlhf.dt.evaluate.rollout`; discrete actions sampled from the predicted
+distribution for all three methods, continuous actions the predicted mean).
+
+Reported per task (means over seeds of each seed's mean over episodes, ± the standard deviation over seeds):
+achieved return per target; the Spearman rank correlation of achieved with target return (per seed, then
+averaged); the DT at the highest target (fixed in advance: the top of the data set's range, no selection on
+results) and at its best target (the max over targets, which does select) against BC and filtered BC; the
+gap to filtered BC as a fraction of the data set's return range. The plot goes to
+benchmarks/results/dt_results.png, the JSON (last line of stdout) to benchmarks/results/dt_results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rlhf.dt.data import generate  # noqa: E402
+from rlhf.dt.evaluate import rollout  # noqa: E402
+from rlhf.dt.model import DecisionTransformer  # noqa: E402
+from rlhf.dt.train import DTTrainConfig, train  # noqa: E402
+
+# Per task: data (levels, episodes per level), model context, training steps, targets, evaluation episodes.
+SETTINGS = {
+    "CartPole-v1": dict(levels=[1.0, 0.6, 0.4, 0.2], episodes_per_level=50, context_len=10, max_steps=600,
+                        targets=[20.0, 100.0, 200.0, 300.0, 400.0, 500.0], episodes=10),
+    "Pendulum-v1": dict(levels=[1.0, 0.5, 0.25, 0.0], episodes_per_level=40, context_len=10, max_steps=600,
+                        targets=[-1200.0, -900.0, -600.0, -300.0, -150.0, -50.0], episodes=10),
+    "pomdp/tmaze": dict(levels=[1.0, 0.5, 0.0], episodes_per_level=100, context_len=14, max_steps=400,
+                        targets=[-1.0, 0.0, 1.0], episodes=30),
+}
+METHODS = ("dt", "bc", "filtered_bc")
+
+
+def spearman(x, y) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(ry) == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def run_seed(env: str, seed: int, s: dict, args, workdir: Path) -> dict:
+    data = generate(env, s["levels"], s["episodes_per_level"], seed, progress=False)
+    data_dir = data.save(workdir / f"{env.replace('/', '_')}-s{seed}" / "data")
+    out = {"data": {"return_min": float(data.returns.min()), "return_max": float(data.returns.max()),
+                    "return_mean": float(data.returns.mean()), "by_level": data.meta["returns"],
+                    "top10_mean": float(data.top_fraction(args.top_fraction).returns.mean())}}
+    for method in METHODS:
+        run_dir = data_dir.parent / method
+        cfg = DTTrainConfig(output_dir=str(run_dir), dataset=str(data_dir), method=method,
+                            top_fraction=args.top_fraction, context_len=s["context_len"],
+                            max_steps=max(10, int(s["max_steps"] * args.steps_scale)), seed=seed, overwrite=True,
+                            log_every=50, num_threads=args.threads)
+        t0 = time.time()
+        metrics = train(cfg)
+        model = DecisionTransformer.load(run_dir / "model")
+        targets = s["targets"] if method == "dt" else [0.0]
+        returns = rollout(model, targets, s["episodes"], seed, sample_actions=True, progress=False)
+        out[method] = {"targets": targets if method == "dt" else None,
+                       "achieved": [float(np.mean(r)) for r in returns],
+                       "episode_std": [float(np.std(r)) for r in returns],
+                       "final_loss": metrics["train/final_loss"], "seconds": time.time() - t0}
+        print(f"  {env} seed {seed} {method}: achieved {np.round(out[method]['achieved'], 1).tolist()} "
+              f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return out
+
+
+def summarise(env: str, s: dict, runs: list[dict]) -> dict:
+    targets = s["targets"]
+    dt = np.array([r["dt"]["achieved"] for r in runs])  # [seeds, targets]
+    bc = np.array([r["bc"]["achieved"][0] for r in runs])  # [seeds]
+    fbc = np.array([r["filtered_bc"]["achieved"][0] for r in runs])
+    lo = float(np.mean([r["data"]["return_min"] for r in runs]))
+    hi = float(np.mean([r["data"]["return_max"] for r in runs]))
+    rho = [spearman(targets, row) for row in dt]
+    top = dt[:, -1]  # the highest target, fixed in advance
+    best_i = int(np.argmax(dt.mean(0)))
+    best = dt[:, best_i]
+    return {
+        "targets": targets,
+        "dt_mean": dt.mean(0).tolist(), "dt_std": dt.std(0).tolist(),
+        "bc_mean": float(bc.mean()), "bc_std": float(bc.std()),
+        "filtered_bc_mean": float(fbc.mean()), "filtered_bc_std": float(fbc.std()),
+        "data_return_min": lo, "data_return_max": hi,
+        "data_return_mean": float(np.mean([r["data"]["return_mean"] for r in runs])),
+        "data_top10_mean": float(np.mean([r["data"]["top10_mean"] for r in runs])),
+        "spearman_per_seed": rho, "spearman_mean": float(np.mean(rho)),
+        "rises": bool(np.mean(rho) > 0.5 and dt.mean(0)[-1] > dt.mean(0)[0]),
+        "dt_top_target_mean": float(top.mean()), "dt_top_target_std": float(top.std()),
+        "dt_best_target": targets[best_i], "dt_best_target_mean": float(best.mean()),
+        "dt_top_minus_bc": float(top.mean() - bc.mean()),
+        "dt_top_matches_bc": bool(top.mean() >= bc.mean() - 0.02 * (hi - lo)),
+        "gap_to_filtered_bc_frac": float((fbc.mean() - top.mean()) / (hi - lo)),
+        "close_to_filtered_bc": bool((fbc.mean() - top.mean()) <= 0.1 * (hi - lo)),
+    }
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summary), figsize=(4.2 * len(summary), 3.6), squeeze=False)
+    for ax, (env, s) in zip(axes[0], summary.items()):
+        t = np.array(s["targets"])
+        ax.axvspan(s["data_return_min"], s["data_return_max"], color="0.92", label="data return range")
+        ax.plot(t, t, ":", color="0.5", label="achieved = target")
+        ax.errorbar(t, s["dt_mean"], yerr=s["dt_std"], marker="o", capsize=3, label="DT")
+        for key, style, name in (("bc", "--", "BC"), ("filtered_bc", "-.", "filtered BC (top 10%)")):
+            ax.axhline(s[f"{key}_mean"], linestyle=style, color="C1" if key == "bc" else "C2", label=name)
+        ax.set_title(env)
+        ax.set_xlabel("target return")
+        ax.set_ylabel("achieved return")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--top_fraction", type=float, default=0.1)
+    p.add_argument("--steps_scale", type=float, default=1.0, help="Multiply every task's training steps.")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workdir", default="runs/dt_results")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dt_results.json"))
+    p.add_argument("--plot", default=str(ROOT / "benchmarks" / "results" / "dt_results.png"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    raw, summary = {}, {}
+    for env in args.envs:
+        s = SETTINGS[env]
+        raw[env] = [run_seed(env, seed, s, args, Path(args.workdir)) for seed in args.seeds]
+        summary[env] = summarise(env, s, raw[env])
+    plot(summary, Path(args.plot))
+
+    print(f"Decision Transformer vs BC / filtered BC (top {args.top_fraction:.0%}), seeds {args.seeds}: "
+          "mean ± std over seeds of the mean return over evaluation episodes")
+    for env, s in summary.items():
+        print(f"\n{env}: data returns {s['data_return_min']:.1f} .. {s['data_return_max']:.1f} "
+              f"(mean {s['data_return_mean']:.1f}, top 10% mean {s['data_top10_mean']:.1f})")
+        print(f"  {'target':>10} | {'DT achieved':>18}")
+        for t, m, sd in zip(s["targets"], s["dt_mean"], s["dt_std"]):
+            print(f"  {t:>10.1f} | {m:>10.1f} ± {sd:<6.1f}")
+        print(f"  {'BC':>10} | {s['bc_mean']:>10.1f} ± {s['bc_std']:<6.1f}")
+        print(f"  {'filt. BC':>10} | {s['filtered_bc_mean']:>10.1f} ± {s['filtered_bc_std']:<6.1f}")
+        print(f"  Spearman(target, achieved) {s['spearman_mean']:.2f} (per seed "
+              f"{', '.join(f'{r:.2f}' for r in s['spearman_per_seed'])}) -> rises: {s['rises']}")
+        print(f"  DT at top target {s['dt_top_target_mean']:.1f} vs BC {s['bc_mean']:.1f} -> matches BC: "
+              f"{s['dt_top_matches_bc']}; gap to filtered BC {s['gap_to_filtered_bc_frac']:+.1%} of the data range "
+              f"-> close (<= 10%): {s['close_to_filtered_bc']}; DT best target {s['dt_best_target']:g}: "
+              f"{s['dt_best_target_mean']:.1f}")
+    import gymnasium
+    import transformers
+
+    result = {"name": "dt_results", "seeds": args.seeds, "top_fraction": args.top_fraction,
+              "steps_scale": args.steps_scale, "settings": {e: SETTINGS[e] for e in args.envs},
+              "summary": summary, "per_seed": raw, "seconds": time.time() - t0,
+              "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "torch": torch.__version__, "transformers": transformers.__version__,
+                          "gymnasium": gymnasium.__version__, "threads": args.threads}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
