@@ -146,22 +146,23 @@ def test_label_stage_simulated_end_to_end(tmp_path):
     assert len(read_jsonl(out / "decisions.jsonl")) == 40 and read_jsonl(out / "pairs.jsonl") == pairs
 
 
-def test_export_ties_skips_and_identical_completions(tmp_path):
-    path = write_candidates(tmp_path / "c.jsonl", 4, k=2)
+def test_export_ties_skips_identical_and_empty_completions(tmp_path):
+    path = write_candidates(tmp_path / "c.jsonl", 5, k=2)
     rows = read_jsonl(path)
     rows[3]["candidates"][1]["text"] = rows[3]["candidates"][0]["text"]  # identical pair
+    rows[4]["candidates"][1]["text"] = "  "  # an empty completion: the pair readers would refuse it
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cands = read_candidates(path)
     items = comparisons(cands)
     store = DecisionStore(tmp_path / "d.jsonl")
     session = LabelSession(items, store, "browser")
-    for item, choice in zip(items, ["second", "tie", "skip", "first"]):
+    for item, choice in zip(items, ["second", "tie", "skip", "first", "first"]):
         session.decide(item.item, choice)
     for keep_ties, n_pairs in ((False, 1), (True, 2)):
         cfg = label_config(tmp_path, path, keep_ties=keep_ties)
         pairs, counts = export_pairs(cands, store, cfg)
-        assert counts == {"decisions": 4, "pairs": n_pairs, "ties_dropped": 0 if keep_ties else 1, "skipped": 1,
-                          "identical_completions": 1}
+        assert counts == {"decisions": 5, "pairs": n_pairs, "ties_dropped": 0 if keep_ties else 1, "skipped": 1,
+                          "identical_completions": 1, "empty_completions": 1}
         assert pairs[0].chosen[0]["content"] == cands[0].texts[1]  # "second" chose b
         assert pairs[0].rejected[0]["content"] == cands[0].texts[0]
         assert [p.tie for p in pairs] == ([False, True] if keep_ties else [False])

@@ -121,7 +121,8 @@ def export_pairs(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig
     from rlhf.preferences import PreferencePair
 
     by_id = {c.prompt_id: c for c in cands}
-    pairs, counts = [], {"decisions": 0, "pairs": 0, "ties_dropped": 0, "skipped": 0, "identical_completions": 0}
+    pairs, counts = [], {"decisions": 0, "pairs": 0, "ties_dropped": 0, "skipped": 0, "identical_completions": 0,
+                     "empty_completions": 0}
     for event in sorted(store.effective().values(), key=lambda e: e["seq"]):
         c = by_id.get(event["prompt_id"])
         if c is None:
@@ -144,6 +145,11 @@ def export_pairs(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig
         for i, j in chosen_rejected:
             if c.texts[i].strip() == c.texts[j].strip():
                 counts["identical_completions"] += 1
+                continue
+            if not c.texts[i].strip() or not c.texts[j].strip():
+                # The decision stays in decisions.jsonl; the pair is left out of pairs.jsonl because the
+                # preference readers (ours and TRL's) refuse an empty completion.
+                counts["empty_completions"] += 1
                 continue
             meta = {"prompt_id": c.prompt_id, "labeler": event["labeler"], "decision_seq": event["seq"],
                     "chosen_index": i, "rejected_index": j,
@@ -222,7 +228,8 @@ def run(cfg: LabelConfig) -> dict:
     metrics = logger.finish(metrics)
     print(f"[label] {counts['decisions']} decisions -> {counts['pairs']} pairs in {out / 'pairs.jsonl'}; left out: "
           f"{counts['skipped']} skipped, {counts['ties_dropped']} ties (keep_ties false), "
-          f"{counts['identical_completions']} with identical completions"
+          f"{counts['identical_completions']} with identical completions, "
+          f"{counts['empty_completions']} with an empty completion"
           + (f"; agreement with the gold judge {100 * agreement:.1f}% over {graded} pairs" if graded else ""))
     return metrics
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.distributed import derive_batch_sizes, global_batch_indices, make_accelerator, rank_slice
+from rlhf.distributed import (derive_batch_sizes, global_batch_indices, make_accelerator, micro_batch, rank_slice,
+                               shards_parameters)
 from rlhf.losses import bradley_terry_loss, expected_calibration_error, reward_centering_loss
 
 
@@ -41,7 +42,8 @@ class RewardConfig(RunConfig):
     model_name_or_path: str = option("smollm2-135m-instruct", help="Backbone: hub id, local model or adapter "
                                      "directory, or an alias (smollm2-135m-instruct, tiny-llama).")
     train_pairs: str = option("reward_data/pairs_train.jsonl", help="Preference pairs: any format "
-                              "rlhf.preferences reads (TRL standard/conversational/implicit, HH-RLHF), file or hub.")
+                              "rlhf.preferences reads (TRL standard/conversational/implicit, HH-RLHF), file or hub; "
+                              "several comma-separated sources are used together.")
     eval_pairs: str = option("reward_data/pairs_test.jsonl", help="Held-out pairs (empty: none).")
     pairs_format: str = option("auto", help="Format of the pair files.",
                                choices=("auto", "standard", "conversational", "implicit",
@@ -107,9 +109,12 @@ def load_pair_set(path: str, cfg: RewardConfig, tokenizer, texts: list[str], ind
     from rlhf.preferences import read_pairs
     from rlhf.reward import render_texts
 
-    pairs, summary = read_pairs(path, cfg.pairs_format, cfg.dataset_split, skip_invalid=cfg.skip_invalid)
-    if summary.skipped:
-        print(summary)
+    pairs = []
+    for part in [p.strip() for p in path.split(",") if p.strip()]:  # several files: their union
+        got, summary = read_pairs(part, cfg.pairs_format, cfg.dataset_split, skip_invalid=cfg.skip_invalid)
+        if summary.skipped:
+            print(summary)
+        pairs += got
     if not pairs:
         raise ConfigError(f"no usable pairs in {path}")
     prompts = [p.prompt for p in pairs]
@@ -220,6 +225,9 @@ def train(cfg: RewardConfig) -> dict:
     hf_logging.disable_progress_bar()
     accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
     sizes = derive_batch_sizes(cfg.global_batch_size, cfg.per_device_batch_size, accelerator.num_processes)
+    if shards_parameters(accelerator):  # every rank scores its own share of texts with the whole model
+        raise ConfigError("the reward stage does not run under ZeRO-3 or FSDP (parameter sharding); use a "
+                          "data-parallel preset such as multi_gpu or deepspeed_zero2")
     out = prepare_output_dir(cfg, accelerator)
     logger = RunLogger(accelerator, cfg, "rlhf-reward")
     started = time.time()
@@ -267,14 +275,17 @@ def train(cfg: RewardConfig) -> dict:
         loss_sum = torch.zeros((), device=accelerator.device)
         for m in range(sizes.grad_accum):
             idx = mine[m * sizes.per_device:(m + 1) * sizes.per_device]
-            # through the DDP-wrapped module, so that its backward all-reduces the gradients
-            rc, rr = pair_rewards(train_set, idx, accelerator.device, head=model.head if cfg.frozen else None,
-                                  features=features, model=model, encode=core.encode)
-            per_pair = bradley_terry_loss(rc, rr, cfg.margin, train_set.smoothing[idx].to(rc.device))
-            loss = per_pair.sum() / sizes.global_batch
-            if cfg.center_rewards_coef:
-                loss = loss + cfg.center_rewards_coef * reward_centering_loss(rc, rr) * len(idx) / sizes.global_batch
-            accelerator.backward(loss * accelerator.num_processes)
+            # through the DDP-wrapped module, so that its backward all-reduces the gradients (on the last
+            # micro-batch of the step only)
+            with micro_batch(accelerator, model.head if cfg.frozen else model, last=m == sizes.grad_accum - 1):
+                rc, rr = pair_rewards(train_set, idx, accelerator.device, head=model.head if cfg.frozen else None,
+                                      features=features, model=model, encode=core.encode)
+                per_pair = bradley_terry_loss(rc, rr, cfg.margin, train_set.smoothing[idx].to(rc.device))
+                loss = per_pair.sum() / sizes.global_batch
+                if cfg.center_rewards_coef:
+                    loss = loss + (cfg.center_rewards_coef * reward_centering_loss(rc, rr) * len(idx)
+                                   / sizes.global_batch)
+                accelerator.backward(loss * accelerator.num_processes)
             loss_sum += per_pair.detach().sum()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

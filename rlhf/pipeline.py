@@ -1,0 +1,294 @@
+"""`rlhf run`: the stages chained, SFT -> collect -> label -> reward -> policy -> evaluate.
+
+    rlhf run configs/quickstart.yaml            # the embedded SmolLM2-135M, about 15 minutes on 2 CPU cores
+    rlhf run configs/tiny/quickstart.yaml       # the tiny test model, about a minute
+    rlhf run configs/quickstart.yaml --only reward,policy --set policy.num_updates=4
+
+A pipeline file names an `output_dir` and, per stage, the stage's own YAML (`config`) and overrides
+("{output_dir}" in a value stands for the pipeline's output_dir):
+
+    output_dir: runs/quickstart
+    stages:
+      sft: {config: configs/sft.yaml}
+      collect: {config: configs/collect.yaml, max_prompts: 64}
+      ...
+
+Each stage writes to <output_dir>/<stage>, and the runner wires each stage's inputs to the outputs of the stages
+before it (the SFT model is the policy to sample from and to optimise, the labelled pairs train the reward
+model, ...) unless the stage's section sets that key itself. A stage is the same stage as `rlhf <stage>` runs,
+so any stage can also be run alone, under `accelerate launch` too.
+
+Skipping and resuming: a completed stage leaves DONE.json holding a hash of its resolved config and of the
+hashes of the stages it depends on. A second invocation skips every stage whose hash matches; a stage that
+was interrupted (its directory holds a run but no DONE.json) resumes from its latest checkpoint; a stage whose
+config changed, or whose inputs were rebuilt, runs again from scratch. pipeline.json records per-stage wall
+time and headline numbers; the summary printed at the end says where everything is and what improved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from rlhf.config import ConfigError, load_config, read_yaml, to_dict
+
+# stage -> (module, config class, entry function), in pipeline order
+STAGES = {
+    "sft": ("rlhf.stages.sft", "SFTConfig", "train"),
+    "collect": ("rlhf.stages.collect", "CollectConfig", "run"),
+    "label": ("rlhf.stages.label", "LabelConfig", "run"),
+    "reward": ("rlhf.stages.reward", "RewardConfig", "train"),
+    "policy": ("rlhf.stages.policy", "PolicyConfig", "train"),
+    "evaluate": ("rlhf.stages.evaluate", "EvaluateConfig", "run"),
+}
+DONE = "DONE.json"
+# Keys that do not change what a stage produces (left out of its hash).
+UNHASHED = {"resume", "overwrite", "report_to", "log_every", "sample_every", "save_every", "stop_after_update",
+            "stop_after_step", "sample_count", "sample_max_new_tokens", "eval_every", "keep_checkpoints"}
+
+
+def wiring(stage: str, root: Path, present: set[str]) -> dict:
+    """Inputs of `stage` taken from earlier stages' outputs (only from stages that are in the pipeline)."""
+    sft_model = str(root / "sft" / "model")
+    w: dict = {}
+    if stage == "collect" and "sft" in present:
+        w["model_name_or_path"] = sft_model
+    if stage == "label" and "collect" in present:
+        w["candidates"] = str(root / "collect" / "candidates.jsonl")
+    if stage == "reward" and "label" in present:
+        w["train_pairs"] = str(root / "label" / "pairs.jsonl")
+    if stage == "policy":
+        if "sft" in present:
+            w["model_name_or_path"] = sft_model
+        if "reward" in present:
+            w["reward_model"] = str(root / "reward" / "model")
+    if stage == "evaluate":
+        ckpts, names = [], []
+        for s in ("sft", "policy"):
+            if s in present:
+                ckpts.append(str(root / s / "model"))
+                names.append(s)
+        if ckpts:
+            w["checkpoints"], w["names"] = ckpts, names
+        if "reward" in present:
+            w["reward_model"] = str(root / "reward" / "model")
+    return w
+
+
+DEPENDS = {"sft": [], "collect": ["sft"], "label": ["collect"], "reward": ["label"], "policy": ["sft", "reward"],
+           "evaluate": ["sft", "reward", "policy"]}
+
+
+def config_hash(values: dict, upstream: list[str], unhashed=()) -> str:
+    kept = {k: v for k, v in sorted(values.items()) if k not in UNHASHED and k not in unhashed}
+    blob = json.dumps({"config": kept, "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_pipeline(path: str, sets: list[str], output_dir: str = "") -> tuple[Path, dict[str, dict]]:
+    """(output_dir, {stage: {"config": file or None, **overrides}}) in pipeline order."""
+    spec = read_yaml(path)
+    unknown = set(spec) - {"output_dir", "stages"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; a pipeline file has output_dir and stages")
+    if not isinstance(spec.get("stages"), dict) or not spec["stages"]:
+        raise ConfigError(f"{path}: 'stages' must map stage names to their settings")
+    for name in spec["stages"]:
+        if name not in STAGES:
+            raise ConfigError(f"{path}: unknown stage '{name}' (stages: {', '.join(STAGES)})")
+    stages = {}
+    for name in STAGES:  # pipeline order, whatever the file's order
+        if name in spec["stages"]:
+            section = spec["stages"][name] or {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"{path}: stages.{name} must be a mapping")
+            stages[name] = dict(section)
+    for item in sets:
+        key, eq, value = item.partition("=")
+        stage, dot, field = key.partition(".")
+        if not eq or not dot or stage not in stages:
+            raise ConfigError(f"--set {item!r}: expected STAGE.KEY=VALUE with STAGE one of {list(stages)}")
+        stages[stage][field] = yaml.safe_load(value)
+    return Path(output_dir or spec.get("output_dir", "runs/pipeline")), stages
+
+
+def resolve(stage: str, section: dict, root: Path, present: set[str]):
+    module_name, cls_name, _ = STAGES[stage]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    # "{output_dir}" in a string value stands for the pipeline's output_dir (to name other stages' outputs).
+    section = {k: v.replace("{output_dir}", str(root)) if isinstance(v, str) else v for k, v in section.items()}
+    file = section.pop("config", None)
+    values = {**wiring(stage, root, present), **section, "output_dir": str(root / stage)}
+    if "output_dir" in section:
+        raise ConfigError(f"stages.{stage}.output_dir: the runner puts each stage in <output_dir>/{stage}")
+    return load_config(cls, file, values)
+
+
+def stage_state(out: Path, digest: str) -> str:
+    """'done' (same config), 'changed' (done with another config), 'interrupted' or 'new'."""
+    marker = out / DONE
+    if marker.is_file():
+        return "done" if json.loads(marker.read_text()).get("config_hash") == digest else "changed"
+    if (out / "config.yaml").exists() or (out / "checkpoints").exists():
+        return "interrupted"
+    return "new"
+
+
+def headline(stage: str, metrics: dict) -> str:
+    pick = {
+        "sft": [("eval/loss_at_start", "held-out loss {:.3f}"), ("eval/loss", " -> {:.3f}")],
+        "collect": [("collect/completions_sampled", "{:.0f} completions"), ("collect/mean_tokens", ", {:.1f} tokens")],
+        "label": [("label/pairs", "{:.0f} pairs"), ("label/gold_agreement", ", gold agreement {:.2f}")],
+        "reward": [("eval/accuracy", "held-out accuracy {:.3f}")],
+        "policy": [("objective/scores_first", "score {:.3f}"), ("objective/scores_last", " -> {:.3f}"),
+                   ("objective/kl_last", ", KL {:.3f}")],
+    }.get(stage, [])
+    if stage == "evaluate":
+        return f"report {metrics.get('report', '')}"
+    return "".join(fmt.format(metrics[k]) for k, fmt in pick if isinstance(metrics.get(k), (int, float)))
+
+
+def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | None = None,
+                 output_dir: str = "") -> dict:
+    from accelerate.state import PartialState
+
+    state = PartialState()
+    root, stages = load_pipeline(path, sets or [], output_dir)
+    present = set(stages)
+    if only:
+        bad = [s for s in only if s not in stages]
+        if bad:
+            raise ConfigError(f"--only {','.join(bad)}: not in {path} (stages: {', '.join(stages)})")
+    cfgs = {name: resolve(name, section, root, present) for name, section in stages.items()}
+    hashes: dict[str, str] = {}
+    for name, cfg in cfgs.items():
+        hashes[name] = config_hash(to_dict(cfg), [hashes[d] for d in DEPENDS[name] if d in hashes],
+                                   cfg.RESUMABLE_CHANGES)
+
+    record_path = root / "pipeline.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record.setdefault("stages", {})
+    say = (lambda msg: print(msg, flush=True)) if state.is_main_process else (lambda msg: None)
+    started = time.time()
+    say(f"[run] {path}: {' -> '.join(stages)} in {root}")
+    for i, (name, cfg) in enumerate(cfgs.items(), 1):
+        out = Path(cfg.output_dir)
+        status = stage_state(out, hashes[name])
+        if only and name not in only:
+            say(f"[run] {i}/{len(cfgs)} {name}: not selected (--only), {status}")
+            continue
+        if status == "done":
+            say(f"[run] {i}/{len(cfgs)} {name}: done with the same config, skipped ({out})")
+            record["stages"].setdefault(name, {})["status"] = "skipped"
+            continue
+        if status == "interrupted":
+            cfg.resume, cfg.overwrite = True, False
+            if not resumable(cfg, out):
+                cfg.resume, cfg.overwrite = False, True
+                status = "interrupted with another config: starting again"
+        elif status == "changed":
+            cfg.resume, cfg.overwrite = False, True
+            status = "config or inputs changed: running again"
+        say(f"[run] {i}/{len(cfgs)} {name}: {'resuming' if cfg.resume and status != 'new' else 'running'} ({status}) -> {out}")
+        t0 = time.time()
+        module_name, _, fn = STAGES[name]
+        metrics = getattr(importlib.import_module(module_name), fn)(cfg) or {}
+        seconds = time.time() - t0
+        state.wait_for_everyone()
+        stopped = [k for k in metrics if k.startswith("stopped_at")]
+        if stopped:  # the stage checkpointed and stopped early on request: not done, resumes next time
+            say(f"[run] {name} stopped early ({stopped[0]} {metrics[stopped[0]]}); run the same command to resume")
+            record["stages"][name] = {"status": "stopped", "seconds": round(seconds, 1), "output_dir": str(out)}
+            break
+        if state.is_main_process:
+            (out / DONE).write_text(json.dumps({"config_hash": hashes[name], "seconds": seconds,
+                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+            record["stages"][name] = {"status": "ran", "seconds": round(seconds, 1), "output_dir": str(out),
+                                      "headline": headline(name, metrics)}
+        say(f"[run] {name} finished in {seconds:.0f} s {headline(name, metrics)}")
+        gc.collect()
+    record["last_invocation_seconds"] = round(time.time() - started, 1)
+    if state.is_main_process:
+        record["improvement"] = improvement(root) if "evaluate" in cfgs else None
+        root.mkdir(parents=True, exist_ok=True)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        print_summary(root, cfgs, record)
+    return record
+
+
+def resumable(cfg, out: Path) -> bool:
+    """Whether the run in `out` was started with this config (apart from the keys a resume may change)."""
+    old_path = out / "config.yaml"
+    if not old_path.is_file():
+        return True
+    old = yaml.safe_load(old_path.read_text()) or {}
+    new = to_dict(cfg)
+    return all(old.get(k, v) == v for k, v in new.items() if k not in cfg.RESUMABLE_CHANGES)
+
+
+def improvement(root: Path) -> dict | None:
+    """Aligned policy against SFT from the evaluation report: gold judge, reward, win rates and KL."""
+    path = root / "evaluate" / "report.json"
+    if not path.is_file():
+        return None
+    rep = json.loads(path.read_text())
+    ck = rep["checkpoints"]
+    if "sft" not in ck or "policy" not in ck:
+        return None
+    out = {}
+    for mode in ("greedy", "sampled"):
+        if mode not in ck["policy"]:
+            continue
+        s, p = ck["sft"][mode], ck["policy"][mode]
+        for key in ("gold", "reward"):
+            if key in p:
+                out[f"{mode}/{key}"] = {"sft": s[key], "policy": p[key]}
+        for key in ("win_rate_gold", "win_rate_reward", "kl_k1"):
+            if key in p:
+                out[f"{mode}/{key}"] = p[key]
+    return out
+
+
+def print_summary(root: Path, cfgs: dict, record: dict) -> None:
+    print(f"\n[run] summary ({root})")
+    print(f"{'stage':<10} {'status':<8} {'seconds':>8}  {'result':<48} where")
+    for name, cfg in cfgs.items():
+        r = record["stages"].get(name, {})
+        print(f"{name:<10} {r.get('status', '-'):<8} {r.get('seconds', 0):>8.0f}  {r.get('headline', ''):<48} "
+              f"{cfg.output_dir}")
+    imp = record.get("improvement")
+    if imp:
+        fmt = lambda m: f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+        print("\n[run] aligned policy against the SFT policy on held-out prompts (95% bootstrap intervals):")
+        for key, v in imp.items():
+            if "sft" in v:
+                print(f"  {key:<22} sft {fmt(v['sft'])}   policy {fmt(v['policy'])}")
+            else:
+                print(f"  {key:<22} {fmt(v)}")
+        print(f"  report: {root / 'evaluate' / 'report.md'}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="rlhf run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", help="Pipeline YAML (configs/quickstart.yaml, configs/tiny/quickstart.yaml).")
+    parser.add_argument("--output_dir", default="", help="Put the stages here instead of the file's output_dir.")
+    parser.add_argument("--only", default="", help="Comma-separated stages to run (others are left as they are).")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                        help="Override one stage field, e.g. --set policy.num_updates=4 (repeatable).")
+    args = parser.parse_args(argv)
+    if not Path(args.pipeline).is_file():
+        raise FileNotFoundError(f"pipeline file {args.pipeline} not found")
+    return run_pipeline(args.pipeline, [s for s in args.only.split(",") if s], args.set, args.output_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
