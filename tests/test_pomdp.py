@@ -83,11 +83,11 @@ def test_tmaze_cue_only_at_start(length):
         assert o[:2].tolist() == [1.0 - cue, float(cue)] and o[2] == 1.0
         for t in range(length):
             o, r, term, trunc, _ = env.step(0)
-            assert o[:2].sum() == 0 and r == 0 and not term  # the cue is gone after t = 0
+            assert o[:2].sum() == 0 and r == -0.01 and not term  # the cue is gone after t = 0
         assert o[3] == 1.0 and o[2] == 0.0  # at the junction
         good = 1 + cue
         o, r, term, _, info = env.step(good if seed % 2 else 3 - good)
-        assert term and info["success"] == bool(seed % 2) and r == (1.0 if seed % 2 else -1.0)
+        assert term and info["success"] == bool(seed % 2) and r == pytest.approx(0.99 if seed % 2 else -0.01)
     env.reset(seed=0)
     for t in range(env.max_steps):
         _, _, term, trunc, info = env.step(1)  # "up" in the corridor wastes a step

@@ -4,7 +4,7 @@ Stable names (constructor keyword arguments in brackets, defaults shown):
 
     make_env("aliased-corridor", n_cells=5, step_cost=0.1, max_steps=20)  -> AliasedCorridor
     make_env("two-doors", max_steps=4, fail_cost=0.1)                      -> TwoDoors
-    make_env("tmaze", corridor_length=5, max_steps=None)                   -> TMaze
+    make_env("tmaze", corridor_length=5, max_steps=None, step_cost=0.01)   -> TMaze
     make_env("flicker-cartpole", p_blank=0.5)                              -> FlickeringObservation(CartPole-v1)
     make_env("masked-cartpole")                                            -> MaskedVelocity(CartPole-v1)
     make_env("cartpole")                                                   -> CartPole-v1 (fully observed reference)
@@ -24,9 +24,10 @@ state it conditions on in `info["state"]` so that offline data sets can record i
   whichever door failed, so a one-step model (o, a) -> o' learns that retrying succeeds half the time,
   whereas the history shows a retried locked door never opens.
 - TMaze: the cue (up or down) is shown only in the first observation; the agent walks `corridor_length`
-  cells east to the junction, where "up" or "down" ends the episode: +1 if it matches the cue, -1 if not
-  (success = matched). Actions: 0 east, 1 up, 2 down (up/down in the corridor waste a step). Truncated after
-  `max_steps` (default 2 * corridor_length + 4). Memoryless agents can do no better than 50%.
+  cells east to the junction, where "up" or "down" ends the episode: +1 if it matches the cue, 0 if not
+  (success = matched); every step costs `step_cost`, so guessing beats wandering until the time limit.
+  Actions: 0 east, 1 up, 2 down (up/down in the corridor waste a step). Truncated after `max_steps` (default
+  2 * corridor_length + 4). Memoryless agents can do no better than 50% success.
 - FlickeringObservation: the whole observation is replaced by zeros with probability `p_blank` per step.
 - MaskedVelocity: CartPole's observation without the velocities: (x, theta), shape (2,).
 """
@@ -163,10 +164,10 @@ class TMaze(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, corridor_length: int = 5, max_steps: int | None = None):
+    def __init__(self, corridor_length: int = 5, max_steps: int | None = None, step_cost: float = 0.01):
         if corridor_length < 1:
             raise ValueError(f"corridor_length must be >= 1, got {corridor_length}")
-        self.corridor_length = corridor_length
+        self.corridor_length, self.step_cost = corridor_length, step_cost
         self.max_steps = max_steps if max_steps is not None else 2 * corridor_length + 4
         self.observation_space = spaces.Box(0.0, 1.0, (4,), np.float32)
         self.action_space = spaces.Discrete(3)
@@ -188,13 +189,13 @@ class TMaze(gym.Env):
     def step(self, action):
         action = int(action)
         self.t += 1
-        terminated, reward, info = False, 0.0, {"state": self.cue}
+        terminated, reward, info = False, -self.step_cost, {"state": self.cue}
         if action == 0:
             self.pos = min(self.pos + 1, self.corridor_length)
         elif self.pos == self.corridor_length:
             terminated = True
             success = (action - 1) == self.cue
-            reward = 1.0 if success else -1.0
+            reward += 1.0 if success else 0.0
             info["success"] = success
         truncated = not terminated and self.t >= self.max_steps
         if truncated:

@@ -1,0 +1,160 @@
+"""CartPole without velocities: the toolkit's recurrent agents against sb3-contrib's RecurrentPPO, in environment
+steps and wall time to a mean return of 475.
+
+    pip install -e .[bench]                 # sb3-contrib (RecurrentPPO)
+    python benchmarks/pomdp.py              # rpg, drqn and RecurrentPPO, 2 seeds each, at most 200k steps
+    python benchmarks/pomdp.py --agents rpg,sb3 --seeds 1 --max_steps 100000
+
+What runs, on the same environment (`rlhf.pomdp.envs.make_env("masked-cartpole")`: CartPole-v1 observing
+(x, theta) only):
+- **rpg**, **drqn**: `rlhf pomdp train` with configs/pomdp/masked_cartpole_{rpg,drqn}.yaml (8 environments,
+  observation normalisation), evaluated every `--eval_every` steps;
+- **sb3**: `sb3_contrib.RecurrentPPO` with the RL Zoo's settings for CartPoleNoVel-v1 (as published with its
+  model, which reaches 500 within 100k steps): MlpLstmPolicy, 8 environments, n_steps 32, batch 256, 20 epochs,
+  gamma 0.98, GAE lambda 0.8, learning rate and clip range linear from 1e-3 and 0.2, no entropy bonus, LSTM of
+  64 with a separate critic LSTM, pi/vf heads of [64], ReLU, no orthogonal init, VecNormalize of observations
+  and rewards.
+
+The same stopping rule for all: every `--eval_every` environment steps, 20 evaluation episodes with the
+policy's own sampling (sb3: deterministic=False; its observations normalised by the training statistics);
+training stops at the first evaluation whose mean return is >= 475. Reported per seed: the environment steps
+at that evaluation (or "not reached" within `--max_steps`) and the wall time of the whole training call,
+evaluations included. Both sides use one torch thread. Times depend on the machine's load: run it on a quiet
+machine, and compare the two sides from the same run only.
+
+Prints a table and, as the last line, one JSON object; the JSON also goes to benchmarks/results/pomdp.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rlhf.config import load_config  # noqa: E402
+from rlhf.pomdp.envs import make_env  # noqa: E402
+from rlhf.pomdp.train import PomdpConfig, train  # noqa: E402
+
+TARGET = 475.0
+
+
+def run_toolkit(agent: str, seed: int, args) -> dict:
+    cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"masked_cartpole_{agent}.yaml", {
+        "seed": str(seed), "output_dir": f"{args.runs_dir}/{agent}-seed{seed}", "overwrite": "true",
+        "total_steps": str(args.max_steps), "eval_every": str(args.eval_every), "eval_episodes": "20",
+        "stop_at_return": str(TARGET), "final_eval_episodes": "0"})
+    start = time.time()
+    m = train(cfg)
+    seconds = time.time() - start
+    reached = m["reached_stop_at"]
+    return {"side": agent, "seed": seed, "reached": reached is not None,
+            "env_steps": reached["step"] if reached else None, "wall_seconds": seconds,
+            "steps_run": m["env_steps"], "best_eval_return": m["best_periodic"]["return_mean"]}
+
+
+def run_sb3(seed: int, args) -> dict:
+    import torch.nn as nn
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.utils import get_linear_fn
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    train_env = VecNormalize(make_vec_env(lambda: make_env("masked-cartpole"), n_envs=8, seed=seed))
+    eval_env = VecNormalize(DummyVecEnv([lambda: Monitor(make_env("masked-cartpole"))]), training=False, norm_reward=False)
+    eval_env.seed(10_000 + seed)
+    history = []
+
+    class StopAtTarget(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.next_eval, self.reached = args.eval_every, None
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps < self.next_eval:
+                return True
+            self.next_eval += args.eval_every
+            eval_env.obs_rms = train_env.obs_rms  # evaluate with the training statistics
+            mean, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=20, deterministic=False)
+            history.append({"step": self.num_timesteps, "return_mean": float(mean)})
+            if mean >= TARGET:
+                self.reached = self.num_timesteps
+                return False
+            return True
+
+    model = RecurrentPPO(
+        "MlpLstmPolicy", train_env, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
+        learning_rate=get_linear_fn(1e-3, 0.0, 1.0), clip_range=get_linear_fn(0.2, 0.0, 1.0), ent_coef=0.0,
+        policy_kwargs=dict(ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64, enable_critic_lstm=True,
+                           net_arch=dict(pi=[64], vf=[64])),
+        seed=seed, device="cpu", verbose=0)
+    callback = StopAtTarget()
+    start = time.time()
+    model.learn(total_timesteps=args.max_steps, callback=callback)
+    seconds = time.time() - start
+    return {"side": "sb3", "seed": seed, "reached": callback.reached is not None, "env_steps": callback.reached,
+            "wall_seconds": seconds, "steps_run": int(model.num_timesteps),
+            "best_eval_return": max((h["return_mean"] for h in history), default=float("nan"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", default="rpg,drqn,sb3", help="Comma-separated: rpg, drqn, sb3.")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--max_steps", type=int, default=200_000)
+    parser.add_argument("--eval_every", type=int, default=5000)
+    parser.add_argument("--runs_dir", default="runs/pomdp_bench")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp.json"))
+    parser.add_argument("--include", default=None, help="JSON of an earlier run of this script whose runs are "
+                        "added to the table (e.g. sides run at different times; marked 'included').")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    rows = []
+    if args.include:
+        rows += [{**r, "included_from": args.include} for r in json.loads(Path(args.include).read_text())["runs"]]
+    for agent in [a for a in args.agents.split(",") if a]:
+        for seed in range(args.seeds):
+            print(f"[pomdp bench] {agent} seed {seed}", file=sys.stderr, flush=True)
+            rows.append(run_sb3(seed, args) if agent == "sb3" else run_toolkit(agent, seed, args))
+
+    summary = {}
+    lines = [f"{'side':<6} {'seed':>4} {'reached 475':>11} {'env steps':>10} {'wall s':>8} {'best eval':>9}"]
+    for r in rows:
+        lines.append(f"{r['side']:<6} {r['seed']:>4} {str(r['reached']):>11} {str(r['env_steps'] or '-'):>10} "
+                     f"{r['wall_seconds']:>8.1f} {r['best_eval_return']:>9.1f}")
+    for side in dict.fromkeys(r["side"] for r in rows):
+        mine = [r for r in rows if r["side"] == side]
+        hit = [r for r in mine if r["reached"]]
+        summary[side] = {"reached": f"{len(hit)}/{len(mine)}",
+                         "env_steps_mean": float(np.mean([r["env_steps"] for r in hit])) if hit else None,
+                         "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in hit])) if hit else None}
+    lines.append("")
+    lines.append("mean over the seeds that reached 475:")
+    for side, s in summary.items():
+        steps = f"{s['env_steps_mean']:.0f}" if s["env_steps_mean"] is not None else "-"
+        secs = f"{s['wall_seconds_mean']:.1f}" if s["wall_seconds_mean"] is not None else "-"
+        lines.append(f"  {side:<6} reached {s['reached']}, env steps {steps}, wall s {secs}")
+    print("\n".join(lines))
+    import sb3_contrib
+    result = {"target": TARGET, "eval_every": args.eval_every, "max_steps": args.max_steps, "runs": rows,
+              "summary": summary, "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                                              "sb3_contrib": sb3_contrib.__version__, "threads": 1}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
