@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The main job: set up (idempotent), then run the quickstart.
-#     bash scripts/quickstart.sh           # SFT of the embedded SmolLM2-135M-Instruct (~5 min on 2 CPU cores)
-#     bash scripts/quickstart.sh --tiny    # the same on the tiny test model (seconds)
-# Any further arguments are passed to the stage as --<field> VALUE overrides.
+# The main job: set up (idempotent), then run every stage of the quickstart pipeline.
+#     bash scripts/quickstart.sh           # SmolLM2-135M-Instruct: sft -> collect -> label -> reward -> policy -> evaluate
+#     bash scripts/quickstart.sh --tiny    # the same pipeline on the tiny test model (about a minute)
+# Further arguments go to `rlhf run` (--only STAGES, --set STAGE.KEY=VALUE, --output_dir DIR). Running it again
+# skips the stages that completed with the same config and resumes an interrupted one.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-CONFIG=configs/sft.yaml
+PIPELINE=configs/quickstart.yaml
 if [ "${1:-}" = "--tiny" ]; then
-  CONFIG=configs/tiny/sft.yaml
+  PIPELINE=configs/tiny/quickstart.yaml
   shift
 fi
-exec "$PY" -m rlhf.cli sft --config "$CONFIG" --overwrite true "$@"
+exec "$PY" -m rlhf.cli run "$PIPELINE" "$@"

@@ -273,3 +273,24 @@ def test_bf16_feature_extraction_leaves_the_saved_backbone_in_full_precision(tmp
     for k, v in base.items():
         if k.startswith("model."):
             assert saved[k].dtype == torch.float32 and torch.equal(saved[k], v), k
+
+
+def test_several_pair_files_and_max_train_pairs(tmp_path):
+    """train_pairs may list several sources (their union); max_train_pairs keeps the first N of each."""
+    from rlhf.models import load_tokenizer
+    from rlhf.stages.reward import load_pair_set
+
+    src = ROOT / "reward_data/pairs_train.jsonl"
+    lines = src.read_text().splitlines()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(lines[:5]) + "\n")
+    b.write_text("\n".join(lines[5:12]) + "\n")
+    cfg = load_config(RewardConfig, None, {"train_pairs": f"{a},{b}"})
+    tok = load_tokenizer("tiny-llama")
+    assert len(load_pair_set(cfg.train_pairs, cfg, tok, [], {})) == 12
+    assert len(load_pair_set(cfg.train_pairs, cfg, tok, [], {}, max_pairs=3)) == 6
+    texts, index = [], {}
+    one = load_pair_set(str(b), cfg, tok, texts, index)
+    both = load_pair_set(f"{a},{b}", cfg, tok, texts, index, max_pairs=0)
+    # the same text gets the same id across sets (stored once)
+    assert torch.equal(both.chosen[5:], one.chosen) and torch.equal(both.rejected[5:], one.rejected)

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.distributed import (derive_batch_sizes, global_batch_indices, make_accelerator, micro_batch, rank_slice,
-                               shards_parameters)
+from rlhf.distributed import (derive_batch_sizes, gather_rows, global_batch_indices, make_accelerator, micro_batch,
+                               rank_slice, shards_parameters)
 from rlhf.losses import bradley_terry_loss, expected_calibration_error, reward_centering_loss
 
 
@@ -44,6 +44,7 @@ class RewardConfig(RunConfig):
     train_pairs: str = option("reward_data/pairs_train.jsonl", help="Preference pairs: any format "
                               "rlhf.preferences reads (TRL standard/conversational/implicit, HH-RLHF), file or hub; "
                               "several comma-separated sources are used together.")
+    max_train_pairs: int = option(0, help="Use only the first this many pairs of each train_pairs source (0: all).")
     eval_pairs: str = option("reward_data/pairs_test.jsonl", help="Held-out pairs (empty: none).")
     pairs_format: str = option("auto", help="Format of the pair files.",
                                choices=("auto", "standard", "conversational", "implicit",
@@ -76,6 +77,7 @@ class RewardConfig(RunConfig):
         super().validate()
         require_at_least(self, 1, "max_length", "mlp_hidden", "extract_batch_size", "num_epochs",
                          "global_batch_size", "per_device_batch_size", "lora_r")
+        require_at_least(self, 0, "max_train_pairs")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.label_smoothing < 0.5:
@@ -104,7 +106,8 @@ class PairSet:
         return len(self.chosen)
 
 
-def load_pair_set(path: str, cfg: RewardConfig, tokenizer, texts: list[str], index: dict[str, int]) -> PairSet:
+def load_pair_set(path: str, cfg: RewardConfig, tokenizer, texts: list[str], index: dict[str, int],
+                  max_pairs: int = 0) -> PairSet:
     """Read pairs and render them; `texts`/`index` are shared across sets so a text is stored once."""
     from rlhf.preferences import read_pairs
     from rlhf.reward import render_texts
@@ -114,7 +117,7 @@ def load_pair_set(path: str, cfg: RewardConfig, tokenizer, texts: list[str], ind
         got, summary = read_pairs(part, cfg.pairs_format, cfg.dataset_split, skip_invalid=cfg.skip_invalid)
         if summary.skipped:
             print(summary)
-        pairs += got
+        pairs += got[:max_pairs] if max_pairs else got
     if not pairs:
         raise ConfigError(f"no usable pairs in {path}")
     prompts = [p.prompt for p in pairs]
@@ -198,9 +201,10 @@ def pair_metrics(model, pairs: PairSet, features, cfg: RewardConfig, accelerator
         rc, rr = pair_rewards(pairs, idx, accelerator.device, head=model.head, features=features, model=model,
                               encode=model.encode)
         rc_all.append(rc.float()), rr_all.append(rr.float()), sm_all.append(pairs.smoothing[idx].to(rc.device))
-    rc = accelerator.gather_for_metrics(torch.cat(rc_all), use_gather_object=False)
-    rr = accelerator.gather_for_metrics(torch.cat(rr_all), use_gather_object=False)
-    sm = accelerator.gather_for_metrics(torch.cat(sm_all), use_gather_object=False)
+    # ranks may hold one pair more than others (stride shards): gather_rows pads, gathers and trims
+    rc = gather_rows(accelerator, torch.cat(rc_all))
+    rr = gather_rows(accelerator, torch.cat(rr_all))
+    sm = gather_rows(accelerator, torch.cat(sm_all))
     model.train()
     decided = sm < 0.5  # ties have no right answer
     d = rc - rr
@@ -237,7 +241,7 @@ def train(cfg: RewardConfig) -> dict:
         model = RewardModel.from_backbone(cfg.model_name_or_path, head=cfg.head, mlp_hidden=cfg.mlp_hidden,
                                           max_length=cfg.max_length, seed=cfg.seed)
     texts, index = [], {}
-    train_set = load_pair_set(cfg.train_pairs, cfg, model.tokenizer, texts, index)
+    train_set = load_pair_set(cfg.train_pairs, cfg, model.tokenizer, texts, index, cfg.max_train_pairs)
     eval_set = load_pair_set(cfg.eval_pairs, cfg, model.tokenizer, texts, index) if cfg.eval_pairs else None
     model.freeze_backbone(cfg.unfreeze_top_layers)
     if cfg.use_peft:
