@@ -17,6 +17,7 @@ STAGES = {
     "reward": ("rlhf.stages.reward", "Stage 3: reward model (frozen backbone + scalar head, Bradley-Terry); "
                "`rlhf reward score` scores a file."),
     "policy": ("rlhf.stages.policy", "Stage 4: KL-penalised, importance-sampled policy gradient."),
+    "dialogue": ("rlhf.dialogue.stage", "Multi-step offline RL on text games: `rlhf dialogue data|train|evaluate`."),
     "evaluate": ("rlhf.stages.evaluate", "Stage 5: checkpoints side by side (report.json, report.md, plots)."),
     "run": ("rlhf.pipeline", "Every stage chained from one pipeline file (configs/quickstart.yaml); completed "
             "stages are skipped, interrupted ones resume."),

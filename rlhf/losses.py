@@ -303,3 +303,90 @@ def dt_action_loss(preds: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     else:
         per_step = ((preds.float() - targets.float()) ** 2).mean(-1)  # [B, K]
     return masked_mean(per_step, mask)
+
+
+# ---- dialogue (multi-step offline RL: rlhf/dialogue) ----
+
+
+def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
+    """Asymmetric squared loss |tau - 1(diff < 0)| * diff^2 with diff = target - prediction, elementwise
+    [*] -> [*]. Minimised over a constant prediction it gives the tau-expectile of the targets: tau = 0.5 is
+    the mean, tau -> 1 the maximum (IQL, Kostrikov et al., 2021; ILQL's V loss, Snell et al., 2022)."""
+    weight = torch.where(diff < 0, 1.0 - tau, tau)
+    return weight * diff**2
+
+
+def cql_term(q_all: torch.Tensor, q_taken: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Conservative Q-learning penalty logsumexp_a Q(s, a) - Q(s, a_data) (CQL(H), Kumar et al., 2020).
+
+    q_all: [N, A] over the action set (the vocabulary per token, or k sampled candidate utterances);
+    q_taken: [N] at the logged action; valid: optional [N, A] bool, False on padded candidates.
+    Returns [N] (>= 0 when the logged action is in the set): pushes down unseen actions, up the logged one.
+    """
+    if valid is not None:
+        q_all = q_all.masked_fill(~valid.bool(), float("-inf"))
+    return torch.logsumexp(q_all, dim=-1) - q_taken
+
+
+def next_action_index(action_mask: torch.Tensor) -> torch.Tensor:
+    """For each position t of action_mask [B, T] (1 where the token is an agent action), the index of the
+    next action position after t, or T if there is none (the episode ends after t). [B, T] long."""
+    B, T = action_mask.shape
+    out = torch.full((B, T), T, dtype=torch.long, device=action_mask.device)
+    nxt = torch.full((B,), T, dtype=torch.long, device=action_mask.device)
+    for t in reversed(range(T)):
+        out[:, t] = nxt
+        nxt = torch.where(action_mask[:, t].bool(), torch.full_like(nxt, t), nxt)
+    return out
+
+
+def next_state_values(values: torch.Tensor, action_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V(s') for every action position: values [B, T] of the state before each position's token -> the
+    value at the next action position (0 after the episode's last action), and done [B, T] (1.0 where no
+    action follows). Environment tokens in between belong to the transition, not to a state."""
+    idx = next_action_index(action_mask)  # [B, T]
+    T = values.shape[1]
+    done = (idx == T).to(values.dtype)
+    gathered = torch.gather(values, 1, idx.clamp(max=T - 1))
+    return gathered * (1 - done), done
+
+
+def bellman_targets(rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
+                    gamma: torch.Tensor | float) -> torch.Tensor:
+    """One-step targets r + gamma * (1 - done) * V(s'); all [B, T] (gamma a scalar or [B, T])."""
+    return rewards + gamma * (1 - dones) * next_values
+
+
+def place_utterance_rewards(utt_rewards: torch.Tensor, utt_last: torch.Tensor, utt_mask: torch.Tensor,
+                            n_tokens: int) -> torch.Tensor:
+    """Per-token reward placement: each utterance's reward on its last token, 0 on every other token.
+    utt_rewards, utt_last (token index of each utterance's last token), utt_mask: [B, U] -> [B, T_tokens]."""
+    out = torch.zeros(utt_rewards.shape[0], n_tokens, dtype=utt_rewards.dtype, device=utt_rewards.device)
+    return out.scatter_add(1, utt_last * utt_mask.long(), utt_rewards * utt_mask.to(utt_rewards.dtype))
+
+
+def token_discounts(utt_last: torch.Tensor, utt_mask: torch.Tensor, n_tokens: int, gamma: float) -> torch.Tensor:
+    """Per-token discounts [B, T_tokens]: gamma on each utterance's last token (the step to the next
+    utterance), 1 inside an utterance, so that chaining the token targets of one utterance gives the
+    utterance-level target r_u + gamma V(next utterance state). utt_last, utt_mask: [B, U]."""
+    out = torch.ones(utt_last.shape[0], n_tokens, device=utt_last.device)
+    src = torch.full(utt_last.shape, float(gamma), device=utt_last.device)
+    keep = utt_mask.bool()
+    rows = torch.arange(utt_last.shape[0], device=utt_last.device)[:, None].expand_as(utt_last)
+    out[rows[keep], utt_last[keep]] = src[keep]
+    return out
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Monte-Carlo return-to-go sum_k gamma^k r_{t+k} over each row's steps: rewards, mask [B, U] -> [B, U]
+    (GAE with lambda = 1 and zero values)."""
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)
+    return returns
+
+
+def perturbed_logits(bc_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float) -> torch.Tensor:
+    """ILQL's acting distribution: log pi_bc(a|s) + beta * (Q(s, a) - V(s)) (Snell et al., 2022), as
+    unnormalised logits. bc_logits, q: [B, V]; v: [B] or [B, 1]. beta = 0 gives the BC policy back."""
+    if v.dim() == bc_logits.dim() - 1:
+        v = v.unsqueeze(-1)
+    return torch.log_softmax(bc_logits.float(), dim=-1) + beta * (q - v)

@@ -1,0 +1,255 @@
+"""Offline learners on logged dialogues. Each owns its loop and calls the pure math in rlhf/losses.py.
+
+- `train_bc`: behaviour cloning, next-token likelihood of the agent's tokens (filtered BC: the same on the
+  top fraction of trajectories by return, see `rlhf.dialogue.data.top_fraction`).
+- `train_ilql`: per-token implicit language Q-learning (Snell et al., 2022): one time step per token.
+- `train_utterance_q`: per-utterance Q over candidate utterances; mode "chai" (Bellman targets with the max
+  over candidates sampled from a fixed LM, a CQL term over those candidates; Verma et al., 2022) or "mc"
+  (regression onto Monte-Carlo returns-to-go).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf.dialogue.data import Encoder, transitions
+from rlhf.dialogue.models import (
+    ValueHeads,
+    build_lm,
+    lm_features,
+    polyak_update,
+    sample_utterances,
+    utterance_features,
+)
+from rlhf.losses import (
+    IGNORE_INDEX,
+    bellman_targets,
+    cql_term,
+    expectile_loss,
+    masked_mean,
+    next_state_values,
+    place_utterance_rewards,
+    token_discounts,
+    token_nll_sum,
+)
+
+
+@dataclass
+class TrainStats:
+    """Compute and the last logged losses of one training run."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    parameters: int = 0
+    extra_seconds: float = 0.0  # work outside the optimiser steps (candidate sampling for CHAI)
+    log: list = field(default_factory=list)
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int):
+    """Indices for `steps` batches: shuffled passes over range(n), reproducible from `seed`."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            perm = list(range(n))
+            rng.shuffle(perm)
+            order += perm
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def _optimizer(model, lr: float):
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ BC
+
+
+def train_bc(records: list[dict], tokenizer, *, hidden: int, layers: int, steps: int, batch_size: int,
+             lr: float, seed: int, desc: str = "bc", log_every: int = 50):
+    """Next-token likelihood of the agent's tokens (environment tokens are context only)."""
+    enc = Encoder(tokenizer)
+    model = build_lm(tokenizer, hidden, layers, seed)
+    opt = _optimizer(model, lr)
+    stats = TrainStats(parameters=sum(p.numel() for p in model.parameters()))
+    start = time.time()
+    for step, idx in enumerate(tqdm(_batches(len(records), batch_size, steps, seed), total=steps, desc=desc,
+                                    leave=False), 1):
+        b = enc.batch([records[i] for i in idx])
+        labels = b.tokens.masked_fill(b.action_mask == 0, IGNORE_INDEX)  # [B, T]
+        logits = model(input_ids=b.tokens, attention_mask=b.attention_mask).logits
+        nll, count = token_nll_sum(logits, labels)
+        loss = nll / count
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % log_every == 0 or step == steps:
+            stats.log.append({"step": step, "bc/nll": loss.item()})
+    stats.steps, stats.seconds = steps, time.time() - start
+    return model.eval(), stats
+
+
+# ---------------------------------------------------------------------------------------------- ILQL
+
+
+def ilql_losses(heads: ValueHeads, target: ValueHeads, hidden: torch.Tensor, b, *, gamma: float, tau: float,
+                cql_weight: float):
+    """ILQL losses on a TokenBatch with the LM's hidden states [B, T, d] (one time step per agent token):
+
+        1. Q(s_t, a_t) from the q head at the state before each agent token, V(s_t) from the v head;
+        2. rewards on each utterance's last token, discount gamma only between utterances;
+        3. Q target r_t + gamma_t V(s_{t+1}) (V detached; 0 after the episode's last action);
+        4. V regressed to the target network's Q(s_t, a_t) with the expectile loss (tau);
+        5. CQL over the vocabulary: logsumexp_a Q(s_t, a) - Q(s_t, a_t).
+    """
+    T = b.tokens.shape[1]
+    h = hidden[:, :-1]  # [B, T-1, d]: the state before token t+1
+    acts = (b.action_mask[:, 1:] * b.attention_mask[:, 1:]).float()  # [B, T-1]
+    nxt = b.tokens[:, 1:]  # [B, T-1]
+    q_all = heads.q_values(h)  # [B, T-1, V]
+    q = q_all.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
+    v = heads.v_values(h)  # [B, T-1]
+    with torch.no_grad():
+        q_target = target.q_values(h).gather(-1, nxt.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
+    rewards = place_utterance_rewards(b.utt_rewards, b.utt_last, b.utt_mask, T)[:, 1:]
+    gammas = token_discounts(b.utt_last, b.utt_mask, T, gamma)[:, 1:]
+    v_next, done = next_state_values(v.detach(), acts)
+    y = bellman_targets(rewards, v_next, done, gammas)
+    q_loss = masked_mean((q - y) ** 2, acts)
+    v_loss = masked_mean(expectile_loss(q_target - v, tau), acts)
+    cql = masked_mean(cql_term(q_all, q), acts)
+    loss = q_loss + v_loss + cql_weight * cql
+    stats = {"ilql/q_loss": q_loss.item(), "ilql/v_loss": v_loss.item(), "ilql/cql": cql.item(),
+             "ilql/q_mean": masked_mean(q, acts).item(), "ilql/v_mean": masked_mean(v, acts).item()}
+    return loss, stats
+
+
+def train_ilql(records: list[dict], tokenizer, lm, *, steps: int, batch_size: int, lr: float, seed: int,
+               gamma: float, tau: float, cql_weight: float, polyak: float, width: int = 256,
+               log_every: int = 100):
+    """ILQL heads on the frozen LM `lm` (the behaviour-cloned policy whose logits the agent perturbs)."""
+    enc = Encoder(tokenizer)
+    stats = TrainStats()
+    t0 = time.time()
+    data = enc.batch(records)  # [N, T] for the whole data set
+    hidden = lm_features(lm, data.tokens, data.attention_mask)  # [N, T, d], once
+    stats.extra_seconds = time.time() - t0
+    heads = ValueHeads("token", hidden.shape[-1], len(tokenizer), width, seed)
+    target = copy.deepcopy(heads).requires_grad_(False)
+    opt = _optimizer(heads, lr)
+    stats.parameters = sum(p.numel() for p in heads.parameters())
+    start = time.time()
+    for step, idx in enumerate(tqdm(_batches(len(records), batch_size, steps, seed), total=steps, desc="ilql",
+                                    leave=False), 1):
+        idx = torch.tensor(idx)
+        loss, s = ilql_losses(heads, target, hidden[idx], data.select(idx), gamma=gamma, tau=tau,
+                              cql_weight=cql_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        polyak_update(target, heads, polyak)
+        if step % log_every == 0 or step == steps:
+            stats.log.append({"step": step, **s})
+    stats.steps, stats.seconds = steps, time.time() - start
+    return heads.eval(), stats
+
+
+# ------------------------------------------------------------------------------- utterance-level Q
+
+
+def candidate_sets(lm, enc: Encoder, states: list[tuple], k: int, seed: int,
+                   batch_size: int = 256) -> dict[tuple, list[str]]:
+    """k utterances sampled from the fixed LM at each distinct state (intro, turns), deduplicated."""
+    gen = torch.Generator().manual_seed(seed)
+    distinct = sorted(set(states), key=repr)
+    out: dict[tuple, list[str]] = {}
+    for i in tqdm(range(0, len(distinct), batch_size), desc="candidates", leave=False):
+        chunk = distinct[i:i + batch_size]
+        hists = [enc.history(intro, list(turns)) for intro, turns in chunk for _ in range(k)]
+        texts = sample_utterances(lm, enc, hists, generator=gen)
+        for j, state in enumerate(chunk):
+            out[state] = sorted(set(texts[j * k:(j + 1) * k]))
+    return out
+
+
+def train_utterance_q(records: list[dict], tokenizer, lm, *, mode: str, steps: int, batch_size: int, lr: float,
+                      seed: int, gamma: float, cql_weight: float = 0.0, polyak: float = 0.005,
+                      num_candidates: int = 4, width: int = 256, log_every: int = 100):
+    """Q(history, utterance) heads on the frozen LM's features. mode "mc": regression onto returns-to-go;
+    mode "chai": onto r + gamma max_{c ~ LM(s')} Q_target(s', c) (0 when done), plus a CQL term over the
+    candidates sampled at s and the logged utterance."""
+    if mode not in ("mc", "chai"):
+        raise ValueError(f"unknown utterance-level mode '{mode}'")
+    enc = Encoder(tokenizer)
+    data = transitions(records, gamma)
+    stats = TrainStats()
+    t0 = time.time()
+    x_data = utterance_features(lm, enc, [enc.history(t.intro, list(t.turns)) for t in data],
+                                [t.utterance for t in data])  # [M, d]
+    rewards = torch.tensor([t.reward for t in data])
+    done = torch.tensor([float(t.done) for t in data])
+    rtg = torch.tensor([t.return_to_go for t in data])
+    if mode == "chai":
+        # 1. candidates from the fixed LM at every state and next state, and their features, once
+        states = sorted({(t.intro, t.turns) for t in data} | {(t.intro, t.next_turns) for t in data if not t.done},
+                        key=repr)
+        sid = {s: i for i, s in enumerate(states)}
+        cands = candidate_sets(lm, enc, states, num_candidates, seed)
+        width_k = max(len(c) for c in cands.values())
+        flat_h, flat_u, cand_idx = [], [], torch.zeros(len(states), width_k, dtype=torch.long)
+        valid = torch.zeros(len(states), width_k, dtype=torch.bool)
+        for i, s in enumerate(states):
+            h = enc.history(s[0], list(s[1]))
+            for j, c in enumerate(cands[s]):
+                cand_idx[i, j] = len(flat_u)
+                valid[i, j] = True
+                flat_h.append(h)
+                flat_u.append(c)
+            cand_idx[i, len(cands[s]):] = cand_idx[i, 0]
+        x_cand = utterance_features(lm, enc, flat_h, flat_u)  # [P, d]
+        cur = torch.tensor([sid[(t.intro, t.turns)] for t in data])
+        nxt = torch.tensor([sid[(t.intro, t.next_turns)] if not t.done else 0 for t in data])
+    stats.extra_seconds = time.time() - t0
+    heads = ValueHeads("utterance", x_data.shape[-1], len(tokenizer), width, seed)
+    target = copy.deepcopy(heads).requires_grad_(False)
+    opt = _optimizer(heads, lr)
+    stats.parameters = sum(p.numel() for p in heads.parameters())
+    start = time.time()
+    for step, idx in enumerate(tqdm(_batches(len(data), batch_size, steps, seed), total=steps, desc=mode,
+                                    leave=False), 1):
+        idx = torch.tensor(idx)
+        q = heads.q_values(x_data[idx])  # [B]
+        if mode == "mc":
+            loss = ((q - rtg[idx]) ** 2).mean()
+            s = {"mc/loss": loss.item(), "mc/q_mean": q.mean().item()}
+        else:
+            # 2. conservative term over the candidates at s and the logged utterance
+            c = cand_idx[cur[idx]]  # [B, k]
+            q_all = torch.cat([heads.q_values(x_cand[c]), q[:, None]], dim=1)  # [B, k + 1]
+            ok = torch.cat([valid[cur[idx]], torch.ones(len(idx), 1, dtype=torch.bool)], dim=1)
+            cql = cql_term(q_all, q, ok).mean()
+            # 3. target r + gamma max over the candidates at s' from the target heads (0 when done)
+            with torch.no_grad():
+                n = cand_idx[nxt[idx]]
+                q_n = target.q_values(x_cand[n]).masked_fill(~valid[nxt[idx]], float("-inf"))
+                v_next = q_n.max(dim=1).values.masked_fill(done[idx].bool(), 0.0)
+                y = bellman_targets(rewards[idx], v_next, done[idx], gamma)
+            td = ((q - y) ** 2).mean()
+            loss = td + cql_weight * cql
+            s = {"chai/td": td.item(), "chai/cql": cql.item(), "chai/q_mean": q.mean().item()}
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if mode == "chai":
+            polyak_update(target, heads, polyak)
+        if step % log_every == 0 or step == steps:
+            stats.log.append({"step": step, **s})
+    stats.steps, stats.seconds = steps, time.time() - start
+    return heads.eval(), stats

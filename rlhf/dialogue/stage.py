@@ -1,0 +1,238 @@
+"""`rlhf dialogue`: multi-step offline RL on text environments (data / train / evaluate).
+
+    rlhf dialogue data     --config configs/dialogue/data.yaml       # scripted trajectories (jsonl)
+    rlhf dialogue train    --config configs/dialogue/train.yaml --algorithm ilql
+    rlhf dialogue evaluate --config configs/dialogue/evaluate.yaml --run runs/dialogue/ilql
+
+Algorithms: bc, filtered_bc (top fraction by return), mc (utterance-level Q on Monte-Carlo returns), ilql
+(per-token Q/V heads; acts on log pi_bc + beta (Q - V)) and chai (utterance-level Q over candidates from the
+BC LM, conservative term, arg-max over k candidates). The value-based ones put heads on the frozen
+behaviour-cloned LM: a run trains that LM first unless `lm` names an earlier bc run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.config import ConfigError, RunConfig, option, parse_args, require_at_least, save_config
+from rlhf.dialogue.envs import ENVS
+from rlhf.runs import RunExistsError
+
+ALGORITHMS = ("bc", "filtered_bc", "mc", "ilql", "chai")
+
+
+@dataclass
+class DialogueDataConfig(RunConfig):
+    """Generate offline dialogue data from scripted behaviour policies."""
+
+    output_dir: str = option("runs/dialogue/data", help="Where trajectories.jsonl, summary.json and "
+                             "config.yaml go.")
+    env: str = option("guess", help="Environment: the guessing game, the fully or the partially observed maze.",
+                      choices=ENVS)
+    episodes_per_policy: int = option(400, help="Episodes from each behaviour policy.")
+    policies: list[str] = option(["random", "greedy", "optimal"], help="Behaviour policies (random, greedy "
+                                 "(greedy-informative), optimal (near-optimal, with exploration noise)).")
+
+    def validate(self) -> None:
+        super().validate()
+        require_at_least(self, 1, "episodes_per_policy")
+        bad = [p for p in self.policies if p not in ("random", "greedy", "optimal")]
+        if bad or not self.policies:
+            raise ConfigError(f"key 'policies': {bad or 'empty'} not among random, greedy, optimal")
+
+
+@dataclass
+class DialogueTrainConfig(RunConfig):
+    """Train a dialogue agent offline on logged trajectories."""
+
+    output_dir: str = option("runs/dialogue/agent", help="Where lm/, heads/, log.jsonl and metrics.json go.")
+    data: str = option("runs/dialogue/data/trajectories.jsonl", help="Trajectories from `rlhf dialogue data`.")
+    algorithm: str = option("ilql", help="Learner.", choices=ALGORITHMS)
+    lm: str = option("", help="For mc / ilql / chai: a bc run directory whose lm/ is the frozen behaviour "
+                     "policy; empty: train it in this run.")
+    hidden: int = option(64, help="LM width (a Llama built from a config, byte-level tokenizer).")
+    layers: int = option(2, help="LM layers.")
+    bc_steps: int = option(600, help="Optimiser steps of (filtered) behaviour cloning.")
+    bc_batch_size: int = option(32, help="Trajectories per BC step.")
+    bc_lr: float = option(3e-3, help="BC learning rate (AdamW).")
+    filter_fraction: float = option(0.2, help="filtered_bc: the top fraction of trajectories by return.")
+    value_steps: int = option(2000, help="Optimiser steps of the value heads.")
+    value_batch_size: int = option(64, help="Trajectories (ilql) or utterance transitions (mc, chai) per step.")
+    value_lr: float = option(1e-3, help="Value-head learning rate (AdamW).")
+    head_width: int = option(256, help="Width of the two-layer value heads.")
+    gamma: float = option(0.99, help="Discount per utterance (1 inside an utterance for ilql).")
+    expectile: float = option(0.7, help="ilql: expectile tau of the V loss.")
+    cql_weight: float = option(0.1, help="ilql, chai: weight of the conservative (CQL) term.")
+    polyak: float = option(0.005, help="ilql, chai: target-network soft-update rate.")
+    num_candidates: int = option(4, help="chai: utterances sampled from the LM per state for the target max "
+                                 "and the conservative term.")
+
+    def validate(self) -> None:
+        super().validate()
+        require_at_least(self, 1, "hidden", "layers", "bc_steps", "bc_batch_size", "value_steps",
+                         "value_batch_size", "head_width", "num_candidates")
+        if not 0 < self.filter_fraction <= 1:
+            raise ConfigError("filter_fraction must be in (0, 1]")
+        if not (0 <= self.gamma <= 1 and 0 < self.expectile < 1 and 0 < self.polyak <= 1 and self.cql_weight >= 0):
+            raise ConfigError("need 0 <= gamma <= 1, 0 < expectile < 1, 0 < polyak <= 1, cql_weight >= 0")
+
+
+@dataclass
+class DialogueEvalConfig(RunConfig):
+    """Evaluate a trained dialogue agent in its environment."""
+
+    output_dir: str = option("runs/dialogue/eval", help="Where eval.json goes.")
+    run: str = option("runs/dialogue/agent", help="A `rlhf dialogue train` run directory.")
+    env: str = option("", help="Environment (empty: the one of the run's data).", choices=("",) + ENVS)
+    episodes: int = option(200, help="Evaluation episodes (fresh seeds, disjoint from the data's).")
+    beta: float = option(4.0, help="ilql: weight of Q - V on the BC log-probabilities when acting.")
+    k: int = option(8, help="mc, chai: candidate utterances sampled from the LM per turn.")
+    temperature: float = option(1.0, help="Sampling temperature of the LM (0: arg-max tokens).")
+
+    def validate(self) -> None:
+        super().validate()
+        require_at_least(self, 1, "episodes", "k")
+        if self.beta < 0 or self.temperature < 0:
+            raise ConfigError("beta and temperature must be >= 0")
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def _prepare(cfg, product: str) -> Path:
+    out = Path(cfg.output_dir)
+    if (out / product).exists() and not cfg.overwrite:
+        raise RunExistsError(f"{out} already holds {product}; pass --overwrite true to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def make_data(cfg: DialogueDataConfig) -> dict:
+    from rlhf.dialogue.data import generate, save_jsonl
+
+    out = _prepare(cfg, "trajectories.jsonl")
+    records = generate(cfg.env, cfg.episodes_per_policy, cfg.seed, cfg.policies)
+    save_jsonl(records, out / "trajectories.jsonl")
+    summary = {"env": cfg.env, "episodes": len(records)}
+    for p in cfg.policies:
+        rs = [r for r in records if r["policy"] == p]
+        summary[p] = {"success": sum(r["success"] for r in rs) / len(rs),
+                      "return": sum(r["return"] for r in rs) / len(rs),
+                      "turns": sum(len(r["turns"]) for r in rs) / len(rs)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return summary
+
+
+def load_lm(directory: str | Path):
+    from transformers import AutoModelForCausalLM
+
+    path = Path(directory, "lm")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} holds no behaviour-cloned LM ({path}/config.json); "
+                                "train one with `rlhf dialogue train --algorithm bc`")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def train(cfg: DialogueTrainConfig) -> dict:
+    """Train one learner; returns metrics including the compute it took (wall time, steps, parameters)."""
+    from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q
+    from rlhf.dialogue.data import load_jsonl, top_fraction
+    from rlhf.models import build_tiny_tokenizer
+
+    out = _prepare(cfg, "metrics.json")
+    torch.manual_seed(cfg.seed)
+    records = load_jsonl(cfg.data)
+    tokenizer = build_tiny_tokenizer()
+    metrics: dict = {"algorithm": cfg.algorithm, "env": records[0]["env"], "episodes": len(records)}
+    log = []
+    start = time.time()
+    if cfg.algorithm in ("bc", "filtered_bc") or not cfg.lm:
+        data = top_fraction(records, cfg.filter_fraction) if cfg.algorithm == "filtered_bc" else records
+        lm, st = train_bc(data, tokenizer, hidden=cfg.hidden, layers=cfg.layers, steps=cfg.bc_steps,
+                          batch_size=cfg.bc_batch_size, lr=cfg.bc_lr, seed=cfg.seed, log_every=cfg.log_every)
+        lm.save_pretrained(out / "lm", safe_serialization=True)
+        tokenizer.save_pretrained(out / "lm")
+        metrics.update({"bc/steps": st.steps, "bc/seconds": st.seconds, "bc/parameters": st.parameters,
+                        "bc/episodes": len(data)})
+        log += st.log
+    else:
+        lm = load_lm(cfg.lm)
+        metrics["lm"] = cfg.lm
+    if cfg.algorithm in ("mc", "ilql", "chai"):
+        common = dict(steps=cfg.value_steps, batch_size=cfg.value_batch_size, lr=cfg.value_lr, seed=cfg.seed,
+                      gamma=cfg.gamma, width=cfg.head_width, log_every=cfg.log_every)
+        if cfg.algorithm == "ilql":
+            heads, st = train_ilql(records, tokenizer, lm, tau=cfg.expectile, cql_weight=cfg.cql_weight,
+                                   polyak=cfg.polyak, **common)
+        else:
+            heads, st = train_utterance_q(records, tokenizer, lm, mode=cfg.algorithm, cql_weight=cfg.cql_weight,
+                                          polyak=cfg.polyak, num_candidates=cfg.num_candidates, **common)
+        heads.save(out / "heads")
+        metrics.update({"value/steps": st.steps, "value/seconds": st.seconds, "value/parameters": st.parameters,
+                        "value/feature_seconds": st.extra_seconds})
+        log += st.log
+    metrics["seconds"] = time.time() - start
+    (out / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics))
+    return metrics
+
+
+def load_agent(run: str | Path, beta: float = 4.0, k: int = 8, temperature: float = 1.0):
+    """The agent a train run produced: its LM (or the one it names) and its heads."""
+    import yaml
+
+    from rlhf.dialogue.agents import Agent
+    from rlhf.dialogue.data import Encoder
+    from rlhf.dialogue.models import ValueHeads
+    from rlhf.models import build_tiny_tokenizer
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run} is not a `rlhf dialogue train` run (no config.yaml)")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    algorithm = cfg["algorithm"]
+    lm = load_lm(run if (run / "lm").exists() else cfg["lm"])
+    heads = ValueHeads.load(run / "heads") if algorithm in ("mc", "ilql", "chai") else None
+    kind = "bc" if algorithm in ("bc", "filtered_bc") else algorithm
+    return Agent(kind, lm, Encoder(build_tiny_tokenizer()), heads, beta=beta, k=k, temperature=temperature), cfg
+
+
+def evaluate_run(cfg: DialogueEvalConfig) -> dict:
+    from rlhf.dialogue.agents import evaluate, scripted_return
+    from rlhf.dialogue.data import load_jsonl
+    from rlhf.dialogue.envs import normalised_score
+
+    out = _prepare(cfg, "eval.json")
+    agent, run_cfg = load_agent(cfg.run, cfg.beta, cfg.k, cfg.temperature)
+    env = cfg.env or load_jsonl(run_cfg["data"])[0]["env"]
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    result = evaluate(agent, env, cfg.episodes, cfg.seed)
+    result = {"algorithm": run_cfg["algorithm"], "env": env, "seconds": time.time() - t0, **result}
+    if env.startswith("maze"):
+        r_random = scripted_return(env, "random", 2000, cfg.seed)
+        r_opt = scripted_return(env, "optimal", 2000, cfg.seed)
+        result["normalised_score"] = normalised_score(result["return"]["mean"], r_random, r_opt)
+    result.pop("returns")
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "transcripts"}))
+    return result
+
+
+def main(argv: list[str] | None = None):
+    argv = list(argv or [])
+    commands = {"data": (DialogueDataConfig, make_data), "train": (DialogueTrainConfig, train),
+                "evaluate": (DialogueEvalConfig, evaluate_run)}
+    if not argv or argv[0] not in commands:
+        raise ConfigError("usage: rlhf dialogue {data,train,evaluate} [--config FILE.yaml] [--<field> VALUE]"
+                          + (f"; unknown subcommand '{argv[0]}'" if argv and not argv[0].startswith("-") else ""))
+    cls, fn = commands[argv[0]]
+    return fn(parse_args(cls, argv[1:], prog=f"rlhf dialogue {argv[0]}"))
