@@ -88,6 +88,8 @@ def run_sb3(seed: int, args) -> dict:
             eval_env.obs_rms = train_env.obs_rms  # evaluate with the training statistics
             mean, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=20, deterministic=False)
             history.append({"step": self.num_timesteps, "return_mean": float(mean)})
+            print(f"[pomdp bench] sb3 seed {seed}: {self.num_timesteps} steps, eval return {mean:.1f}",
+                  file=sys.stderr, flush=True)
             if mean >= TARGET:
                 self.reached = self.num_timesteps
                 return False

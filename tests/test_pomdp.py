@@ -241,7 +241,7 @@ def test_replay_overwrite_invalidates_whole_episode():
 def test_two_door_model_comparison():
     from rlhf.pomdp.models import two_door_comparison
 
-    out = two_door_comparison(seed=0, train_episodes=400, test_episodes=300, steps=150)
+    out = two_door_comparison(seed=0, train_episodes=300, test_episodes=300, steps=120, lr=1e-2)
     assert out["retry"]["actual"] == 0.0 and out["switch"]["actual"] == 1.0
     assert out["retry"]["one_step"] == pytest.approx(0.5, abs=0.1)  # cannot tell which door failed
     assert out["switch"]["one_step"] == pytest.approx(0.5, abs=0.1)

@@ -197,6 +197,9 @@ class RecurrentCore(nn.Module):
         self.n_actions, self.hidden_size = n_actions, hidden
         self.embed = nn.Sequential(nn.Linear(obs_dim + n_actions, hidden), nn.ReLU())
         self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        with torch.no_grad():  # forget-gate bias 1 (Jozefowicz et al., 2015): remember by default at the start
+            for name in ("bias_ih_l0", "bias_hh_l0"):
+                getattr(self.lstm, name)[hidden:2 * hidden].fill_(0.5)
 
     def forward(self, obs: torch.Tensor, prev_actions: torch.Tensor, state=None):
         """obs [B, T, D], prev_actions [B, T] -> features [B, T, H], final (h, c)."""

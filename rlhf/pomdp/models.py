@@ -88,13 +88,13 @@ def predicted_open(model: nn.Module, data: dict) -> torch.Tensor:
 
 
 def two_door_comparison(seed: int = 0, train_episodes: int = 2000, test_episodes: int = 1000,
-                        steps: int = 300) -> dict:
+                        steps: int = 300, lr: float = 3e-3) -> dict:
     """Fit both models on random-policy episodes and compare P(opened) with the truth, on held-out episodes,
     at the steps that follow a failed try: retrying the door that just failed, or switching to the other."""
     torch.manual_seed(seed)
     train, test = random_episodes(train_episodes, seed), random_episodes(test_episodes, seed + 10_000)
     models = {"one_step": OneStepModel(), "history": HistoryModel()}
-    losses = {name: fit(m, train, steps) for name, m in models.items()}
+    losses = {name: fit(m, train, steps, lr) for name, m in models.items()}
     prev = torch.cat([torch.full_like(test["actions"][:, :1], -1), test["actions"][:, :-1]], dim=1)
     after_failure = test["mask"] & (test["obs"][..., TwoDoors.LOCKED] > 0)  # [B, T]
     cases = {"retry": after_failure & (test["actions"] == prev), "switch": after_failure & (test["actions"] != prev),
