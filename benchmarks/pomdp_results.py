@@ -6,11 +6,11 @@
 
 Groups (each run is `rlhf pomdp train --config configs/pomdp/<name>.yaml --seed S`, so the YAMLs hold every
 hyperparameter):
-- masked_cartpole: CartPole without velocities. DRQN, recurrent REINFORCE, DQN on a window of 4, the
-  sequence-VAE and memoryless DQN, each until a periodic evaluation (20 episodes) reaches a mean return of
+- masked_cartpole: CartPole without velocities. DRQN, recurrent REINFORCE, DQN on a window of 4 and
+  memoryless DQN, each until a periodic evaluation (20 episodes) reaches a mean return of
   475 or its step budget runs out. Reported: whether and when 475 was reached, and the mean return of the
   network with the best periodic evaluation, re-measured on 100 fresh episodes.
-- tmaze: T-maze with a corridor of 8. Success rate (200 fresh episodes) of the final network.
+- tmaze: T-maze with a corridor of 5. Success rate (200 fresh episodes) of the final network.
 - corridor: the aliased corridor. Mean return (1000 fresh episodes) and, for the memoryless agents, the
   probability of moving right at the (aliased) ends and the exact value of the learned memoryless policy
   next to the exact best memoryless value (`AliasedCorridor.memoryless_value`).
@@ -41,8 +41,9 @@ from rlhf.pomdp.envs import AliasedCorridor  # noqa: E402
 from rlhf.pomdp.train import PomdpConfig, load_agent, train  # noqa: E402
 
 GROUPS = {
+    # masked_cartpole_vae.yaml exists but is left out here for compute (about 3x a DRQN update)
     "masked_cartpole": ["masked_cartpole_drqn", "masked_cartpole_rpg", "masked_cartpole_dqn_window",
-                        "masked_cartpole_vae", "masked_cartpole_dqn"],
+                        "masked_cartpole_dqn"],
     "tmaze": ["tmaze_drqn", "tmaze_rpg", "tmaze_vae", "tmaze_dqn", "tmaze_dqn_window", "tmaze_pg"],
     "corridor": ["corridor_pg", "corridor_dqn", "corridor_rpg"],
 }
@@ -150,7 +151,7 @@ def main() -> None:
         elif group == "tmaze":
             rows = [[n, e["agent"], mean_std(e["final_success"]), mean_std(e["final_return"]),
                      mean_std(e["train_seconds"])] for n, e in res.items()]
-            tables.append("T-maze, corridor 8 (final network, 200 episodes; mean +- std over seeds)\n" + table(
+            tables.append("T-maze, corridor 5 (final network, 200 episodes; mean +- std over seeds)\n" + table(
                 ["config", "agent", "success rate", "return", "train s"], rows))
         elif group == "corridor":
             env = AliasedCorridor()
