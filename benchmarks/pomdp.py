@@ -19,7 +19,8 @@ The same stopping rule for all: every `--eval_every` environment steps, 20 evalu
 policy's own sampling (sb3: deterministic=False; its observations normalised by the training statistics);
 training stops at the first evaluation whose mean return is >= 475. Reported per seed: the environment steps
 at that evaluation (or "not reached" within `--max_steps`) and the wall time of the whole training call,
-evaluations included. Both sides use one torch thread. Times depend on the machine's load: run it on a quiet
+evaluations included (`--from_results`: the toolkit's time at the stopping evaluation, from the run's
+metrics). Both sides use one torch thread. Times depend on the machine's load: run it on a quiet
 machine, and compare the two sides from the same run only.
 
 Prints a table and, as the last line, one JSON object; the JSON also goes to benchmarks/results/pomdp.json.
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,6 +47,20 @@ from rlhf.pomdp.envs import make_env  # noqa: E402
 from rlhf.pomdp.train import PomdpConfig, train  # noqa: E402
 
 TARGET = 475.0
+
+
+def from_results(agent: str, seed: int, args) -> dict:
+    """A toolkit run that benchmarks/pomdp_results.py already made with the same configs and stopping rule."""
+    run = Path(args.from_results) / f"masked_cartpole_{agent}-seed{seed}"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    if cfg["eval_every"] != args.eval_every or cfg["eval_episodes"] != 20 or cfg["stop_at_return"] != TARGET:
+        raise SystemExit(f"{run}: not run with eval_every {args.eval_every}, 20 episodes, stop at {TARGET}")
+    m = json.loads((run / "metrics.json").read_text())
+    reached = m["reached_stop_at"]
+    return {"side": agent, "seed": seed, "reached": reached is not None,
+            "env_steps": reached["step"] if reached else None,
+            "wall_seconds": reached["seconds"] if reached else m["train_seconds"], "steps_run": m["env_steps"],
+            "best_eval_return": m["best_periodic"]["return_mean"], "from": str(run)}
 
 
 def run_toolkit(agent: str, seed: int, args) -> dict:
@@ -118,6 +134,8 @@ def main() -> None:
     parser.add_argument("--eval_every", type=int, default=5000)
     parser.add_argument("--runs_dir", default="runs/pomdp_bench")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp.json"))
+    parser.add_argument("--from_results", default=None, help="Take the toolkit's runs from this runs_dir of "
+                        "benchmarks/pomdp_results.py (same configs and stopping rule) instead of training again.")
     parser.add_argument("--include", default=None, help="JSON of an earlier run of this script whose runs are "
                         "added to the table (e.g. sides run at different times; marked 'included').")
     args = parser.parse_args()
@@ -129,7 +147,12 @@ def main() -> None:
     for agent in [a for a in args.agents.split(",") if a]:
         for seed in range(args.seeds):
             print(f"[pomdp bench] {agent} seed {seed}", file=sys.stderr, flush=True)
-            rows.append(run_sb3(seed, args) if agent == "sb3" else run_toolkit(agent, seed, args))
+            if agent == "sb3":
+                rows.append(run_sb3(seed, args))
+            elif args.from_results:
+                rows.append(from_results(agent, seed, args))
+            else:
+                rows.append(run_toolkit(agent, seed, args))
 
     summary = {}
     lines = [f"{'side':<6} {'seed':>4} {'reached 475':>11} {'env steps':>10} {'wall s':>8} {'best eval':>9}"]
