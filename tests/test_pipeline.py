@@ -51,10 +51,12 @@ def test_tiny_pipeline_end_to_end_then_skips_then_reruns_what_changed(tmp_path):
     record, stdout = rlhf_run(out)
     assert set(statuses(record).values()) == {"skipped"}, statuses(record)
     assert stdout.count("done with the same config, skipped") == 6
-    # Fourth: a reward-stage change reruns the reward model and everything downstream of it, nothing upstream.
-    record, _ = rlhf_run(out, "--set", "reward.num_epochs=1", "--set", "policy.num_updates=2")
-    assert statuses(record) == {"sft": "skipped", "collect": "skipped", "label": "skipped", "reward": "ran",
-                                "policy": "ran", "evaluate": "ran"}
+    # Fourth: a changed stage runs again, nothing upstream of it does (downstream propagation through the
+    # upstream hashes is checked in test_stage_state_and_hash).
+    record, _ = rlhf_run(out, "--set", "evaluate.max_prompts=8")
+    assert statuses(record) == {"sft": "skipped", "collect": "skipped", "label": "skipped", "reward": "skipped",
+                                "policy": "skipped", "evaluate": "ran"}
+    assert json.loads((out / "evaluate" / "report.json").read_text())["num_prompts"] == 8
 
 
 def test_stage_state_and_hash(tmp_path):
@@ -64,6 +66,11 @@ def test_stage_state_and_hash(tmp_path):
     assert stage_state(tmp_path / "s", "h") == "interrupted"
     (tmp_path / "s" / "DONE.json").write_text(json.dumps({"config_hash": "h"}))
     assert stage_state(tmp_path / "s", "h") == "done" and stage_state(tmp_path / "s", "g") == "changed"
+    from rlhf.pipeline import DEPENDS, STAGES
+
+    # every stage downstream of reward depends on it, directly or through another stage
+    downstream = {s for s in STAGES if "reward" in DEPENDS[s] or any("reward" in DEPENDS[d] for d in DEPENDS[s])}
+    assert downstream == {"policy", "evaluate"}
     a = config_hash({"lr": 1.0, "log_every": 1}, ["u"])
     assert a == config_hash({"lr": 1.0, "log_every": 5}, ["u"])  # logging cadence does not change a result
     assert a != config_hash({"lr": 2.0, "log_every": 1}, ["u"]) and a != config_hash({"lr": 1.0}, ["v"])
