@@ -1,6 +1,6 @@
 """Decision Transformer results: achieved vs target return, against BC and filtered BC, over several seeds.
 
-    python benchmarks/dt_results.py                                   # CartPole-v1, Pendulum-v1, pomdp/tmaze; seeds 0 1 2
+    python benchmarks/dt_results.py                       # CartPole-v1, Pendulum-v1, pomdp/tmaze; seeds 0 1 2
     python benchmarks/dt_results.py --envs pomdp/tmaze --seeds 0 --steps_scale 0.2   # a smoke run
 
 For every task and seed: 1. generate the mixed-quality data set with that seed (`rlhf.dt.data.generate`),
@@ -42,13 +42,13 @@ from rlhf.dt.train import DTTrainConfig, train  # noqa: E402
 
 # Per task: data (levels, episodes per level), model context, training steps, targets, evaluation episodes.
 SETTINGS = {
-    "CartPole-v1": dict(levels=[1.0, 0.6, 0.4, 0.2], episodes_per_level=50, context_len=10, max_steps=600,
-                        targets=[20.0, 100.0, 200.0, 300.0, 400.0, 500.0], episodes=10),
-    "Pendulum-v1": dict(levels=[1.0, 0.5, 0.25, 0.0], episodes_per_level=40, context_len=10, max_steps=800,
-                        targets=[-1200.0, -900.0, -600.0, -400.0, -250.0, -150.0], episodes=10),
+    "CartPole-v1": dict(levels=[1.0, 0.6, 0.4, 0.2], episodes_per_level=50, context_len=10, batch_size=32,
+                        max_steps=1500, targets=[20.0, 100.0, 250.0, 400.0, 500.0], episodes=10),
+    "Pendulum-v1": dict(levels=[1.0, 0.5, 0.25, 0.0], episodes_per_level=40, context_len=10, batch_size=32,
+                        max_steps=1500, targets=[-1200.0, -900.0, -600.0, -400.0, -250.0, -150.0], episodes=10),
     # T-maze returns: ~0.94 right arm, ~-0.06 wrong arm, -0.14 time-out (a 0.01 step cost)
-    "pomdp/tmaze": dict(levels=[1.0, 0.5, 0.0], episodes_per_level=100, context_len=10, max_steps=1000,
-                        targets=[-0.14, -0.06, 0.45, 0.94], episodes=30),
+    "pomdp/tmaze": dict(levels=[1.0, 0.5, 0.0], episodes_per_level=100, context_len=10, batch_size=32,
+                        max_steps=2000, targets=[-0.14, -0.06, 0.45, 0.94], episodes=30),
 }
 METHODS = ("dt", "bc", "filtered_bc")
 
@@ -69,7 +69,7 @@ def run_seed(env: str, seed: int, s: dict, args, workdir: Path) -> dict:
     for method in METHODS:
         run_dir = data_dir.parent / method
         cfg = DTTrainConfig(output_dir=str(run_dir), dataset=str(data_dir), method=method,
-                            top_fraction=args.top_fraction, context_len=s["context_len"],
+                            top_fraction=args.top_fraction, context_len=s["context_len"], batch_size=s["batch_size"],
                             max_steps=max(10, int(s["max_steps"] * args.steps_scale)), seed=seed, overwrite=True,
                             log_every=50, num_threads=args.threads)
         t0 = time.time()
