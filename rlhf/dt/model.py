@@ -160,6 +160,10 @@ def spec_from_dataset(data, *, context_len: int, hidden_size: int, n_layer: int,
         state_std=np.where(std < 1e-6, 1.0, std).astype(float).tolist(),
         condition_on_return=condition_on_return, action_start=int(meta.get("action_start", 0)),
         action_low=meta.get("action_low"), action_high=meta.get("action_high"), hidden_size=hidden_size,
-        n_layer=n_layer, n_head=n_head, dropout=dropout, method=method,
-        data_returns={"min": float(rets.min()), "mean": float(rets.mean()), "max": float(rets.max()),
-                      **{f"q{int(q * 100)}": float(np.quantile(rets, q)) for q in (0.25, 0.5, 0.75, 0.9)}})
+        n_layer=n_layer, n_head=n_head, dropout=dropout, method=method, data_returns=return_stats(rets))
+
+
+def return_stats(returns: np.ndarray) -> dict[str, float]:
+    """Episode returns [E] -> min, mean, max and quartiles (evaluate's default targets)."""
+    return {"min": float(returns.min()), "mean": float(returns.mean()), "max": float(returns.max()),
+            **{f"q{int(q * 100)}": float(np.quantile(returns, q)) for q in (0.25, 0.5, 0.75, 0.9)}}

@@ -25,7 +25,7 @@ import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.dt.data import OfflineDataset
-from rlhf.dt.model import DecisionTransformer, spec_from_dataset
+from rlhf.dt.model import DecisionTransformer, return_stats, spec_from_dataset
 from rlhf.dt.sequences import stack_windows, window
 from rlhf.losses import dt_action_loss
 
@@ -128,9 +128,7 @@ def train(cfg: DTTrainConfig) -> dict:
     spec = spec_from_dataset(data, context_len=cfg.context_len, hidden_size=cfg.hidden_size, n_layer=cfg.n_layer,
                              n_head=cfg.n_head, dropout=cfg.dropout, rtg_scale=cfg.rtg_scale,
                              condition_on_return=cfg.method == "dt", method=cfg.method)
-    if cfg.method != "dt":  # keep the full data set's return range for reference
-        spec.data_returns = spec_from_dataset(full, context_len=1, hidden_size=1, n_layer=1, n_head=1, dropout=0,
-                                              rtg_scale=1, condition_on_return=False, method="").data_returns
+    spec.data_returns = return_stats(full.returns)  # the whole data set's, also for filtered BC
     model = DecisionTransformer(spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
