@@ -147,9 +147,10 @@ def epsilon_at(cfg: PomdpConfig, step: int) -> float:
     return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
 
 
-def evaluate_agent(agent, cfg: PomdpConfig, episodes: int, seed: int) -> dict:
+def evaluate_agent(agent, cfg: PomdpConfig, episodes: int, seed: int, greedy_policy: bool = False) -> dict:
     """Run `episodes` episodes with the agent's evaluation policy: greedy for Q agents, sampling for policy
-    agents (whose optimum may be stochastic). Returns mean/std return, mean length and success rate."""
+    agents (whose optimum may be stochastic; `greedy_policy` takes their most likely action instead). Returns
+    mean/std return, mean length and success rate."""
     n = min(episodes, 32)
     vec = VecEnv(cfg, n, seed)
     state = agent.initial_state(n)
@@ -157,7 +158,7 @@ def evaluate_agent(agent, cfg: PomdpConfig, episodes: int, seed: int) -> dict:
     started = n  # environments beyond `episodes` are not counted
     while len(returns) < episodes:
         if cfg.agent in POLICY_AGENTS:
-            actions, state = agent.act(vec.obs, state)
+            actions, state = agent.act(vec.obs, state, greedy=greedy_policy)
         else:
             actions, state = agent.act(vec.obs, state, epsilon=0.0)
         _, done, finished = vec.step(actions)
