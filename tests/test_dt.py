@@ -204,6 +204,8 @@ def test_data_regenerates_from_its_seed_with_mixed_quality():
     assert np.allclose(expert, expert[0]) and expert[0] > 0.5  # the privileged expert always takes the cued arm
     assert expert[0] >= random.max() - 1e-6 and expert.mean() > random.mean() + 0.5
     assert a.observations.shape[1] == 4 and a.meta["discrete"] and a.meta["act_dim"] == 3
+    m = generate("pomdp/masked-cartpole", [0.0], 1, seed=0, max_episode_steps=30, progress=False)
+    assert m.observations.shape == (30, 2) and m.returns.tolist() == [30.0]  # (x, theta) only; expert balances
     p = generate("Pendulum-v1", [0.0], 1, seed=0, max_episode_steps=10, progress=False)
     assert p.actions.shape == (10, 1) and p.actions.dtype == np.float32 and not p.meta["discrete"]
     assert np.abs(p.actions).max() <= 2.0
