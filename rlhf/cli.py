@@ -18,6 +18,8 @@ STAGES = {
                "`rlhf reward score` scores a file."),
     "policy": ("rlhf.stages.policy", "Stage 4: KL-penalised, importance-sampled policy gradient."),
     "dialogue": ("rlhf.dialogue.stage", "Multi-step offline RL on text games: `rlhf dialogue data|train|evaluate`."),
+    "launch": ("rlhf.launch", "Run a stage under `accelerate launch` with a preset from configs/accelerate/ "
+               "(`rlhf launch --list`)."),
     "evaluate": ("rlhf.stages.evaluate", "Stage 5: checkpoints side by side (report.json, report.md, plots)."),
     "run": ("rlhf.pipeline", "Every stage chained from one pipeline file (configs/quickstart.yaml); completed "
             "stages are skipped, interrupted ones resume."),

@@ -256,14 +256,16 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: lis
     return model
 
 
-def save_pretrained(model, tokenizer, directory: str | os.PathLike) -> None:
+def save_pretrained(model, tokenizer, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
     """Save a model (safetensors) and its tokenizer so that transformers / peft load the directory.
 
     An adapter's config names its base as the user gave it (an alias such as `tiny-llama` stays an alias,
     so the adapter is portable across machines and caches). peft saves with the resolved local base path,
-    which it may read, and the name is swapped in afterwards.
+    which it may read, and the name is swapped in afterwards. `state_dict`: the whole model's weights gathered
+    from ZeRO-3/FSDP shards (rlhf.distributed.full_state_dict), saved in place of the module's own.
     """
-    model.save_pretrained(directory, safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(directory, safe_serialization=True, **extra)
     tokenizer.save_pretrained(directory)
     base_name = getattr(model, "rlhf_base_name", None)
     if base_name and is_adapter_dir(directory):

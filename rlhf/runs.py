@@ -27,6 +27,7 @@ import yaml
 from rlhf.config import ConfigError, save_config, to_dict
 
 CHECKPOINTS = "checkpoints"
+SHARDED_STATE = "sharded_state"  # in a checkpoint under DeepSpeed/FSDP: every rank's model and optimiser shards
 
 
 class RunExistsError(RuntimeError):
@@ -124,7 +125,13 @@ def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, s
     """Write checkpoints/step-NNNNNN atomically: a .tmp directory renamed once every rank has written.
 
     `save_model(directory)` writes the model (called on the main process only); `state` is small JSON.
+    Under DeepSpeed and FSDP, where each rank holds a shard of the optimiser state (and, with ZeRO-3/FSDP, of
+    the weights), every rank writes its shards with `accelerator.save_state` instead of model/ and
+    optimizer.pt.
     """
+    from rlhf.distributed import shards_optimizer
+
+    sharded = shards_optimizer(accelerator)
     root = Path(output_dir) / CHECKPOINTS
     final = root / f"step-{step:06d}"
     tmp = root / (final.name + ".tmp")
@@ -133,9 +140,12 @@ def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, s
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+    if sharded:
+        accelerator.save_state(str(tmp / SHARDED_STATE))
     if accelerator.is_main_process:
-        save_model(tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded:
+            save_model(tmp / "model")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
     accelerator.wait_for_everyone()
@@ -150,8 +160,12 @@ def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, s
 
 
 def load_checkpoint(accelerator, ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer, scheduler and this rank's RNG from `ckpt` (weights are the caller's job)."""
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+    """Restore optimizer, scheduler and this rank's RNG from `ckpt` (weights are the caller's job, except in
+    a DeepSpeed/FSDP checkpoint, where `accelerator.load_state` restores weights and optimiser shards)."""
+    if (ckpt / SHARDED_STATE).is_dir():
+        accelerator.load_state(str(ckpt / SHARDED_STATE))
+    else:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng_file = ckpt / f"rng_rank{accelerator.process_index}.pt"
     if rng_file.exists():

@@ -29,7 +29,7 @@ import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.data import DataError, read_records
-from rlhf.distributed import make_accelerator
+from rlhf.distributed import is_main_process, make_accelerator
 from rlhf.runs import RunLogger, prepare_output_dir
 
 
@@ -112,7 +112,7 @@ def load_prompts(cfg: CollectConfig, tokenizer) -> list[dict]:
             continue
         seen.add(row["prompt_id"])
         out.append(row)
-    if skipped:
+    if skipped and is_main_process():  # every rank reads the prompts; one reports
         print(f"[collect] skipped {len(skipped)} of {len(records)} prompt records (skip_invalid):")
         for line in skipped[:20]:
             print(f"  {line}")

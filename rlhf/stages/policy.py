@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.distributed import make_accelerator
+from rlhf.distributed import (full_state_dict, gathered_for_generation, make_accelerator, seeded_sampling_kwargs,
+                               split_evenly)
 from rlhf.losses import (
     AdaptiveKLController,
     gae,
@@ -181,10 +182,8 @@ def train(cfg: PolicyConfig) -> dict:
     hf_logging.disable_progress_bar()
     accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
-    if cfg.prompts_per_update % world or cfg.minibatch_size % world:
-        raise ConfigError(f"prompts_per_update ({cfg.prompts_per_update}) and minibatch_size "
-                          f"({cfg.minibatch_size}) must split evenly over {world} processes")
-    local_prompts, local_mb = cfg.prompts_per_update // world, cfg.minibatch_size // world
+    local_prompts = split_evenly(cfg.prompts_per_update, world, "prompts_per_update")  # per-rank sizes
+    local_mb = split_evenly(cfg.minibatch_size, world, "minibatch_size")
     ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
     out = prepare_output_dir(cfg, accelerator)
     torch.manual_seed(cfg.seed + rank)
@@ -228,7 +227,7 @@ def train(cfg: PolicyConfig) -> dict:
     start = 0
     if ckpt is not None:
         load_model_weights(core, ckpt / "model")
-        if value_head is not None:
+        if value_head is not None and (ckpt / "value_head.safetensors").exists():  # (ZeRO/FSDP: load_state)
             from safetensors.torch import load_file
             value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
         start = load_checkpoint(accelerator, ckpt, optimizer, _NoScheduler())["step"]
@@ -254,11 +253,13 @@ def train(cfg: PolicyConfig) -> dict:
         query, qmask = left_pad([render_prompt_ids(tokenizer, p["prompt"]) for p in batch], pad)
         query, qmask = query.repeat_interleave(cfg.k, 0), qmask.repeat_interleave(cfg.k, 0)  # [N, T_q]
         n_query = query.shape[1]
-        with torch.no_grad():
+        #    Weights gathered once for the phase under ZeRO-3/FSDP2; row r samples from seed (seed, update,
+        #    global row), so any number of processes draws the same completions.
+        with torch.no_grad(), gathered_for_generation(accelerator, policy):
             seqs = core.generate(input_ids=query.to(accelerator.device), attention_mask=qmask.to(accelerator.device),
-                                 do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                                 use_cache=True)  # [N, T_q + T_r]
+                                 **seeded_sampling_kwargs(cfg.seed, update, rank * len(query), len(query),
+                                                          cfg.max_new_tokens, cfg.temperature, cfg.top_p),
+                                 pad_token_id=pad, eos_token_id=eos, use_cache=True)  # [N, T_q + T_r]
         response = seqs[:, n_query:]
         lengths, ended = eos_lengths(response, eos)  # from the first EOS, never by matching the pad token
         rmask = (torch.arange(response.shape[1], device=response.device)[None] < lengths[:, None]).long()  # [N, T_r]
@@ -354,8 +355,11 @@ def train(cfg: PolicyConfig) -> dict:
 
     save_checkpoint(accelerator, out, cfg.num_updates, save_model, optimizer,
                     _NoScheduler(), {}, keep=2)
+    full = full_state_dict(accelerator, policy)  # collective; None unless ZeRO-3/FSDP shard the weights
+    if full is not None and value_head is not None:  # PolicyWithValue: the policy's own weights
+        full = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
     if accelerator.is_main_process:
-        save_pretrained(core, tokenizer, out / "model")
+        save_pretrained(core, tokenizer, out / "model", state_dict=full)
     accelerator.wait_for_everyone()
     first = history[: max(1, len(history) // 5)]
     last = history[-max(1, len(history) // 5):]

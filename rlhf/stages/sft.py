@@ -14,7 +14,6 @@ batch sizes are named apart and checked at start.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -25,9 +24,10 @@ import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.data import IGNORE_INDEX, TokenizedExample, collate, read_records, split_records, tokenize_sft
-from rlhf.distributed import derive_batch_sizes, global_batch_indices, make_accelerator, rank_slice
+from rlhf.distributed import (derive_batch_sizes, full_state_dict, global_batch_indices, make_accelerator, micro_batch,
+                               rank_slice)
 from rlhf.losses import token_nll_sum
-from rlhf.runs import RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
+from rlhf.runs import SHARDED_STATE, RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
 
 
 @dataclass
@@ -135,6 +135,8 @@ def load_model_weights(model, directory: Path) -> None:
     """Load weights saved by `save_pretrained` into the (unwrapped) training model, for resuming."""
     from safetensors.torch import load_file
 
+    if not directory.exists() and (directory.parent / SHARDED_STATE).is_dir():
+        return  # a ZeRO/FSDP checkpoint: load_checkpoint restores the weights with accelerator.load_state
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
@@ -168,8 +170,7 @@ def optimizer_step(model, optimizer, scheduler, params, global_batch: list[Token
     for m in range(sizes.grad_accum):
         micro = mine[m * sizes.per_device:(m + 1) * sizes.per_device]
         batch = {k: v.to(accelerator.device) for k, v in collate(micro, pad_id).items()}
-        sync = accelerator.no_sync(model) if m < sizes.grad_accum - 1 else contextlib.nullcontext()
-        with sync, accelerator.autocast():
+        with micro_batch(accelerator, model, last=m == sizes.grad_accum - 1), accelerator.autocast():
             nll, _ = sequence_nll(model, batch)
             # DDP averages gradients over ranks; scaling by num_processes turns that into the global sum.
             loss = nll * accelerator.num_processes / n_targets
@@ -180,7 +181,8 @@ def optimizer_step(model, optimizer, scheduler, params, global_batch: list[Token
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"train/loss": accelerator.reduce(nll_total, reduction="sum").item() / n_targets,
-            "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),  # DeepSpeed: None
             "train/target_tokens": n_targets}
 
 
@@ -220,11 +222,16 @@ def evaluate(model, examples, accelerator, batch_size: int, pad_id: int) -> dict
     model.eval()
     mine = examples[accelerator.process_index::accelerator.num_processes]
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # [nll_sum, n_targets]
-    for i in range(0, len(mine), batch_size):
-        batch = {k: v.to(accelerator.device) for k, v in collate(mine[i:i + batch_size], pad_id).items()}
+    # the same number of forward passes on every rank (under ZeRO-3/FSDP a forward pass is collective); a
+    # rank out of examples runs one it then ignores
+    longest = -(-len(examples) // accelerator.num_processes)
+    for i in range(0, longest, batch_size):
+        chunk = mine[i:i + batch_size]
+        batch = {k: v.to(accelerator.device) for k, v in collate(chunk or examples[:1], pad_id).items()}
         with accelerator.autocast():
             nll, n = sequence_nll(model, batch)
-        totals += torch.stack([nll.double(), n.double()])
+        if chunk:
+            totals += torch.stack([nll.double(), n.double()])
     totals = accelerator.reduce(totals, reduction="sum")
     model.train()
     loss = (totals[0] / totals[1].clamp(min=1)).item()
@@ -323,9 +330,10 @@ def train(cfg: SFTConfig) -> dict:
     if start_step < total_steps:
         checkpoint(total_steps)
     accelerator.wait_for_everyone()
+    full_state = full_state_dict(accelerator, model)  # collective; None unless ZeRO-3/FSDP shard the weights
     if accelerator.is_main_process:
-        save_pretrained(unwrapped, tokenizer, out / "model")
-        if cfg.sample_count and eval_set:
+        save_pretrained(unwrapped, tokenizer, out / "model", state_dict=full_state)
+        if cfg.sample_count and eval_set and full_state is None:  # (sharded weights: no sample table)
             spread = eval_set[:: max(1, len(eval_set) // cfg.sample_count)][: cfg.sample_count]
             rows = sample_table(unwrapped, tokenizer, spread, cfg.sample_max_new_tokens)
             (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

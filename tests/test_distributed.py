@@ -1,0 +1,311 @@
+"""Many processes reproduce one: row-seeded sampling, weights gathered once for generation (FSDP2 on CPU over
+gloo), and 2 CPU processes launched through the cpu_multiprocess preset against 1 process for reward and
+policy. Run as a script under torchrun, this file is the FSDP2 worker of
+test_fsdp2_generation_gathers_the_weights_once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------ row-seeded sampling
+
+
+def test_a_rows_sample_depends_on_its_global_row_not_on_its_batch():
+    """Rows 2..5 sampled as the second half of one batch of 6 and as a batch of their own (first_row 2, as
+    on a second process) draw the same tokens; another step draws other ones."""
+    from rlhf.distributed import RowSeededSampler
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50)
+    ids = torch.zeros(6, 3, dtype=torch.long)
+    whole = RowSeededSampler(7, 3, 0, 6, 4, temperature=0.8, top_p=0.95)
+    half = RowSeededSampler(7, 3, 2, 4, 4, temperature=0.8, top_p=0.95)
+    other = RowSeededSampler(7, 4, 0, 6, 4, temperature=0.8, top_p=0.95)
+    for t in range(4):  # four positions, as generate would call it
+        step_ids = torch.zeros(6, 3 + t, dtype=torch.long)
+        a = whole(step_ids, logits).argmax(-1)
+        b = half(step_ids[2:], logits[2:]).argmax(-1)
+        assert torch.equal(a[2:], b), t
+    fresh = RowSeededSampler(7, 3, 0, 6, 4, temperature=0.8, top_p=0.95)
+    assert not torch.equal(fresh(ids, logits).argmax(-1), other(ids, logits).argmax(-1))  # step is in the seed
+    # the output is 0 at the drawn token and -inf elsewhere
+    out = RowSeededSampler(7, 3, 0, 6, 4, temperature=0.8, top_p=0.95)(ids, logits)
+    assert torch.equal((out == 0).sum(-1), torch.ones(6, dtype=torch.long)) and torch.isinf(out).sum() == 6 * 49
+
+
+def test_row_seeded_sampling_draws_from_the_tempered_nucleus():
+    """20,000 rows on the same logits: token frequencies match softmax(logits / T) renormalised over the top-p
+    nucleus (each within 4 standard errors), and no token outside the nucleus is ever drawn."""
+    from rlhf.distributed import RowSeededSampler
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]])
+    n, temperature, top_p = 20_000, 0.7, 0.9
+    sampler = RowSeededSampler(seed=1, step=0, first_row=0, n_rows=n, max_new_tokens=1,
+                               temperature=temperature, top_p=top_p)
+    drawn = sampler(torch.zeros(n, 1, dtype=torch.long), logits.expand(n, -1)).argmax(-1)
+    p = torch.softmax(logits[0].double() / temperature, -1)
+    # by hand: p = [.555, .272, .133, .032, .008, .0004] (rounded); the mass before each token is
+    # [0, .555, .827, .960, ...]; a token whose more likely tokens already hold >= 0.9 is out of the nucleus
+    assert torch.allclose(p, torch.tensor([.555, .272, .133, .032, .008, .0004], dtype=torch.double), atol=1e-3)
+    keep = torch.tensor([True, True, True, False, False, False])
+    expected = torch.where(keep, p, torch.zeros_like(p))
+    expected = expected / expected.sum()
+    freq = torch.bincount(drawn, minlength=6).double() / n
+    se = (expected * (1 - expected) / n).sqrt()
+    assert (freq[~keep] == 0).all()
+    assert ((freq - expected).abs() <= 4 * se + 1e-12).all(), (freq, expected)
+
+
+def test_generation_with_row_seeds_is_the_same_in_any_batch_split():
+    """The tiny model generating 4 left-padded rows in one batch, and the same rows as two batches of 2 with
+    their global row numbers: identical tokens."""
+    from rlhf.distributed import seeded_sampling_kwargs
+    from rlhf.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model("tiny-llama").eval()
+    prompts = [[5, 9, 11], [7, 7], [3, 4, 5, 6], [12]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+
+    def generate(rows, first_row):
+        sub_ids, sub_mask = ids[rows], mask[rows]
+        keep = sub_mask.sum(0) > 0  # drop all-pad columns, as left_pad of a smaller batch would
+        with torch.no_grad():
+            out = model.generate(input_ids=sub_ids[:, keep], attention_mask=sub_mask[:, keep], pad_token_id=0,
+                                 eos_token_id=None, **seeded_sampling_kwargs(3, 5, first_row, len(rows), 12, 1.0, 1.0))
+        return out[:, int(keep.sum()):]
+
+    whole = generate([0, 1, 2, 3], 0)
+    assert torch.equal(torch.cat([generate([0, 1], 0), generate([2, 3], 2)]), whole)
+    assert whole.shape == (4, 12) and len({tuple(r) for r in whole.tolist()}) == 4
+
+
+# ------------------------------------------------------------------------- gathering for generation
+
+
+def test_gathering_is_a_no_op_on_one_process():
+    from accelerate import Accelerator
+
+    from rlhf.distributed import gathered_for_generation, shards_optimizer, shards_parameters
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with gathered_for_generation(accelerator, model):
+        pass
+    assert not shards_parameters(accelerator) and not shards_optimizer(accelerator)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_sharded_checkpoint_goes_through_accelerate_save_state_and_back(tmp_path, monkeypatch):
+    """The DeepSpeed/FSDP branch of save_checkpoint/load_checkpoint, driven on one CPU process: every rank
+    writes its shards with accelerator.save_state (no model/ or optimizer.pt), and loading restores weights
+    and optimiser state that later steps had changed; SFT's weight loader leaves them to load_state."""
+    from accelerate import Accelerator
+
+    import rlhf.distributed as dist_mod
+    from rlhf.runs import SHARDED_STATE, load_checkpoint, save_checkpoint
+    from rlhf.stages.sft import load_model_weights
+
+    monkeypatch.setattr(dist_mod, "shards_optimizer", lambda accelerator: True)
+    accelerator = Accelerator()
+    torch.manual_seed(0)
+    model = accelerator.prepare(torch.nn.Linear(4, 3))
+    optimizer = accelerator.prepare(torch.optim.AdamW(model.parameters(), lr=0.1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    x = torch.randn(8, 4)
+
+    def step():
+        accelerator.backward(model(x).pow(2).mean())
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    ckpt = save_checkpoint(accelerator, tmp_path, 1, lambda d: pytest.fail("model saved from one rank"),
+                           optimizer, scheduler, {"epoch": 0}, keep=2)
+    assert (ckpt / SHARDED_STATE).is_dir() and not (ckpt / "model").exists()
+    assert not (ckpt / "optimizer.pt").exists() and (ckpt / "rng_rank0.pt").is_file()
+    step()
+    step()
+    assert not torch.equal(model.weight, weights["weight"])
+    load_model_weights(model, ckpt / "model")  # a no-op here
+    assert load_checkpoint(accelerator, ckpt, optimizer, scheduler)["step"] == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], moments)
+
+
+def fsdp2_worker() -> None:
+    """Under torchrun with 2 CPU processes: fully_shard the tiny model, generate 6 tokens without and with
+    gathered_for_generation, count FSDP all-gathers, and print one JSON line per rank."""
+    import torch.distributed as dist
+    from accelerate.utils import DistributedType
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather
+
+    from rlhf.distributed import gathered_for_generation
+    from rlhf.models import load_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = load_model("tiny-llama").eval()
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    n_groups = 1 + len(model.model.layers)
+    counted = {"n": 0}
+    real = DefaultAllGather.__call__
+
+    def counting(self, *a, **k):
+        counted["n"] += 1
+        return real(self, *a, **k)
+
+    DefaultAllGather.__call__ = counting
+
+    class FakeFSDP2Accelerator:  # what gathered_for_generation reads from an Accelerator under FSDP2
+        distributed_type, is_fsdp2 = DistributedType.FSDP, True
+
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=6, pad_token_id=0,
+                  eos_token_id=None)
+    with torch.no_grad():
+        plain = model.generate(input_ids=ids, **kwargs)
+        per_token = counted["n"]
+        model.reshard()  # the root keeps its weights after forward by default: start both runs sharded
+        counted["n"] = 0
+        with gathered_for_generation(FakeFSDP2Accelerator(), model):
+            gathered = model.generate(input_ids=ids, **kwargs)
+        once = counted["n"]
+        sharded_after = [p.to_local().numel() for p in model.parameters()]
+        total = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"rank": dist.get_rank(), "per_token": per_token, "once": once, "groups": n_groups,
+                      "same_tokens": torch.equal(plain, gathered), "local_after": sum(sharded_after),
+                      "total": total}), flush=True)
+    dist.destroy_process_group()
+
+
+def test_fsdp2_generation_gathers_the_weights_once():
+    """FSDP2 on 2 CPU processes (gloo): plain generation all-gathers every shard group at each of the 6
+    forward passes; inside gathered_for_generation each group is gathered once, the tokens are the same,
+    and the weights are sharded again afterwards."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29541", __file__], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    for r in rows:
+        assert r["once"] == r["groups"] == 3, r  # one all-gather per shard group for the whole generation
+        # without: each decoder layer at each of the 6 forward passes, the root once (it stays unsharded)
+        assert r["per_token"] == 6 * (r["groups"] - 1) + 1, r
+        assert r["same_tokens"], r
+        assert r["local_after"] < r["total"], r  # resharded: this rank holds only its shard again
+
+
+# ------------------------------------------------------------- 2 processes vs 1 through the preset
+
+
+def launch(tmp_path: Path, name: str, stage: str, args: list[str], preset: str | None) -> Path:
+    """Run a stage as one plain process, or through `rlhf launch <preset>`; returns its output_dir."""
+    out = tmp_path / name
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLHF_FEATURE_CACHE": str(tmp_path / f"features-{name}")}
+    if preset is None:
+        cmd = [sys.executable, str(ROOT / "scripts" / f"{stage}.py"), *args]
+    else:
+        cmd = [sys.executable, "-m", "rlhf.cli", "launch", preset, stage, *args]
+    proc = subprocess.run([*cmd, "--output_dir", str(out)], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out / "stdout.txt").write_text(proc.stdout)
+    return out
+
+
+def write_pairs(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    for name, n in (("train", 64), ("test", 25)):  # 25: ranks hold 13 and 12
+        rows = []
+        for i in range(n):
+            q = f"Q{name}{i}: {rng.randint(0, 999)}?"
+            rows.append({"prompt": q, "chosen": f"{rng.choice(['so', 'ok'])} {rng.choice(['yes', 'right'])}",
+                         "rejected": f"{rng.choice(['so', 'ok'])} {rng.choice(['no', 'wrong'])}"})
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_reward_two_processes_through_the_preset_match_one_process(tmp_path):
+    """Global batch 16: one process x 4 micro-batches of 4, vs 2 processes (cpu_multiprocess preset) x 2
+    micro-batches of 4 each, synchronised on the last (rlhf.distributed.micro_batch). Every logged loss,
+    the final metrics and the head weights agree to 1e-5 (measured differences are ~1e-8: summation order);
+    a wrong normalisation or a duplicated shard moves them by > 1e-3."""
+    from safetensors.torch import load_file
+
+    write_pairs(tmp_path)
+    args = ["--config", str(ROOT / "configs/tiny/reward.yaml"), "--train_pairs", str(tmp_path / "train.jsonl"),
+            "--eval_pairs", str(tmp_path / "test.jsonl"), "--num_epochs", "2", "--global_batch_size", "16",
+            "--per_device_batch_size", "4", "--learning_rate", "0.05"]
+    one = launch(tmp_path, "one", "reward", args, None)
+    two = launch(tmp_path, "two", "reward", args, "cpu_multiprocess")
+    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
+    assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
+    l1, l2 = read_log(one), read_log(two)
+    assert [r["step"] for r in l1] == [r["step"] for r in l2] and len(l1) >= 8
+    for a, b in zip(l1, l2):
+        for key in a:
+            if isinstance(a[key], float):
+                assert abs(a[key] - b[key]) < 1e-5, (a["step"], key, a[key], b[key])
+    for key in ("train/accuracy", "eval/accuracy", "train/loss", "eval/loss", "reward/mean", "reward/std"):
+        assert abs(m1[key] - m2[key]) < 1e-5, (key, m1[key], m2[key])
+    assert m1["train/loss"] < l1[0]["train/loss"] - 0.01  # it learned something, so agreement means something
+    w1, w2 = (load_file(r / "model" / "model.safetensors")["score.weight"] for r in (one, two))
+    torch.testing.assert_close(w1, w2, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_policy_two_processes_sample_what_one_process_samples(tmp_path):
+    """The policy's rollouts of the first update (before any weight change): the same completions, scores,
+    KL and lengths on 2 processes (cpu_multiprocess preset) as on one, to 1e-5. Each row's completion is drawn
+    from its own seed (seed, update, global row), and each rank takes its contiguous share of the prompts."""
+    args = ["--config", str(ROOT / "configs/tiny/policy.yaml"), "--prompts",
+            str(ROOT / "reward_data/prompts_train.jsonl"), "--num_updates", "1", "--sample_every", "1"]
+    one = launch(tmp_path, "one", "policy", args, None)
+    two = launch(tmp_path, "two", "policy", args, "cpu_multiprocess")
+    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
+    assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
+    (r1,), (r2,) = read_log(one), read_log(two)
+    for key in ("objective/scores", "objective/kl", "response/length", "response/eos_fraction"):
+        assert abs(r1[key] - r2[key]) < 1e-5, (key, r1[key], r2[key])
+
+    def table(run):  # the printed prompt / response / score / KL rows (global rows 0-3, on the main process)
+        lines = (run / "stdout.txt").read_text().splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("prompt "))
+        return [ln.rsplit("|", 1)[0] for ln in lines[start + 1:start + 5]]  # all but the KL column
+
+    assert table(one) == table(two) and len(table(one)) == 4
+
+
+if __name__ == "__main__":
+    fsdp2_worker()
