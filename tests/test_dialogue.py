@@ -115,8 +115,8 @@ def test_guessing_game_rules_rewards_and_horizon():
     intro, info = env.reset(seed=3)
     item = next(it for it in env.catalogue if it["name"] == info["item"])
     other = "blue" if item["colour"] == "red" else "red"
-    assert env.step(f"is it {item['colour']}?")[:3] == (f"yes, it is {item['colour']}", pytest.approx(-0.1), False)
-    assert env.step(f"is it {other}?")[:2] == (f"no, it is {item['colour']}", pytest.approx(-0.1))
+    assert env.step(f"is it {item['colour']}?")[:3] == (f"yes, {item['colour']}", pytest.approx(-0.1), False)
+    assert env.step(f"is it {other}?")[:2] == (f"no, {item['colour']}", pytest.approx(-0.1))
     assert env.step("is it green?")[:2] == ("i do not know", pytest.approx(-0.3))
     obs, r, term, trunc, info = env.step("what is it")
     assert (obs, term, trunc, info["kind"]) == ("i do not understand", False, True, "malformed")  # horizon 4
@@ -128,7 +128,7 @@ def test_guessing_game_rules_rewards_and_horizon():
     assert env.step(f"is it the {wrong}?")[:3] == ("no", pytest.approx(-0.1), False)
     obs, r, term, trunc, info = env.step(f"is it the {item['name']}?")
     assert (obs, term, info["success"]) == ("yes, you win", True, True) and r == pytest.approx(0.9)
-    assert env.consistent([(f"is it {other}?", f"no, it is {item['colour']}"), (f"is it the {wrong}?", "no")]) \
+    assert env.consistent([(f"is it {other}?", f"no, {item['colour']}"), (f"is it the {wrong}?", "no")]) \
         == [it for it in env.catalogue if it["colour"] == item["colour"] and it["name"] != wrong]
 
 
@@ -193,7 +193,7 @@ def test_token_batch_marks_agent_tokens_and_utterance_ends():
 
     tok = build_tiny_tokenizer()
     enc = Encoder(tok)
-    rec = {"intro": "guess", "turns": [{"utterance": "is it red?", "observation": "no, it is blue", "reward": -0.1},
+    rec = {"intro": "guess", "turns": [{"utterance": "is it red?", "observation": "no, blue", "reward": -0.1},
                                        {"utterance": "is it the bako?", "observation": "no", "reward": -0.1}]}
     b = enc.batch([rec, {**rec, "turns": rec["turns"][:1]}])
     text = tok.decode(b.tokens[0][b.action_mask[0].bool()].tolist())
@@ -201,6 +201,19 @@ def test_token_batch_marks_agent_tokens_and_utterance_ends():
     assert b.tokens[0, b.utt_last[0]].tolist() == [enc.newline, enc.newline]
     assert b.utt_mask.tolist() == [[1, 1], [1, 0]] and b.attention_mask[1].sum() < b.attention_mask[0].sum()
     assert tok.decode(b.tokens[0, :b.utt_last[0, 0] + 1].tolist()) == "<|im_start|>guess\nis it red?\n"
+    # ILQL's flat token transitions: one per agent token of the first trajectory (11 + 16 tokens)
+    from rlhf.dialogue.algorithms import token_transitions
+
+    tr = token_transitions(b.select(torch.tensor([0])), gamma=0.9)
+    assert len(tr["action"]) == 27 and tok.decode(tr["action"].tolist()) == text
+    ends = [10, 26]  # each utterance's end-of-line: its reward and the discount to the next utterance
+    assert tr["reward"].nonzero().flatten().tolist() == ends and tr["reward"][ends].tolist() == pytest.approx([-0.1] * 2)
+    assert tr["gamma"][ends].tolist() == pytest.approx([0.9, 0.9]) and tr["gamma"].sum().item() == pytest.approx(25 + 1.8)
+    assert tr["done"].nonzero().flatten().tolist() == [26]
+    # the state after the first utterance's end-of-line is the one before "is it the bako?": the answer
+    # ("no, blue\n") lies in between
+    assert tr["next_col"][10].item() == tr["col"][11].item() == tr["col"][10].item() + 1 + len("no, blue\n")
+    assert (tr["next_col"][:10] == tr["col"][1:11]).all()
 
 
 # --------------------------------------------------------------------------------------------- agents

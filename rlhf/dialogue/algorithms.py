@@ -32,8 +32,7 @@ from rlhf.losses import (
     bellman_targets,
     cql_term,
     expectile_loss,
-    masked_mean,
-    next_state_values,
+    next_action_index,
     place_utterance_rewards,
     token_discounts,
     token_nll_sum,
@@ -72,8 +71,10 @@ def _optimizer(model, lr: float):
 
 
 def train_bc(records: list[dict], tokenizer, *, hidden: int, layers: int, steps: int, batch_size: int,
-             lr: float, seed: int, desc: str = "bc", log_every: int = 50):
-    """Next-token likelihood of the agent's tokens (environment tokens are context only)."""
+             lr: float, seed: int, desc: str = "bc", log_every: int = 50, env_tokens: bool = True):
+    """Next-token likelihood of the dialogue. The policy is the LM's distribution over the agent's tokens;
+    with `env_tokens` the environment's replies are predicted too (a model of the dialogue, whose hidden
+    state after an utterance anticipates the reply; the value heads read it), else they are context only."""
     enc = Encoder(tokenizer)
     model = build_lm(tokenizer, hidden, layers, seed)
     opt = _optimizer(model, lr)
@@ -82,7 +83,8 @@ def train_bc(records: list[dict], tokenizer, *, hidden: int, layers: int, steps:
     for step, idx in enumerate(tqdm(_batches(len(records), batch_size, steps, seed), total=steps, desc=desc,
                                     leave=False), 1):
         b = enc.batch([records[i] for i in idx])
-        labels = b.tokens.masked_fill(b.action_mask == 0, IGNORE_INDEX)  # [B, T]
+        keep = b.attention_mask if env_tokens else b.action_mask
+        labels = b.tokens.masked_fill(keep == 0, IGNORE_INDEX)  # [B, T]
         logits = model(input_ids=b.tokens, attention_mask=b.attention_mask).logits
         nll, count = token_nll_sum(logits, labels)
         loss = nll / count
@@ -99,58 +101,76 @@ def train_bc(records: list[dict], tokenizer, *, hidden: int, layers: int, steps:
 # ---------------------------------------------------------------------------------------------- ILQL
 
 
-def ilql_losses(heads: ValueHeads, target: ValueHeads, hidden: torch.Tensor, b, *, gamma: float, tau: float,
-                cql_weight: float):
-    """ILQL losses on a TokenBatch with the LM's hidden states [B, T, d] (one time step per agent token):
+def token_transitions(b, gamma: float) -> dict[str, torch.Tensor]:
+    """Every agent token of a TokenBatch as one ILQL transition, flat [N_tokens] tensors:
 
-        1. Q(s_t, a_t) from the q head at the state before each agent token, V(s_t) from the v head;
-        2. rewards on each utterance's last token, discount gamma only between utterances;
-        3. Q target r_t + gamma_t V(s_{t+1}) (V detached; 0 after the episode's last action);
-        4. V regressed to the target network's Q(s_t, a_t) with the expectile loss (tau);
-        5. CQL over the vocabulary: logsumexp_a Q(s_t, a) - Q(s_t, a_t).
+    row, col: where its state's hidden state is (the position before the token); action: the token;
+    reward: the utterance's reward on its last token, else 0; gamma: the discount to the next action (gamma
+    between utterances, 1 inside one); next_col: the next agent token's state position; done: 1.0 after the
+    episode's last token. Environment tokens are part of the transition, not states.
     """
     T = b.tokens.shape[1]
-    h = hidden[:, :-1]  # [B, T-1, d]: the state before token t+1
-    acts = (b.action_mask[:, 1:] * b.attention_mask[:, 1:]).float()  # [B, T-1]
-    nxt = b.tokens[:, 1:]  # [B, T-1]
-    q_all = heads.q_values(h)  # [B, T-1, V]
-    q = q_all.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
-    v = heads.v_values(h)  # [B, T-1]
+    acts = b.action_mask[:, 1:] * b.attention_mask[:, 1:]  # [B, T-1]: token t+1 is the agent's
+    rewards = place_utterance_rewards(b.utt_rewards, b.utt_last, b.utt_mask, T)[:, 1:]  # [B, T-1]
+    gammas = token_discounts(b.utt_last, b.utt_mask, T, gamma)[:, 1:]  # [B, T-1]
+    nxt = next_action_index(acts)  # [B, T-1]; T-1 where none follows
+    row, col = acts.nonzero(as_tuple=True)
+    return {"row": row, "col": col, "action": b.tokens[row, col + 1], "reward": rewards[row, col],
+            "gamma": gammas[row, col], "next_col": nxt[row, col].clamp(max=T - 2),
+            "done": (nxt[row, col] == T - 1).float()}
+
+
+def ilql_losses(heads: ValueHeads, target: ValueHeads, h: torch.Tensor, h_next: torch.Tensor, tr: dict, *,
+                tau: float, cql_weight: float):
+    """ILQL losses (Snell et al., 2022) on a batch of token transitions: states h [B, d], next states
+    h_next [B, d] (the LM's hidden states), and the flat fields of `token_transitions` [B]:
+
+        1. Q(s, a) from the q head for the logged token, V(s) from the v head;
+        2. Q target r + gamma_t V(s') (V detached; 0 after the episode's last token), gamma_t = gamma at an
+           utterance's last token and 1 inside an utterance;
+        3. V regressed to the target heads' Q(s, a) with the expectile loss (tau);
+        4. CQL over the vocabulary: logsumexp_a Q(s, a) - Q(s, a_logged).
+    """
+    q_all = heads.q_values(h)  # [B, V]
+    q = q_all.gather(-1, tr["action"][:, None]).squeeze(-1)  # [B]
+    v = heads.v_values(h)  # [B]
     with torch.no_grad():
-        q_target = target.q_values(h).gather(-1, nxt.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
-    rewards = place_utterance_rewards(b.utt_rewards, b.utt_last, b.utt_mask, T)[:, 1:]
-    gammas = token_discounts(b.utt_last, b.utt_mask, T, gamma)[:, 1:]
-    v_next, done = next_state_values(v.detach(), acts)
-    y = bellman_targets(rewards, v_next, done, gammas)
-    q_loss = masked_mean((q - y) ** 2, acts)
-    v_loss = masked_mean(expectile_loss(q_target - v, tau), acts)
-    cql = masked_mean(cql_term(q_all, q), acts)
+        q_target = target.q_values(h).gather(-1, tr["action"][:, None]).squeeze(-1)
+        v_next = heads.v_values(h_next)
+    y = bellman_targets(tr["reward"], v_next, tr["done"], tr["gamma"])
+    q_loss = ((q - y) ** 2).mean()
+    v_loss = expectile_loss(q_target - v, tau).mean()
+    cql = cql_term(q_all, q).mean()
     loss = q_loss + v_loss + cql_weight * cql
     stats = {"ilql/q_loss": q_loss.item(), "ilql/v_loss": v_loss.item(), "ilql/cql": cql.item(),
-             "ilql/q_mean": masked_mean(q, acts).item(), "ilql/v_mean": masked_mean(v, acts).item()}
+             "ilql/q_mean": q.mean().item(), "ilql/v_mean": v.mean().item()}
     return loss, stats
 
 
 def train_ilql(records: list[dict], tokenizer, lm, *, steps: int, batch_size: int, lr: float, seed: int,
                gamma: float, tau: float, cql_weight: float, polyak: float, width: int = 256,
                log_every: int = 100):
-    """ILQL heads on the frozen LM `lm` (the behaviour-cloned policy whose logits the agent perturbs)."""
+    """ILQL heads on the frozen LM `lm` (the behaviour-cloned policy whose logits the agent perturbs).
+    A batch is `batch_size` agent tokens drawn from the whole data set."""
     enc = Encoder(tokenizer)
     stats = TrainStats()
     t0 = time.time()
     data = enc.batch(records)  # [N, T] for the whole data set
     hidden = lm_features(lm, data.tokens, data.attention_mask)  # [N, T, d], once
+    tr = token_transitions(data, gamma)
     stats.extra_seconds = time.time() - t0
     heads = ValueHeads("token", hidden.shape[-1], len(tokenizer), width, seed)
     target = copy.deepcopy(heads).requires_grad_(False)
     opt = _optimizer(heads, lr)
     stats.parameters = sum(p.numel() for p in heads.parameters())
     start = time.time()
-    for step, idx in enumerate(tqdm(_batches(len(records), batch_size, steps, seed), total=steps, desc="ilql",
+    n = len(tr["row"])
+    for step, idx in enumerate(tqdm(_batches(n, batch_size, steps, seed), total=steps, desc="ilql",
                                     leave=False), 1):
         idx = torch.tensor(idx)
-        loss, s = ilql_losses(heads, target, hidden[idx], data.select(idx), gamma=gamma, tau=tau,
-                              cql_weight=cql_weight)
+        sub = {k: v[idx] for k, v in tr.items()}
+        h, h_next = hidden[sub["row"], sub["col"]], hidden[sub["row"], sub["next_col"]]
+        loss, s = ilql_losses(heads, target, h, h_next, sub, tau=tau, cql_weight=cql_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -97,7 +97,10 @@ def guess_policy(kind: str, env: GuessingGame, turns: list[tuple[str, str]], rng
 def maze_policy(kind: str, env: TextMaze, turns, rng: random.Random, epsilon: float = 0.2) -> str:
     """random: any move (5% malformed); greedy: a move that lowers the straight-line (Manhattan) distance
     to the goal when one is open, else any open move; optimal: a shortest-path move, `epsilon` random.
-    The scripted policies see the true position (privileged), also in the partially observed maze."""
+    The scripted policies see the true position (privileged), also in the partially observed maze.
+    random_moves (the score normalisation's random reference): any of the four moves, never malformed."""
+    if kind == "random_moves":
+        return rng.choice(env.valid_utterances())
     if kind == "random" or (kind == "optimal" and rng.random() < epsilon):
         if kind == "random" and rng.random() < 0.05:
             return rng.choice(MALFORMED_MAZE)

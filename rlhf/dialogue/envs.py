@@ -12,7 +12,7 @@ interaction history (`render_history`); the environments never hand the agent th
   seed (invented names, one value per attribute). The agent asks yes/no questions ("is it red?") or guesses
   ("is it the bako?"). Reward: `win_reward` for a correct guess, minus `turn_cost` every turn, minus
   `invalid_cost` more for a malformed or unknown question. An answer to a question names the item's value
-  of that attribute ("is it red?" -> "no, it is blue"); a wrong guess gets "no", a right one "yes, you win".
+  of that attribute ("is it red?" -> "no, blue"); a wrong guess gets "no", a right one "yes, you win".
 - `TextMaze`: a double-T maze in the pattern of LMRL-Gym's Maze (Abdulhai et al., 2023): "move up/down/left/
   right"; -1 per step, `invalid_cost` more for a move into a wall or an unparsable utterance, 0 (and the end)
   at the goal. Fully observed: the goal and the position are in the text; partially observed: only the walls
@@ -121,9 +121,9 @@ class GuessingGame(TextEnv):
         the, word = m.groups()
         if the and word in self.names:
             return ("yes, you win", "right") if word == self.item["name"] else ("no", "wrong")
-        if not the and word in self.attribute_of:  # the answer names the item's value: "no, it is blue"
+        if not the and word in self.attribute_of:  # the answer names the item's value: "no, blue"
             value = self.item[self.attribute_of[word]]
-            return ("yes, it is " if value == word else "no, it is ") + value, "question"
+            return ("yes, " if value == word else "no, ") + value, "question"
         return "i do not know", "unknown"
 
     def step(self, utterance: str):
@@ -148,7 +148,7 @@ class GuessingGame(TextEnv):
             the, word = m.groups()
             if the and a == "no":
                 items = [it for it in items if it["name"] != word]
-            elif not the and word in self.attribute_of and a.startswith(("yes, it is ", "no, it is ")):
+            elif not the and word in self.attribute_of and a.startswith(("yes, ", "no, ")):
                 value = a.rsplit(" ", 1)[1]
                 items = [it for it in items if it[self.attribute_of[word]] == value]
         return items
@@ -175,7 +175,7 @@ class TextMaze(TextEnv):
     """Reach the goal of a double-T maze; fully (`partial=False`) or partially observed text."""
 
     partial: bool = False
-    horizon: int = 10
+    horizon: int = 8
     goal: tuple[int, int] = (1, 5)
     step_cost: float = 1.0
     invalid_cost: float = 1.0

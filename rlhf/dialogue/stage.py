@@ -60,6 +60,8 @@ class DialogueTrainConfig(RunConfig):
     bc_steps: int = option(600, help="Optimiser steps of (filtered) behaviour cloning.")
     bc_batch_size: int = option(32, help="Trajectories per BC step.")
     bc_lr: float = option(3e-3, help="BC learning rate (AdamW).")
+    bc_env_tokens: bool = option(True, help="BC also predicts the environment's replies (the policy is the "
+                                 "LM over the agent's tokens either way; the value heads read the hidden states).")
     filter_fraction: float = option(0.2, help="filtered_bc: the top fraction of trajectories by return.")
     value_steps: int = option(2000, help="Optimiser steps of the value heads.")
     value_batch_size: int = option(64, help="Trajectories (ilql) or utterance transitions (mc, chai) per step.")
@@ -90,7 +92,7 @@ class DialogueEvalConfig(RunConfig):
     run: str = option("runs/dialogue/agent", help="A `rlhf dialogue train` run directory.")
     env: str = option("", help="Environment (empty: the one of the run's data).", choices=("",) + ENVS)
     episodes: int = option(200, help="Evaluation episodes (fresh seeds, disjoint from the data's).")
-    beta: float = option(4.0, help="ilql: weight of Q - V on the BC log-probabilities when acting.")
+    beta: float = option(8.0, help="ilql: weight of Q - V on the BC log-probabilities when acting.")
     k: int = option(8, help="mc, chai: candidate utterances sampled from the LM per turn.")
     temperature: float = option(1.0, help="Sampling temperature of the LM (0: arg-max tokens).")
 
@@ -156,7 +158,8 @@ def train(cfg: DialogueTrainConfig) -> dict:
     if cfg.algorithm in ("bc", "filtered_bc") or not cfg.lm:
         data = top_fraction(records, cfg.filter_fraction) if cfg.algorithm == "filtered_bc" else records
         lm, st = train_bc(data, tokenizer, hidden=cfg.hidden, layers=cfg.layers, steps=cfg.bc_steps,
-                          batch_size=cfg.bc_batch_size, lr=cfg.bc_lr, seed=cfg.seed, log_every=cfg.log_every)
+                          batch_size=cfg.bc_batch_size, lr=cfg.bc_lr, seed=cfg.seed, log_every=cfg.log_every,
+                          env_tokens=cfg.bc_env_tokens)
         lm.save_pretrained(out / "lm", safe_serialization=True)
         tokenizer.save_pretrained(out / "lm")
         metrics.update({"bc/steps": st.steps, "bc/seconds": st.seconds, "bc/parameters": st.parameters,

@@ -1,0 +1,235 @@
+"""Dialogue RL results: BC, filtered BC, MC, ILQL and the utterance-level (CHAI-style) agent, offline on
+scripted data, on the guessing game and the double-T text maze, over several seeds.
+
+    python benchmarks/dialogue_results.py                                  # seeds 1 2 3, guess and maze
+    python benchmarks/dialogue_results.py --seeds 1 --envs guess --episodes 40 --bc_steps 30 \
+        --value_steps 100 --out /tmp/dialogue_smoke.json                  # a smoke run
+
+Per seed and environment: the data set is generated from the seed (`episodes_per_policy` episodes from each
+of the random, greedy-informative and near-optimal scripted policies); one behaviour-cloned LM is trained on
+all of it (BC) and one on the top `filter_fraction` by return (filtered BC); MC, ILQL and CHAI train value
+heads on the BC LM's frozen hidden states and act through it (ILQL: log pi_bc + beta (Q - V) per token;
+MC and CHAI: the best of k utterances sampled from the BC LM). Every agent then plays `episodes` fresh
+episodes (seeds disjoint from the data's) with sampling at temperature 1.
+
+Intervals: "ci95" over seeds is a t interval of the per-seed means; "pooled" is a normal interval over all
+episodes of all seeds. The target (value-based agents beat BC and filtered BC on success rate) is met for
+a pair when the value agent's success is higher in every seed and the 95% normal interval of the pooled
+difference of success rates lies above 0.
+
+Maze score: normalised = 100 * (R - R_random) / (R_optimal - R_random), with R_random the mean return of the
+uniform random mover (the four moves) and R_optimal that of the shortest-path mover, both measured on 2000
+episodes from the same start distribution (0 = random, 100 = optimal). The compute of each design is its
+wall time (LM training, feature extraction and candidate sampling, head training, evaluation), its
+optimiser steps and its parameter counts. The behaviour-cloned LM is shared by BC, MC, ILQL and CHAI; its
+time is listed with each. ILQL's beta and the head settings were chosen on seed 0, which is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rlhf.dialogue.agents import Agent, evaluate, scripted_return  # noqa: E402
+from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q  # noqa: E402
+from rlhf.dialogue.data import Encoder, generate, top_fraction  # noqa: E402
+from rlhf.dialogue.envs import normalised_score  # noqa: E402
+from rlhf.models import build_tiny_tokenizer  # noqa: E402
+
+AGENTS = ("bc", "filtered_bc", "mc", "ilql", "chai")
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def t_interval(xs: list[float]) -> dict:
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return {"mean": m, "ci95": None}
+    return {"mean": m, "ci95": T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))}
+
+
+def run_seed(env: str, seed: int, args, tok) -> dict:
+    enc = Encoder(tok)
+    records = generate(env, args.episodes_per_policy, seed)
+    top = top_fraction(records, args.filter_fraction)
+    out: dict = {"data": {"episodes": len(records), "filtered": len(top),
+                          "filtered_by_policy": dict(Counter(r["policy"] for r in top)),
+                          "success_by_policy": {p: statistics.fmean(r["success"] for r in records if r["policy"] == p)
+                                                for p in ("random", "greedy", "optimal")}}}
+    bc_kw = dict(hidden=args.hidden, layers=args.layers, steps=args.bc_steps, batch_size=args.bc_batch_size,
+                 lr=args.bc_lr, seed=seed)
+    head_kw = dict(steps=args.value_steps, batch_size=args.value_batch_size, lr=args.value_lr, seed=seed,
+                   gamma=args.gamma, width=args.head_width)
+    cpu = time.process_time()
+    lm, st_bc = train_bc(records, tok, desc=f"{env} s{seed} bc", **bc_kw)
+    lm_cost = {"lm_seconds": st_bc.seconds, "lm_steps": st_bc.steps, "lm_parameters": st_bc.parameters,
+               "lm_cpu_seconds": time.process_time() - cpu}
+    cpu = time.process_time()
+    flm, st_fbc = train_bc(top, tok, desc=f"{env} s{seed} filtered_bc", **bc_kw)
+    fbc_cost = {"lm_seconds": st_fbc.seconds, "lm_steps": st_fbc.steps, "lm_parameters": st_fbc.parameters,
+                "lm_cpu_seconds": time.process_time() - cpu}
+    heads, head_cpu = {}, {}
+    for name in ("ilql", "mc", "chai"):
+        cpu = time.process_time()
+        if name == "ilql":
+            heads[name] = train_ilql(records, tok, lm, tau=args.expectile, cql_weight=args.cql_weight,
+                                     polyak=args.polyak, **head_kw)
+        else:
+            heads[name] = train_utterance_q(records, tok, lm, mode=name, cql_weight=args.cql_weight,
+                                            polyak=args.polyak, num_candidates=args.num_candidates, **head_kw)
+        head_cpu[name] = time.process_time() - cpu
+    transcripts: dict = {}
+    agents = {"bc": (Agent("bc", lm, enc), lm_cost),
+              "filtered_bc": (Agent("bc", flm, enc), fbc_cost)}
+    for name, (h, st) in heads.items():
+        agents[name] = (Agent(name, lm, enc, h, beta=args.beta, k=args.k),
+                        {**lm_cost, "feature_seconds": st.extra_seconds, "head_seconds": st.seconds,
+                         "head_steps": st.steps, "head_parameters": st.parameters,
+                         "head_cpu_seconds": head_cpu[name]})
+    for name, (agent, cost) in agents.items():
+        t0, cpu = time.time(), time.process_time()
+        res = evaluate(agent, env, args.episodes, seed)
+        cost["eval_seconds"], cost["eval_cpu_seconds"] = time.time() - t0, time.process_time() - cpu
+        cost["train_seconds"] = sum(v for k, v in cost.items() if k in ("lm_seconds", "feature_seconds",
+                                                                       "head_seconds"))
+        cost["train_cpu_seconds"] = cost["lm_cpu_seconds"] + cost.get("head_cpu_seconds", 0.0)
+        out[name] = {"success": res["success"]["mean"], "return": res["return"]["mean"],
+                     "turns": res["turns"]["mean"], "successes": int(round(res["success"]["mean"] * args.episodes)),
+                     "compute": cost}
+        transcripts[name] = res["transcripts"][0]
+        print(f"[{env} seed {seed}] {name:<12} success {out[name]['success']:.3f}  return {out[name]['return']:+.3f}"
+              f"  turns {out[name]['turns']:.2f}  train {cost['train_seconds']:.0f}s  eval {cost['eval_seconds']:.0f}s",
+              file=sys.stderr, flush=True)
+    for name, tr in transcripts.items():
+        print(f"  {name} transcript: {tr['intro']!r} " + " | ".join(f"{u!r} -> {o!r}" for u, o in tr["turns"]),
+              file=sys.stderr)
+    return out
+
+
+def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
+    seeds = sorted(per_seed)
+    summary: dict = {}
+    for a in AGENTS:
+        rows = [per_seed[s][a] for s in seeds]
+        n = args.episodes * len(seeds)
+        pooled = sum(r["successes"] for r in rows) / n
+        summary[a] = {
+            "success": t_interval([r["success"] for r in rows]),
+            "success_pooled": {"mean": pooled, "ci95": 1.96 * math.sqrt(pooled * (1 - pooled) / n)},
+            "return": t_interval([r["return"] for r in rows]),
+            "turns": t_interval([r["turns"] for r in rows]),
+            "compute": {k: statistics.fmean(r["compute"].get(k, 0.0) for r in rows)
+                        for k in rows[0]["compute"]},
+        }
+        if env.startswith("maze"):
+            summary[a]["normalised_score"] = t_interval(
+                [normalised_score(r["return"], refs["random"], refs["optimal"]) for r in rows])
+    comparisons = {}
+    n = args.episodes * len(seeds)
+    for v in ("ilql", "chai", "mc"):
+        for b in ("bc", "filtered_bc"):
+            p1, p2 = summary[v]["success_pooled"]["mean"], summary[b]["success_pooled"]["mean"]
+            half = 1.96 * math.sqrt(p1 * (1 - p1) / n + p2 * (1 - p2) / n)
+            every = all(per_seed[s][v]["success"] > per_seed[s][b]["success"] for s in seeds)
+            comparisons[f"{v}>{b}"] = {"difference": p1 - p2, "ci95": half, "higher_every_seed": every,
+                                       "met": every and p1 - p2 - half > 0}
+    summary["comparisons"] = comparisons
+    summary["target_met"] = all(comparisons[f"{v}>{b}"]["met"] for v in ("ilql", "chai")
+                                for b in ("bc", "filtered_bc"))
+    return summary
+
+
+def table(env: str, summary: dict, refs: dict) -> str:
+    def fmt(d, p=3):
+        return f"{d['mean']:.{p}f}" + (f" ± {d['ci95']:.{p}f}" if d.get("ci95") is not None else "")
+    lines = [f"\n{env}: scripted references (exact policies, no noise): "
+             + ", ".join(f"{k} {v:+.3f}" for k, v in refs.items())]
+    head = f"{'agent':<12} {'success (seeds)':>18} {'success (pooled)':>18} {'return':>18} {'turns':>14}"
+    if env.startswith("maze"):
+        head += f" {'normalised':>16}"
+    head += f" {'train s':>8} {'cpu s':>6} {'eval s':>7} {'steps (lm+head)':>16} {'params (lm+head)':>17}"
+    lines += [head, "-" * len(head)]
+    for a in AGENTS:
+        s = summary[a]
+        c = s["compute"]
+        row = (f"{a:<12} {fmt(s['success']):>18} {fmt(s['success_pooled']):>18} {fmt(s['return']):>18} "
+               f"{fmt(s['turns'], 2):>14}")
+        if env.startswith("maze"):
+            row += f" {fmt(s['normalised_score'], 1):>16}"
+        row += (f" {c['train_seconds']:>8.0f} {c['train_cpu_seconds']:>6.0f} {c['eval_seconds']:>7.0f} "
+                f"{int(c['lm_steps'])}+{int(c.get('head_steps', 0)):<10} "
+                f"{int(c['lm_parameters'])}+{int(c.get('head_parameters', 0))}")
+        lines.append(row)
+    lines.append("comparisons on success (pooled difference ± 95%, higher in every seed):")
+    for k, v in summary["comparisons"].items():
+        lines.append(f"  {k:<18} {v['difference']:+.3f} ± {v['ci95']:.3f}  every seed: {v['higher_every_seed']}"
+                     f"  -> {'met' if v['met'] else 'not met'}")
+    lines.append(f"target (ilql and chai beat bc and filtered_bc): {'MET' if summary['target_met'] else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--envs", nargs="+", default=["guess", "maze"], choices=["guess", "maze", "maze_po"])
+    p.add_argument("--episodes", type=int, default=200, help="Evaluation episodes per agent and seed.")
+    p.add_argument("--episodes_per_policy", type=int, default=400)
+    p.add_argument("--filter_fraction", type=float, default=0.2)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--bc_steps", type=int, default=600)
+    p.add_argument("--bc_batch_size", type=int, default=32)
+    p.add_argument("--bc_lr", type=float, default=3e-3)
+    p.add_argument("--value_steps", type=int, default=1500)
+    p.add_argument("--value_batch_size", type=int, default=128)
+    p.add_argument("--value_lr", type=float, default=1e-3)
+    p.add_argument("--head_width", type=int, default=256)
+    p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--expectile", type=float, default=0.7)
+    p.add_argument("--cql_weight", type=float, default=0.1)
+    p.add_argument("--polyak", type=float, default=0.005)
+    p.add_argument("--num_candidates", type=int, default=4)
+    p.add_argument("--beta", type=float, default=8.0)
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dialogue_results.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tok = build_tiny_tokenizer()
+    start = time.time()
+    results: dict = {"config": vars(args), "envs": {}}
+    texts = []
+    for env in args.envs:
+        refs = {pol: scripted_return(env, pol, 2000, 0) for pol in ("random", "greedy", "optimal")}
+        if env.startswith("maze"):  # the uniform random mover of the normalisation never says a malformed line
+            refs["random"] = scripted_return(env, "random_moves", 2000, 0)
+        per_seed = {s: run_seed(env, s, args, tok) for s in args.seeds}
+        summary = summarise(env, per_seed, args, refs)
+        results["envs"][env] = {"references": refs, "summary": summary,
+                                "per_seed": {str(s): v for s, v in per_seed.items()}}
+        texts.append(table(env, summary, refs))
+    results["wall_seconds"] = time.time() - start
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "python": platform.python_version()}
+    print("\n".join(texts))
+    line = json.dumps(results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(line + "\n")
+    print(line)
+    return results
+
+
+if __name__ == "__main__":
+    main()
