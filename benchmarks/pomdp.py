@@ -130,22 +130,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="rpg,drqn,sb3", help="Comma-separated: rpg, drqn, sb3.")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first_seed", type=int, default=0, help="Seeds are first_seed .. first_seed + seeds - 1.")
     parser.add_argument("--max_steps", type=int, default=200_000)
     parser.add_argument("--eval_every", type=int, default=5000)
     parser.add_argument("--runs_dir", default="runs/pomdp_bench")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp.json"))
     parser.add_argument("--from_results", default=None, help="Take the toolkit's runs from this runs_dir of "
                         "benchmarks/pomdp_results.py (same configs and stopping rule) instead of training again.")
-    parser.add_argument("--include", default=None, help="JSON of an earlier run of this script whose runs are "
-                        "added to the table (e.g. sides run at different times; marked 'included').")
+    parser.add_argument("--include", default="", help="Comma-separated JSONs of earlier runs of this script whose "
+                        "runs are added to the table (e.g. sides run at different times; marked 'included_from').")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     rows = []
-    if args.include:
-        rows += [{**r, "included_from": args.include} for r in json.loads(Path(args.include).read_text())["runs"]]
+    for path in [p for p in args.include.split(",") if p]:
+        rows += [{**r, "included_from": path} for r in json.loads(Path(path).read_text())["runs"]]
     for agent in [a for a in args.agents.split(",") if a]:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             print(f"[pomdp bench] {agent} seed {seed}", file=sys.stderr, flush=True)
             if agent == "sb3":
                 rows.append(run_sb3(seed, args))
