@@ -151,7 +151,7 @@ def test_a_sharded_checkpoint_goes_through_accelerate_save_state_and_back(tmp_pa
 
 def fsdp2_worker() -> None:
     """Under torchrun with 2 CPU processes: fully_shard the tiny model, generate 6 tokens without and with
-    gathered_for_generation, count FSDP all-gathers, and print one JSON line per rank."""
+    gathered_for_generation, count FSDP all-gathers, and write one JSON file per rank."""
     import torch.distributed as dist
     from accelerate.utils import DistributedType
     from torch.distributed.device_mesh import init_device_mesh
@@ -195,22 +195,22 @@ def fsdp2_worker() -> None:
         once = counted["n"]
         sharded_after = [p.to_local().numel() for p in model.parameters()]
         total = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"rank": dist.get_rank(), "per_token": per_token, "once": once, "groups": n_groups,
-                      "same_tokens": torch.equal(plain, gathered), "local_after": sum(sharded_after),
-                      "total": total}), flush=True)
+    result = {"rank": dist.get_rank(), "per_token": per_token, "once": once, "groups": n_groups,
+              "same_tokens": torch.equal(plain, gathered), "local_after": sum(sharded_after), "total": total}
+    (Path(os.environ["FSDP2_TEST_OUT"]) / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
 
-def test_fsdp2_generation_gathers_the_weights_once():
+def test_fsdp2_generation_gathers_the_weights_once(tmp_path):
     """FSDP2 on 2 CPU processes (gloo): plain generation all-gathers every shard group at each of the 6
     forward passes; inside gathered_for_generation each group is gathered once, the tokens are the same,
     and the weights are sharded again afterwards."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FSDP2_TEST_OUT": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29541", __file__], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(r["rank"] for r in rows) == [0, 1]
     for r in rows:
         assert r["once"] == r["groups"] == 3, r  # one all-gather per shard group for the whole generation
