@@ -201,6 +201,7 @@ def fsdp2_worker() -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_fsdp2_generation_gathers_the_weights_once(tmp_path):
     """FSDP2 on 2 CPU processes (gloo): plain generation all-gathers every shard group at each of the 6
     forward passes; inside gathered_for_generation each group is gathered once, the tokens are the same,
