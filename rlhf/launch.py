@@ -59,13 +59,14 @@ def resolve_preset(name: str) -> Path:
 def stage_script(stage: str) -> Path:
     from rlhf.cli import STAGES
 
-    names = [s for s in STAGES if s != "launch"]
-    if stage not in names:
-        raise ConfigError(f"unknown stage '{stage}'; stages: {', '.join(names)}")
-    for base in (Path.cwd(), ROOT):
-        if (base / "scripts" / f"{stage}.py").is_file():
-            return base / "scripts" / f"{stage}.py"
-    raise ConfigError(f"no scripts/{stage}.py in {Path.cwd()} or {ROOT}")
+    def script(name: str) -> Path | None:
+        found = [b / "scripts" / f"{name}.py" for b in (Path.cwd(), ROOT) if (b / "scripts" / f"{name}.py").is_file()]
+        return found[0] if found else None
+
+    launchable = [s for s in STAGES if s != "launch" and script(s)]
+    if stage not in launchable:
+        raise ConfigError(f"unknown stage '{stage}'; stages with a script in scripts/: {', '.join(launchable)}")
+    return script(stage)
 
 
 def launch_args(preset: Path, overrides: dict[str, object]) -> list[str]:
