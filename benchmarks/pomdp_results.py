@@ -50,10 +50,12 @@ GROUPS = {
 }
 
 
-def run_one(name: str, seed: int, runs_dir: Path, reuse: bool) -> dict:
+def run_one(name: str, seed: int, runs_dir: Path, reuse: bool, skip_missing: bool = False) -> dict | None:
     out = runs_dir / f"{name}-seed{seed}"
-    if reuse and (out / "metrics.json").is_file():
+    if (reuse or skip_missing) and (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
+    if skip_missing:
+        return None
     cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"{name}.yaml",
                       {"seed": str(seed), "output_dir": str(out), "overwrite": "true"})
     print(f"[pomdp_results] {name} seed {seed}", file=sys.stderr, flush=True)
@@ -84,11 +86,11 @@ def corridor_policy(name: str, seed: int, runs_dir: Path) -> dict:
     return {"p_right_at_ends": float(p[0]), "exact_value": env.memoryless_value(p)}
 
 
-def mean_std(xs) -> str:
+def mean_std(xs, fmt: str = ".3f") -> str:
     xs = [x for x in xs if x is not None]
     if not xs:
         return "-"
-    return f"{np.mean(xs):.3f} +- {np.std(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+    return f"{np.mean(xs):{fmt}} +- {np.std(xs):{fmt}}" if len(xs) > 1 else f"{xs[0]:{fmt}}"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--runs_dir", default="runs/pomdp_results")
     parser.add_argument("--reuse", action="store_true", help="Reuse runs whose metrics.json exists.")
+    parser.add_argument("--skip_missing", action="store_true", help="Tabulate finished runs only (implies "
+                        "--reuse); a row then covers the seeds that finished, and says how many.")
     parser.add_argument("--only", default="", help="Comma-separated config names to run (default: all of the "
                         "groups').")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp_results.json"))
@@ -132,9 +136,14 @@ def main() -> None:
         names = [n for n in GROUPS[group] if not only or n in only]
         res = {}
         for name in names:
-            runs = [run_one(name, s, runs_dir, args.reuse) for s in seeds]
+            found = [(s, run_one(name, s, runs_dir, args.reuse, args.skip_missing)) for s in seeds]
+            name_seeds = [s for s, r in found if r is not None]
+            runs = [r for _, r in found if r is not None]
+            if not runs:
+                continue
             entry = {
                 "agent": runs[0]["agent"],
+                "seeds": name_seeds,
                 "env_steps": [r["env_steps"] for r in runs],
                 "train_seconds": [r["train_seconds"] for r in runs],
                 "final_return": [r["final_eval"]["return_mean"] for r in runs],
@@ -144,40 +153,41 @@ def main() -> None:
             if "success_rate" in runs[0]["final_eval"]:
                 entry["final_success"] = [r["final_eval"]["success_rate"] for r in runs]
             if group == "masked_cartpole" and runs[0]["agent"] in ("pg", "rpg"):
-                entry["best_return_greedy"] = [greedy_best(name, s, runs_dir) for s in seeds]
+                entry["best_return_greedy"] = [greedy_best(name, s, runs_dir) for s in name_seeds]
             if group == "corridor" and runs[0]["agent"] in ("pg", "dqn"):
-                pol = [corridor_policy(name, s, runs_dir) for s in seeds]
+                pol = [corridor_policy(name, s, runs_dir) for s in name_seeds]
                 entry["p_right_at_ends"] = [p["p_right_at_ends"] for p in pol]
                 entry["exact_value"] = [p["exact_value"] for p in pol]
             res[name] = entry
         results["groups"][group] = res
         if group == "masked_cartpole":
-            rows = [[n, e["agent"], f"{sum(x is not None for x in e['reached_475_at_step'])}/{len(seeds)}",
-                     mean_std([x for x in e["reached_475_at_step"] if x is not None]),
-                     mean_std(e["best_return"]), mean_std(e.get("best_return_greedy", [])),
-                     mean_std(e["train_seconds"])] for n, e in res.items()]
+            rows = [[n, e["agent"], f"{sum(x is not None for x in e['reached_475_at_step'])}/{len(e['seeds'])}",
+                     mean_std([x for x in e["reached_475_at_step"] if x is not None], ".0f"),
+                     mean_std(e["best_return"], ".1f"), mean_std(e.get("best_return_greedy", []), ".1f"),
+                     mean_std(e["train_seconds"], ".0f")] for n, e in res.items()]
             tables.append("CartPole without velocities (mean +- std over seeds; training stops at the first "
                           "20-episode evaluation >= 475)\n" + table(
                               ["config", "agent", "reached 475", "env steps to 475",
                                "return, 100 fresh episodes", "same, most likely action", "train s"], rows))
         elif group == "tmaze":
-            rows = [[n, e["agent"], mean_std(e["final_success"]), mean_std(e["final_return"]),
-                     mean_std(e["train_seconds"])] for n, e in res.items()]
+            rows = [[n, e["agent"], len(e["seeds"]), mean_std(e["final_success"]), mean_std(e["final_return"]),
+                     mean_std(e["train_seconds"], ".0f")] for n, e in res.items()]
             tables.append("T-maze, corridor 5 (final network, 200 episodes; mean +- std over seeds)\n" + table(
-                ["config", "agent", "success rate", "return", "train s"], rows))
+                ["config", "agent", "seeds", "success rate", "return", "train s"], rows))
         elif group == "corridor":
             env = AliasedCorridor()
             best = max(env.memoryless_value(p) for p in np.linspace(0, 1, 1001))
             results["groups"]["corridor_reference"] = {
                 "best_memoryless_value": best, "deterministic_memoryless_value": env.memoryless_value(1.0)}
-            rows = [[n, e["agent"], mean_std(e["final_return"]), mean_std(e.get("p_right_at_ends", [])),
-                     mean_std(e.get("exact_value", [])), mean_std(e["final_success"])] for n, e in res.items()]
-            rows.append(["(exact) best memoryless", "p = 0.5", f"{best:.3f}", "0.500", f"{best:.3f}", "1.000"])
-            rows.append(["(exact) deterministic", "p = 0 or 1", f"{env.memoryless_value(1.0):.3f}", "0 or 1",
+            rows = [[n, e["agent"], len(e["seeds"]), mean_std(e["final_return"]),
+                     mean_std(e.get("p_right_at_ends", [])), mean_std(e.get("exact_value", [])),
+                     mean_std(e["final_success"])] for n, e in res.items()]
+            rows.append(["(exact) best memoryless", "p = 0.5", "-", f"{best:.3f}", "0.500", f"{best:.3f}", "1.000"])
+            rows.append(["(exact) deterministic", "p = 0 or 1", "-", f"{env.memoryless_value(1.0):.3f}", "0 or 1",
                          f"{env.memoryless_value(1.0):.3f}", "0.500"])
             tables.append("Aliased corridor, 5 cells (final network, 1000 episodes; mean +- std over seeds)\n" +
-                          table(["config", "agent", "return", "P(right) at the ends", "exact value of policy",
-                                 "success"], rows))
+                          table(["config", "agent", "seeds", "return", "P(right) at the ends",
+                                 "exact value of policy", "success"], rows))
 
     results["seconds"] = time.time() - start
     results["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
