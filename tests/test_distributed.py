@@ -224,18 +224,26 @@ def test_fsdp2_generation_gathers_the_weights_once(tmp_path):
 # ------------------------------------------------------------- 2 processes vs 1 through the preset
 
 
-def launch(tmp_path: Path, name: str, stage: str, args: list[str], preset: str | None) -> Path:
-    """Run a stage as one plain process, or through `rlhf launch <preset>`; returns its output_dir."""
+def launch(tmp_path: Path, name: str, stage: str, args: list[str], preset: str | None, monkeypatch,
+           capsys) -> Path:
+    """Run a stage in this process (one process), or through `rlhf launch <preset>`; returns its output_dir
+    with the run's stdout in stdout.txt."""
+    from rlhf.cli import main as rlhf_main
+
     out = tmp_path / name
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLHF_FEATURE_CACHE": str(tmp_path / f"features-{name}")}
+    features = str(tmp_path / f"features-{name}")
     if preset is None:
-        cmd = [sys.executable, str(ROOT / "scripts" / f"{stage}.py"), *args]
+        monkeypatch.setenv("RLHF_FEATURE_CACHE", features)
+        capsys.readouterr()
+        assert rlhf_main([stage, *args, "--output_dir", str(out)]) == 0
+        stdout = capsys.readouterr().out
     else:
-        cmd = [sys.executable, "-m", "rlhf.cli", "launch", preset, stage, *args]
-    proc = subprocess.run([*cmd, "--output_dir", str(out)], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (out / "stdout.txt").write_text(proc.stdout)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RLHF_FEATURE_CACHE": features}
+        proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "launch", preset, stage, *args, "--output_dir",
+                               str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        stdout = proc.stdout
+    (out / "stdout.txt").write_text(stdout)
     return out
 
 
@@ -257,7 +265,7 @@ def read_log(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_reward_two_processes_through_the_preset_match_one_process(tmp_path):
+def test_reward_two_processes_through_the_preset_match_one_process(tmp_path, monkeypatch, capsys):
     """Global batch 16: one process x 4 micro-batches of 4, vs 2 processes (cpu_multiprocess preset) x 2
     micro-batches of 4 each, synchronised on the last (rlhf.distributed.micro_batch). Every logged loss,
     the final metrics and the head weights agree to 1e-5 (measured differences are ~1e-8: summation order);
@@ -268,8 +276,8 @@ def test_reward_two_processes_through_the_preset_match_one_process(tmp_path):
     args = ["--config", str(ROOT / "configs/tiny/reward.yaml"), "--train_pairs", str(tmp_path / "train.jsonl"),
             "--eval_pairs", str(tmp_path / "test.jsonl"), "--num_epochs", "2", "--global_batch_size", "16",
             "--per_device_batch_size", "4", "--learning_rate", "0.05"]
-    one = launch(tmp_path, "one", "reward", args, None)
-    two = launch(tmp_path, "two", "reward", args, "cpu_multiprocess")
+    one = launch(tmp_path, "one", "reward", args, None, monkeypatch, capsys)
+    two = launch(tmp_path, "two", "reward", args, "cpu_multiprocess", monkeypatch, capsys)
     m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
     assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
     l1, l2 = read_log(one), read_log(two)
@@ -286,14 +294,14 @@ def test_reward_two_processes_through_the_preset_match_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_policy_two_processes_sample_what_one_process_samples(tmp_path):
+def test_policy_two_processes_sample_what_one_process_samples(tmp_path, monkeypatch, capsys):
     """The policy's rollouts of the first update (before any weight change): the same completions, scores,
     KL and lengths on 2 processes (cpu_multiprocess preset) as on one, to 1e-5. Each row's completion is drawn
     from its own seed (seed, update, global row), and each rank takes its contiguous share of the prompts."""
     args = ["--config", str(ROOT / "configs/tiny/policy.yaml"), "--prompts",
             str(ROOT / "reward_data/prompts_train.jsonl"), "--num_updates", "1", "--sample_every", "1"]
-    one = launch(tmp_path, "one", "policy", args, None)
-    two = launch(tmp_path, "two", "policy", args, "cpu_multiprocess")
+    one = launch(tmp_path, "one", "policy", args, None, monkeypatch, capsys)
+    two = launch(tmp_path, "two", "policy", args, "cpu_multiprocess", monkeypatch, capsys)
     m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
     assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
     (r1,), (r2,) = read_log(one), read_log(two)
