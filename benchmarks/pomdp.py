@@ -52,6 +52,9 @@ TARGET = 475.0
 def from_results(agent: str, seed: int, args) -> dict:
     """A toolkit run that benchmarks/pomdp_results.py already made with the same configs and stopping rule."""
     run = Path(args.from_results) / f"masked_cartpole_{agent}-seed{seed}"
+    if not (run / "metrics.json").is_file():
+        print(f"[pomdp bench] {run}: no metrics.json (unfinished), left out", file=sys.stderr)
+        return None
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     if cfg["eval_every"] != args.eval_every or cfg["eval_episodes"] != 20 or cfg["stop_at_return"] != TARGET:
         raise SystemExit(f"{run}: not run with eval_every {args.eval_every}, 20 episodes, stop at {TARGET}")
@@ -151,7 +154,8 @@ def main() -> None:
             if agent == "sb3":
                 rows.append(run_sb3(seed, args))
             elif args.from_results:
-                rows.append(from_results(agent, seed, args))
+                row = from_results(agent, seed, args)
+                rows += [row] if row else []
             else:
                 rows.append(run_toolkit(agent, seed, args))
 
