@@ -1,6 +1,6 @@
 """Benchmark: the toolkit's policy stage against TRL's RLOOTrainer, side by side in one run.
 
-    python benchmarks/policy.py                          # 8 updates per side (about 10-15 min on 2 CPU cores)
+    python benchmarks/policy.py                          # 8 updates per side (see the timing note below)
     python benchmarks/policy.py --updates 30             # a longer run: a steadier reward slope
     python benchmarks/policy.py --updates 2 --skip_trl   # a smoke run of the toolkit's side alone
 
@@ -46,6 +46,10 @@ completions/s (it is recorded); completions/s = completions per update / mean se
 time of the whole `train()` call (model load, LoRA wrap, save) and of TRL's construction + `train()` (model
 loaded before the clock) is recorded too. Both sides run one after the other in this process: other work on
 the same cores changes the times, so the machine's load average before and after each side is recorded.
+One update is about 5 forward-pass equivalents over 32 x ~70 tokens of a 135M model plus 32 sampling steps
+(a few TFLOP): on two quiet cores the default run should take roughly 10-15 minutes; on cores shared with
+other work it is far slower (about 5 minutes per update and side were measured at a load average of ~12 on 2
+cores, one thread each).
 
 Reward. The gold judge's mean score per update (before the KL term) on the completions sampled in that update
 (the stage's `objective/scores`, TRL's `rewards/gold_judge/mean`). Reported: the mean over the first and last
