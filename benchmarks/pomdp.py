@@ -91,7 +91,8 @@ def run_sb3(seed: int, args) -> dict:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     train_env = VecNormalize(make_vec_env(lambda: make_env("masked-cartpole"), n_envs=8, seed=seed))
-    eval_env = VecNormalize(DummyVecEnv([lambda: Monitor(make_env("masked-cartpole"))]), training=False, norm_reward=False)
+    eval_env = VecNormalize(DummyVecEnv([lambda: Monitor(make_env("masked-cartpole"))]), training=False,
+                            norm_reward=False)
     eval_env.seed(10_000 + seed)
     history = []
 

@@ -220,7 +220,8 @@ def test_sequence_sampling_masks_burn_in_and_episode_ends():
         assert burn[:n_burn].all() and train[n_burn:n_valid].all() and not train[:n_burn].any()
         assert bool(b["episode_start"][i]) == (first == episode_start)
         assert b["hidden"][i].tolist() == [episode_start] * 2  # the stored state of the row's first step
-        assert b["prev_actions"][i, 0].item() == (-1 if first == episode_start else (int(first) - 1 - int(episode_start)) % 2)
+        prev = -1 if first == episode_start else (int(first) - 1 - int(episode_start)) % 2  # actions are t % 2
+        assert b["prev_actions"][i, 0].item() == prev
     # terminal flag only on the terminal step of the terminated episode
     term_obs = b["obs"][:, :S, 0][b["terminated"].bool()]
     assert term_obs.numel() > 0 and (term_obs == 103.0).all()
