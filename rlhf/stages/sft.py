@@ -157,7 +157,7 @@ def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     return token_nll_sum(logits, batch["labels"])
 
 
-def optimizer_step(model, optimizer, scheduler, params, global_batch: list[TokenizedExample], sizes,
+def optimizer_step(model, optimizer, scheduler, global_batch: list[TokenizedExample], sizes,
                    accelerator, pad_id: int, max_grad_norm: float) -> dict[str, float]:
     """One optimiser step on a global batch: this rank's share, in micro-batches, then clip, step, schedule.
 
@@ -176,7 +176,10 @@ def optimizer_step(model, optimizer, scheduler, params, global_batch: list[Token
             loss = nll * accelerator.num_processes / n_targets
         accelerator.backward(loss)
         nll_total += nll.detach().double()
-    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    # the prepared model's own parameters: FSDP2 replaces them with DTensors at prepare (a list taken before
+    # would clip nothing), and accelerate takes its FSDP path only for exactly model.parameters()
+    grad_norm = accelerator.clip_grad_norm_(list(model.parameters()),
+                                            max_grad_norm if max_grad_norm > 0 else float("inf"))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -302,7 +305,7 @@ def train(cfg: SFTConfig) -> dict:
     started, tokens_seen, last = time.time(), 0, {}
     for step in range(start_step, total_steps):
         indices, epoch = global_batch_indices(step, len(train_set), sizes.global_batch, cfg.seed)
-        stats = optimizer_step(model, optimizer, scheduler, params, [train_set[i] for i in indices], sizes,
+        stats = optimizer_step(model, optimizer, scheduler, [train_set[i] for i in indices], sizes,
                                accelerator, pad_id, cfg.max_grad_norm)
         done = step + 1
         tokens_seen += stats["train/target_tokens"]
