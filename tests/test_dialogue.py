@@ -207,8 +207,10 @@ def test_token_batch_marks_agent_tokens_and_utterance_ends():
     tr = token_transitions(b.select(torch.tensor([0])), gamma=0.9)
     assert len(tr["action"]) == 27 and tok.decode(tr["action"].tolist()) == text
     ends = [10, 26]  # each utterance's end-of-line: its reward and the discount to the next utterance
-    assert tr["reward"].nonzero().flatten().tolist() == ends and tr["reward"][ends].tolist() == pytest.approx([-0.1] * 2)
-    assert tr["gamma"][ends].tolist() == pytest.approx([0.9, 0.9]) and tr["gamma"].sum().item() == pytest.approx(25 + 1.8)
+    assert tr["reward"].nonzero().flatten().tolist() == ends
+    assert tr["reward"][ends].tolist() == pytest.approx([-0.1] * 2)
+    assert tr["gamma"][ends].tolist() == pytest.approx([0.9, 0.9])
+    assert tr["gamma"].sum().item() == pytest.approx(25 + 1.8)
     assert tr["done"].nonzero().flatten().tolist() == [26]
     # the state after the first utterance's end-of-line is the one before "is it the bako?": the answer
     # ("no, blue\n") lies in between

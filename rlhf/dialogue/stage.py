@@ -63,8 +63,8 @@ class DialogueTrainConfig(RunConfig):
     bc_env_tokens: bool = option(True, help="BC also predicts the environment's replies (the policy is the "
                                  "LM over the agent's tokens either way; the value heads read the hidden states).")
     filter_fraction: float = option(0.2, help="filtered_bc: the top fraction of trajectories by return.")
-    value_steps: int = option(2000, help="Optimiser steps of the value heads.")
-    value_batch_size: int = option(64, help="Trajectories (ilql) or utterance transitions (mc, chai) per step.")
+    value_steps: int = option(1500, help="Optimiser steps of the value heads.")
+    value_batch_size: int = option(128, help="Agent tokens (ilql) or utterance transitions (mc, chai) per step.")
     value_lr: float = option(1e-3, help="Value-head learning rate (AdamW).")
     head_width: int = option(256, help="Width of the two-layer value heads.")
     gamma: float = option(0.99, help="Discount per utterance (1 inside an utterance for ilql).")
