@@ -145,6 +145,30 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def print_table(summary: dict, seeds: list[int], top_fraction: float) -> None:
+    """The readable table: per task, DT achieved return per target, BC, filtered BC and the checks."""
+    print(f"Decision Transformer vs BC / filtered BC (top {top_fraction:.0%}), seeds {seeds}: "
+          "mean ± std over seeds of the mean return over evaluation episodes")
+    for env, s in summary.items():
+        d = 2 if s["data_return_max"] - s["data_return_min"] < 10 else 1  # decimals
+        print(f"\n{env}: data returns {s['data_return_min']:.{d}f} .. {s['data_return_max']:.{d}f} "
+              f"(mean {s['data_return_mean']:.{d}f}, top 10% mean {s['data_top10_mean']:.{d}f})")
+        print(f"  {'target':>10} | {'DT achieved':>18}")
+        for t, m, sd in zip(s["targets"], s["dt_mean"], s["dt_std"]):
+            print(f"  {t:>10.{d}f} | {m:>10.{d}f} ± {sd:<6.{d}f}")
+        print(f"  {'BC':>10} | {s['bc_mean']:>10.{d}f} ± {s['bc_std']:<6.{d}f}")
+        print(f"  {'filt. BC':>10} | {s['filtered_bc_mean']:>10.{d}f} ± {s['filtered_bc_std']:<6.{d}f}")
+        print(f"  Spearman(target, achieved) {s['spearman_mean']:.2f} (per seed "
+              f"{', '.join(f'{r:.2f}' for r in s['spearman_per_seed'])}) -> rises: {s['rises']}")
+        print(f"  DT at best target ({s['dt_best_target']:g}) {s['dt_best_target_mean']:.{d}f} vs BC "
+              f"{s['bc_mean']:.{d}f} -> matches BC: {s['dt_best_matches_bc']}; gap to filtered BC "
+              f"{s['best_gap_to_filtered_bc_frac']:+.1%} of the data range -> close (<= 10%): "
+              f"{s['best_close_to_filtered_bc']}")
+        print(f"  DT at the highest target ({s['targets'][-1]:g}, fixed in advance) "
+              f"{s['dt_top_target_mean']:.{d}f}: matches BC: {s['dt_top_matches_bc']}; gap to filtered BC "
+              f"{s['gap_to_filtered_bc_frac']:+.1%} -> close: {s['close_to_filtered_bc']}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -155,7 +179,13 @@ def main() -> None:
     p.add_argument("--workdir", default="runs/dt_results")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dt_results.json"))
     p.add_argument("--plot", default=str(ROOT / "benchmarks" / "results" / "dt_results.png"))
+    p.add_argument("--from_json", default="", help="Print the table of an earlier run's JSON (no training).")
     args = p.parse_args()
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        print_table(result["summary"], result["seeds"], result["top_fraction"])
+        print(json.dumps(result))
+        return
     torch.set_num_threads(args.threads)
     t0 = time.time()
     raw, summary = {}, {}
@@ -165,25 +195,7 @@ def main() -> None:
         summary[env] = summarise(env, s, raw[env])
     plot(summary, Path(args.plot))
 
-    print(f"Decision Transformer vs BC / filtered BC (top {args.top_fraction:.0%}), seeds {args.seeds}: "
-          "mean ± std over seeds of the mean return over evaluation episodes")
-    for env, s in summary.items():
-        print(f"\n{env}: data returns {s['data_return_min']:.1f} .. {s['data_return_max']:.1f} "
-              f"(mean {s['data_return_mean']:.1f}, top 10% mean {s['data_top10_mean']:.1f})")
-        print(f"  {'target':>10} | {'DT achieved':>18}")
-        for t, m, sd in zip(s["targets"], s["dt_mean"], s["dt_std"]):
-            print(f"  {t:>10.1f} | {m:>10.1f} ± {sd:<6.1f}")
-        print(f"  {'BC':>10} | {s['bc_mean']:>10.1f} ± {s['bc_std']:<6.1f}")
-        print(f"  {'filt. BC':>10} | {s['filtered_bc_mean']:>10.1f} ± {s['filtered_bc_std']:<6.1f}")
-        print(f"  Spearman(target, achieved) {s['spearman_mean']:.2f} (per seed "
-              f"{', '.join(f'{r:.2f}' for r in s['spearman_per_seed'])}) -> rises: {s['rises']}")
-        print(f"  DT at best target ({s['dt_best_target']:g}) {s['dt_best_target_mean']:.1f} vs BC "
-              f"{s['bc_mean']:.1f} -> matches BC: {s['dt_best_matches_bc']}; gap to filtered BC "
-              f"{s['best_gap_to_filtered_bc_frac']:+.1%} of the data range -> close (<= 10%): "
-              f"{s['best_close_to_filtered_bc']}")
-        print(f"  DT at the highest target ({s['targets'][-1]:g}, fixed in advance) {s['dt_top_target_mean']:.1f}: "
-              f"matches BC: {s['dt_top_matches_bc']}; gap to filtered BC {s['gap_to_filtered_bc_frac']:+.1%} "
-              f"-> close: {s['close_to_filtered_bc']}")
+    print_table(summary, args.seeds, args.top_fraction)
     import gymnasium
     import transformers
 
