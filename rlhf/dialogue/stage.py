@@ -73,11 +73,14 @@ class DialogueTrainConfig(RunConfig):
     polyak: float = option(0.005, help="ilql, chai: target-network soft-update rate.")
     num_candidates: int = option(4, help="chai: utterances sampled from the LM per state for the target max "
                                  "and the conservative term.")
+    threads: int = option(1, help="torch CPU threads (0: torch's default). The tiny models run fastest on one; "
+                          "more threads on busy cores can be many times slower.")
 
     def validate(self) -> None:
         super().validate()
         require_at_least(self, 1, "hidden", "layers", "bc_steps", "bc_batch_size", "value_steps",
                          "value_batch_size", "head_width", "num_candidates")
+        require_at_least(self, 0, "threads")
         if not 0 < self.filter_fraction <= 1:
             raise ConfigError("filter_fraction must be in (0, 1]")
         if not (0 <= self.gamma <= 1 and 0 < self.expectile < 1 and 0 < self.polyak <= 1 and self.cql_weight >= 0):
@@ -95,10 +98,12 @@ class DialogueEvalConfig(RunConfig):
     beta: float = option(8.0, help="ilql: weight of Q - V on the BC log-probabilities when acting.")
     k: int = option(8, help="mc, chai: candidate utterances sampled from the LM per turn.")
     temperature: float = option(1.0, help="Sampling temperature of the LM (0: arg-max tokens).")
+    threads: int = option(1, help="torch CPU threads (0: torch's default).")
 
     def validate(self) -> None:
         super().validate()
         require_at_least(self, 1, "episodes", "k")
+        require_at_least(self, 0, "threads")
         if self.beta < 0 or self.temperature < 0:
             raise ConfigError("beta and temperature must be >= 0")
 
@@ -238,4 +243,7 @@ def main(argv: list[str] | None = None):
         raise ConfigError("usage: rlhf dialogue {data,train,evaluate} [--config FILE.yaml] [--<field> VALUE]"
                           + (f"; unknown subcommand '{argv[0]}'" if argv and not argv[0].startswith("-") else ""))
     cls, fn = commands[argv[0]]
-    return fn(parse_args(cls, argv[1:], prog=f"rlhf dialogue {argv[0]}"))
+    cfg = parse_args(cls, argv[1:], prog=f"rlhf dialogue {argv[0]}")
+    if getattr(cfg, "threads", 0) > 0:
+        torch.set_num_threads(cfg.threads)
+    return fn(cfg)
