@@ -133,9 +133,13 @@ def response_logprobs_and_values(model, sequences, attention_mask, n_query: int)
     """As `response_logprobs`, plus the value of each response token's state when `model` is a
     `PolicyWithValue` (one forward pass for both): ([N, T_r], [N, T_r] or None)."""
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids)
+    n_response = sequences.shape[1] - n_query
+    # The LM head only over the positions that predict response tokens (the last T_r + 1; the very last
+    # predicts nothing): the prompt's logits are never needed.
+    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=n_response + 1)
     logits, values = out if isinstance(out, tuple) else (out.logits, None)
-    logp = token_logprobs(logits[:, n_query - 1:-1], sequences[:, n_query:])
+    logp = token_logprobs(logits[:, :-1], sequences[:, n_query:])  # [N, T_r]
     # V(s_t) for the state before response token t, read at the position that predicts it.
     return logp, None if values is None else values[:, n_query - 1:-1]
 
@@ -152,9 +156,9 @@ class PolicyWithValue(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids):
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0):
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=True)
+                          output_hidden_states=True, logits_to_keep=logits_to_keep)
         values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # [N, T]
         return out.logits, values
 
