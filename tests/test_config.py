@@ -11,10 +11,13 @@ import yaml
 
 from rlhf.cli import main as cli_main
 from rlhf.config import ConfigError, load_config, parse_args, read_yaml, save_config
+from rlhf.dialogue.stage import DialogueDataConfig, DialogueEvalConfig, DialogueTrainConfig
 from rlhf.dt.data import DTDataConfig
 from rlhf.dt.evaluate import DTEvalConfig
 from rlhf.dt.train import DTTrainConfig
+from rlhf.pomdp.train import PomdpConfig
 from rlhf.stages.collect import CollectConfig
+from rlhf.stages.evaluate import EvaluateConfig
 from rlhf.stages.label import LabelConfig
 from rlhf.stages.policy import PolicyConfig
 from rlhf.stages.reward import RewardConfig
@@ -28,6 +31,9 @@ CONFIGS = ROOT / "configs"
 STAGE_CONFIGS = {"sft": SFTConfig, "collect": CollectConfig, "label": LabelConfig, "reward": RewardConfig, "policy": PolicyConfig}
 # `rlhf dt <command>` configs are configs/dt/dt-<command>_<experiment>.yaml.
 STAGE_CONFIGS.update({"dt-data": DTDataConfig, "dt-train": DTTrainConfig, "dt-evaluate": DTEvalConfig})
+STAGE_CONFIGS.update({"evaluate": EvaluateConfig, "pomdp": PomdpConfig, "dialogue/data": DialogueDataConfig,
+                      "dialogue/train": DialogueTrainConfig, "dialogue/evaluate": DialogueEvalConfig})
+PIPELINES = {"quickstart"}  # `rlhf run` pipeline files: checked by resolving every stage they name
 
 
 def stage_yaml_files() -> list[Path]:
@@ -36,7 +42,15 @@ def stage_yaml_files() -> list[Path]:
 
 
 def stage_of(path: Path) -> str:
-    return path.stem.split("_", 1)[0]
+    """"<dir>/<stem up to _>" for a module's directory (configs/dialogue/data.yaml), else the stem up to "_"
+    (configs/tiny/sft_lora.yaml -> sft), else the directory (configs/pomdp/tmaze_drqn.yaml -> pomdp)."""
+    parts = path.relative_to(CONFIGS).parts if path.is_absolute() else path.parts
+    stem = path.stem.split("_", 1)[0]
+    top = parts[0] if len(parts) > 1 and parts[0] != "tiny" else ""
+    for key in (f"{top}/{stem}" if top else "", stem, top):
+        if key and (key in STAGE_CONFIGS or key in PIPELINES):
+            return key
+    return stem
 
 
 def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
@@ -65,6 +79,14 @@ def test_configs_directory_has_stage_files():
 @pytest.mark.parametrize("path", stage_yaml_files(), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_shipped_config_parses_into_its_stage_dataclass(path: Path):
     stage = stage_of(path)
+    if stage in PIPELINES:
+        from rlhf.pipeline import load_pipeline, resolve
+
+        root, stages = load_pipeline(str(path), [])
+        for name, section in stages.items():
+            cfg = resolve(name, section, root, set(stages))
+            assert cfg.output_dir == str(root / name)
+        return
     if stage not in STAGE_CONFIGS:
         pytest.fail(f"{path.relative_to(ROOT)}: stage '{stage}' has no config class in STAGE_CONFIGS; add "
                     f"'{stage}': <its config dataclass> to STAGE_CONFIGS in tests/test_config.py", pytrace=False)
