@@ -119,8 +119,8 @@ def test_evaluate_fills_every_field_of_the_report(checkpoints):
 
 
 def test_evaluate_intervals_shrink_as_prompts_grow(checkpoints):
-    small = evaluate(checkpoints, "small", max_prompts=6, greedy=False, plots=False)
-    large = evaluate(checkpoints, "large", max_prompts=32, greedy=False, plots=False)
+    small = evaluate(checkpoints, "small", max_prompts=4, greedy=False, plots=False)
+    large = evaluate(checkpoints, "large", max_prompts=48, greedy=False, plots=False)
     width = lambda r, k: r["checkpoints"]["other"]["sampled"][k]["ci_high"] - r["checkpoints"]["other"]["sampled"][k]["ci_low"]
     for key in ("kl_k1", "reward"):
         assert width(large, key) < 0.7 * width(small, key), (key, width(small, key), width(large, key))
