@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.distributed import (derive_batch_sizes, gather_rows, global_batch_indices, make_accelerator, micro_batch,
-                               rank_slice, shards_parameters)
+from rlhf.distributed import (derive_batch_sizes, gather_rows, global_batch_indices, is_main_process,
+                               make_accelerator, micro_batch, rank_slice, shards_parameters)
 from rlhf.losses import bradley_terry_loss, expected_calibration_error, reward_centering_loss
 
 
@@ -115,7 +115,7 @@ def load_pair_set(path: str, cfg: RewardConfig, tokenizer, texts: list[str], ind
     pairs = []
     for part in [p.strip() for p in path.split(",") if p.strip()]:  # several files: their union
         got, summary = read_pairs(part, cfg.pairs_format, cfg.dataset_split, skip_invalid=cfg.skip_invalid)
-        if summary.skipped:
+        if summary.skipped and is_main_process():  # every rank reads the pairs; one reports
             print(summary)
         pairs += got[:max_pairs] if max_pairs else got
     if not pairs:
