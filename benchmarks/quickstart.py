@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
               "fresh_feature_cache": args.fresh_cache, "runs": runs, "summary": summary,
               "wall_seconds_mean": statistics.mean(r["wall_seconds"] for r in runs),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                          "torch": torch.__version__, "transformers": transformers.__version__}}
+                          "torch": torch.__version__, "transformers": transformers.__version__,
+                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
     name = Path(args.pipeline).stem if Path(args.pipeline).parent.name == "configs" else \
         f"{Path(args.pipeline).parent.name}_{Path(args.pipeline).stem}"
     out = Path(args.out or ROOT / "benchmarks/results" / f"{name}.json")

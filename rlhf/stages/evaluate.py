@@ -191,11 +191,11 @@ def _load_metric(name: str):
     """An `evaluate` metric, or the reason it could not be loaded; tried once per process (a failed load
     goes to the network and back, seconds each)."""
     if name not in _METRICS:
-        import evaluate
-
         try:
+            import evaluate
+
             _METRICS[name] = evaluate.load(name)
-        except Exception as e:  # offline, unknown name, missing extra package
+        except Exception as e:  # `evaluate` not installed, offline, unknown name, missing extra package
             _METRICS[name] = f"{type(e).__name__}: {str(e)[:120]}"
     return _METRICS[name]
 
