@@ -43,7 +43,7 @@ from rlhf.pomdp.train import PomdpConfig, evaluate_agent, load_agent, train  # n
 
 GROUPS = {
     # masked_cartpole_vae.yaml exists but is left out here for compute (about 3x a DRQN update)
-    "masked_cartpole": ["masked_cartpole_drqn", "masked_cartpole_drqn_ratio2", "masked_cartpole_rpg",
+    "masked_cartpole": ["masked_cartpole_drqn", "masked_cartpole_drqn_every8", "masked_cartpole_rpg",
                         "masked_cartpole_dqn_window", "masked_cartpole_dqn"],
     "tmaze": ["tmaze_drqn", "tmaze_rpg", "tmaze_vae", "tmaze_vae_qgrad", "tmaze_dqn", "tmaze_dqn_window",
               "tmaze_pg"],
