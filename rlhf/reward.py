@@ -17,6 +17,7 @@ over the training responses (for normalisation in policy optimisation).
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -121,6 +122,36 @@ class RewardModel(nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
         last = last_token_index(attention_mask)  # [B]
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    @torch.no_grad()
+    def features_shared_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                               min_prefix: int = 8) -> tuple[torch.Tensor, int]:
+        """`features` of right-padded rows, with the rows' common token prefix run once: [B, T] -> ([B, H], P).
+
+        Rendered conversations share their opening (the chat template's system turn, often the question's
+        start too), which is 40% of the tokens of the built-in task's texts. The prefix goes through the
+        backbone once with batch 1, its key/value cache is repeated over the rows, and only the B suffixes
+        are run, attending to it. Same features as `features` up to float rounding (tested); P is the prefix
+        length used (0: a plain forward, when the rows share fewer than `min_prefix` tokens or one row is all
+        prefix). For frozen-feature extraction only: no gradient flows.
+        """
+        lengths = attention_mask.sum(1)
+        if input_ids.shape[0] < 2 or bool((attention_mask[:, 0] == 0).any()):  # left padding: no shared start
+            return self.features(input_ids, attention_mask), 0
+        same = (input_ids == input_ids[:1]).all(0).long()  # [T]: column equal in every row
+        prefix = int(same.cumprod(0).sum())
+        prefix = min(prefix, int(lengths.min()) - 1)  # every row keeps >= 1 token to read its feature from
+        if prefix < min_prefix:
+            return self.features(input_ids, attention_mask), 0
+        # transformers >= 5.2x names the key/value cache `cache`; earlier versions `past_key_values`
+        key = "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
+        out = self.backbone(input_ids=input_ids[:1, :prefix], use_cache=True)
+        cache = out[key] if key in out else out["past_key_values"]
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        hidden = self.backbone(input_ids=input_ids[:, prefix:], attention_mask=attention_mask,
+                               use_cache=True, **{key: cache}).last_hidden_state  # [B, T - P, H]
+        last = last_token_index(attention_mask) - prefix  # [B]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last], prefix
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards [B]."""

@@ -88,6 +88,21 @@ def test_pooling_is_right_for_left_right_padding_and_pad_equal_to_eos(tiny_rm):
     assert not torch.allclose(alone[0][0], tiny_rm.features(**tiny_rm.encode([texts[0][:-len("<|im_end|>")]]))[0])
 
 
+def test_shared_prefix_features_equal_full_forward_features(tiny_rm):
+    prompts = ["What is 2 + 3?", "What is 2 + 30?", "What is the capital of France?", "What is 2 + 3?"]
+    responses = ["2 + 3 = 5.", "It is 32, I think, but please check it yourself.", "Paris.", "Five."]
+    batch = tiny_rm.encode(render_texts(tiny_rm.tokenizer, prompts, responses))  # right-padded, unequal lengths
+    full = tiny_rm.features(**batch)
+    shared, prefix = tiny_rm.features_shared_prefix(**batch)
+    n_user = len(tiny_rm.tokenizer("<|im_start|>user\n", add_special_tokens=False)["input_ids"])
+    assert prefix >= n_user + len("What is ")  # the template's opening and the question's start
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+    # rows that share nothing, or left padding, take the plain forward
+    other = tiny_rm.encode(["abc", "xyz uvw"])
+    assert tiny_rm.features_shared_prefix(**other)[1] == 0
+    torch.testing.assert_close(tiny_rm.features_shared_prefix(**other)[0], tiny_rm.features(**other))
+
+
 def reward_config(tmp_path: Path, **overrides) -> RewardConfig:
     values = {"output_dir": str(tmp_path / "rm"), "train_pairs": str(tmp_path / "train.jsonl"),
               "eval_pairs": str(tmp_path / "test.jsonl"), **{k: str(v) for k, v in overrides.items()}}
@@ -171,6 +186,7 @@ def test_feature_cache_hits_on_a_second_run_and_misses_on_changes(tmp_path, cach
 
     with monkeypatch.context() as m:
         m.setattr(RewardModel, "features", no_backbone)
+        m.setattr(RewardModel, "features_shared_prefix", no_backbone)
         second = train(reward_config(tmp_path, num_epochs=1, overwrite=True))
     assert second["reward/features_computed"] == 0
     assert second["eval/accuracy"] == first["eval/accuracy"]

@@ -64,6 +64,8 @@ class RewardConfig(RunConfig):
     feature_dtype: str = option("float32", help="Backbone precision for feature extraction.",
                                 choices=("float32", "bfloat16"))
     extract_batch_size: int = option(16, help="Texts per backbone forward pass when extracting features.")
+    share_prefix: bool = option(True, help="Run a batch's common token prefix (the chat template's opening) "
+                                "once when extracting features, and only the suffixes per text.")
     learning_rate: float = option(1e-3, help="AdamW learning rate.")
     weight_decay: float = option(0.0, help="AdamW weight decay.")
     num_epochs: int = option(3, help="Passes over the training pairs.")
@@ -160,14 +162,25 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator) ->
     if dtype != torch.float32:
         model.backbone = copy.deepcopy(original).to(dtype)
     model.eval()
+    tokens = shared = 0
     try:
         for i in tqdm(range(0, len(mine), cfg.extract_batch_size), desc="features",
                       disable=not accelerator.is_main_process or not mine):
             chunk = mine[i:i + cfg.extract_batch_size]
             batch = {k: v.to(accelerator.device) for k, v in model.encode([text_of[k] for k in chunk]).items()}
-            cache.put(chunk, model.features(**batch).float())
+            with torch.no_grad():
+                if cfg.share_prefix:
+                    feats, prefix = model.features_shared_prefix(**batch)
+                else:
+                    feats, prefix = model.features(**batch), 0
+            cache.put(chunk, feats.float())
+            tokens += int(batch["attention_mask"].sum())
+            shared += prefix * (len(chunk) - 1)  # prefix tokens not run again
     finally:
         model.backbone = original
+    if mine and cfg.share_prefix:
+        accelerator.print(f"[reward] shared prefixes saved {shared} of {tokens} backbone tokens "
+                          f"({100 * shared / max(tokens, 1):.0f}%)")
     accelerator.wait_for_everyone()
     cache.reload()
     accelerator.print(f"[reward] features: {len(set(keys)) - len(missing)} cached, {len(missing)} computed "
