@@ -175,7 +175,9 @@ def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Te
     if clip_range is not None and clip_range > 0:
         clipped = values_old + torch.clamp(values - values_old, -clip_range, clip_range)
         clipped_loss = (clipped - returns) ** 2
-        clip_hit = (clipped_loss > loss).float()
+        # a hit only where the move leaves the range: inside it old + (new - old) may differ from new in the
+        # last bit, and those ties are not clipping
+        clip_hit = ((clipped_loss > loss) & ((values - values_old).abs() > clip_range)).float()
         loss = torch.maximum(loss, clipped_loss)
     else:
         clip_hit = torch.zeros_like(loss)

@@ -143,3 +143,15 @@ def test_value_loss_by_hand_with_and_without_clipping():
     assert grad[0, 0] == 0 and grad[0, 3] == 0
     assert grad[0, 1].item() == pytest.approx((-0.1 - 1.0) / 3)
     assert stats["value/clipfrac"] == pytest.approx(1 / 3)
+
+
+def test_value_clipfrac_counts_moves_out_of_the_range_not_rounding_ties():
+    """A value that moved by 0.025 (inside clip 0.2): old + (new - old) is one float32 step away from new,
+    so the clipped square can exceed the plain one by rounding; that is not clipping. Loss and gradient
+    are those of the unclipped term either way."""
+    old, new = torch.tensor([[-0.00969307404011488]]), torch.tensor([[0.015604972839355469]], requires_grad=True)
+    ret = torch.tensor([[0.013573152013123035]])
+    assert (old + (new - old)).item() != new.item()  # the tie this guards against
+    loss, stats = value_loss(new, old, ret, torch.ones(1, 1), clip_range=0.2)
+    assert stats["value/clipfrac"] == 0.0
+    assert loss.item() == pytest.approx(0.5 * (new.item() - ret.item()) ** 2, rel=1e-5)
