@@ -6,12 +6,15 @@ derived in one place, and an uneven split fails at start with a message naming t
 Back ends: `micro_batch` (gradient sync on the last micro-batch, DeepSpeed's step included),
 `gathered_for_generation` (whole weights once per generation phase under ZeRO-3/FSDP2), `full_state_dict`
 (the model gathered for saving), `shards_optimizer` (checkpoints through accelerator.save_state).
-`RowSeededSampler` draws each completion from its own seed, so N processes sample what one samples.
+`RowSeededSampler` draws each completion from its own seed, so N processes sample what one samples;
+`gather_padded`, `minibatches`, `global_mean_share` and `reduce_token_stats` make updates on a gathered batch
+(the policy's) the same on N processes as on one: global minibatches, token means and statistics.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -120,6 +123,65 @@ def gather_rows(accelerator, rows: torch.Tensor) -> torch.Tensor:
     most = max(sizes)
     return torch.cat([gathered[r * most:r * most + n] for r, n in enumerate(sizes)])
 
+
+
+def gather_padded(accelerator, rows: torch.Tensor, pad_value: int, pad_first: bool = False) -> torch.Tensor:
+    """Every rank's rows [n_rank, T_rank] padded along dim 1 to the longest T over the ranks (on the left with
+    `pad_first`, as left-padded queries are) and concatenated in rank order [sum n_rank, max T]: for a batch
+    generated in shards, the tensor one process holds when it generates the whole batch."""
+    if accelerator.num_processes == 1:
+        return rows
+    return gather_rows(accelerator, accelerator.pad_across_processes(rows, dim=1, pad_index=pad_value,
+                                                                     pad_first=pad_first))
+
+
+# ------------------------------------------------------------------------ minibatches of a global batch
+# A batch that every rank holds whole (gathered) is cut into global minibatches, a pure function of
+# (seed, step, epoch); each rank takes its `rank_slice` of each. The gradient of a token mean over the global
+# minibatch comes from `global_mean_share`, and statistics over it from `reduce_token_stats`.
+
+
+def minibatches(seed: int, step: int, epoch: int, n_rows: int, minibatch_size: int) -> list[torch.Tensor]:
+    """The minibatches (row indices, each [minibatch_size]) of one pass over a global batch of `n_rows`: a
+    seeded permutation cut in order. The same on every rank and any number of processes, and after a resume."""
+    if n_rows % minibatch_size:
+        raise ConfigError(f"minibatch_size {minibatch_size} does not divide the batch of {n_rows} rows")
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + epoch)
+    return list(torch.randperm(n_rows, generator=generator).split(minibatch_size))
+
+
+def global_mean_share(local_mean: torch.Tensor, local_count: float, global_count: float,
+                      num_processes: int) -> torch.Tensor:
+    """This rank's loss for a mean over the tokens of a whole (global) minibatch, from its mean over its own.
+
+    local_mean = (sum over this rank's tokens) / local_count; returned: that sum / global_count x
+    num_processes. DDP, DeepSpeed and FSDP average gradients over processes, so the gradient that every rank
+    steps with is that of (sum over all tokens) / global_count: the token mean one process takes over the
+    whole minibatch (averaging each rank's own mean would weigh a token by 1 / its rank's count). On one
+    process the factor is exactly 1."""
+    return local_mean * (num_processes * local_count / max(global_count, 1))
+
+
+def reduce_token_stats(accelerator, steps: list[dict], counts: list[float], maxima: tuple[str, ...] = ()) -> dict:
+    """Token statistics of several optimiser steps, each over its global minibatch, averaged over the steps.
+
+    steps[i] holds this rank's means over its counts[i] tokens of step i (the keys in `maxima`: maxima). A
+    step's mean over all ranks is the count-weighted mean of the ranks' means, its maximum the largest of
+    theirs (ranks without tokens left out): what one process computes over the whole minibatch. Collective
+    (one gather): every rank passes the same number of steps and the same keys.
+    """
+    keys = list(steps[0])
+    local = torch.tensor([[c, *(s[k] for k in keys)] for s, c in zip(steps, counts)],
+                         dtype=torch.float64)  # [n_steps, 1 + n_keys]
+    if accelerator.num_processes > 1:
+        local = accelerator.gather(local.to(accelerator.device)).cpu()
+    every = local.view(accelerator.num_processes, len(steps), 1 + len(keys))  # [world, n_steps, 1 + n_keys]
+    count, values = every[..., :1], every[..., 1:]
+    means = (values * count).sum(0) / count.sum(0).clamp(min=1)  # [n_steps, n_keys]
+    peaks = values.masked_fill(count == 0, -math.inf).amax(0)
+    peaks = torch.where(peaks.isinf(), values[0], peaks)  # no tokens anywhere: rank 0's placeholder
+    is_max = torch.tensor([k in maxima for k in keys])
+    return dict(zip(keys, torch.where(is_max, peaks, means).mean(0).tolist()))
 
 # ------------------------------------------------------------------------------ sharded back ends
 

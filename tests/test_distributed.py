@@ -1,7 +1,8 @@
 """Many processes reproduce one: row-seeded sampling, weights gathered once for generation (FSDP2 on CPU over
 gloo), and 2 CPU processes launched through the cpu_multiprocess preset against 1 process for reward and
 policy. Run as a script under torchrun, this file is the FSDP2 worker of
-test_fsdp2_generation_gathers_the_weights_once."""
+test_fsdp2_generation_gathers_the_weights_once; with the argument `policy`, the 2-process worker of
+test_policy_two_processes_train_what_one_process_trains."""
 
 from __future__ import annotations
 
@@ -91,6 +92,68 @@ def test_generation_with_row_seeds_is_the_same_in_any_batch_split():
     assert torch.equal(torch.cat([generate([0, 1], 0), generate([2, 3], 2)]), whole)
     assert whole.shape == (4, 12) and len({tuple(r) for r in whole.tolist()}) == 4
 
+
+
+# ----------------------------------------------------------------------- minibatches of a global batch
+
+
+def test_minibatches_partition_the_batch_as_a_pure_function_of_seed_step_and_epoch():
+    from rlhf.config import ConfigError
+    from rlhf.distributed import minibatches
+
+    a = minibatches(3, 7, 1, 32, 8)
+    assert len(a) == 4 and all(len(mb) == 8 for mb in a)
+    assert sorted(torch.cat(a).tolist()) == list(range(32))
+    assert all(torch.equal(x, y) for x, y in zip(a, minibatches(3, 7, 1, 32, 8)))
+    assert not torch.equal(torch.cat(a), torch.cat(minibatches(3, 7, 2, 32, 8)))  # the epoch is in the seed
+    assert not torch.equal(torch.cat(a), torch.cat(minibatches(3, 8, 1, 32, 8)))  # and the step
+    with pytest.raises(ConfigError, match="minibatch_size 5"):
+        minibatches(0, 0, 0, 32, 5)
+
+
+class TwoRanksAsOne:
+    """What rlhf.distributed reads from an Accelerator, for rank 0 of 2 whose peer's gathered rows are given."""
+
+    num_processes, device = 2, torch.device("cpu")
+
+    def __init__(self, peer_rows: torch.Tensor):
+        self.peer_rows = peer_rows
+
+    def gather(self, rows):
+        return torch.cat([rows, self.peer_rows])
+
+
+def test_token_means_and_statistics_over_two_ranks_equal_those_over_the_whole_minibatch():
+    """A minibatch of 4 rows with 3 + 7 tokens on rank 0 and 5 + 1 on rank 1: the gradients of each rank's
+    global_mean_share, averaged (as DDP does), equal the gradient of the token mean over all 16 tokens; the
+    mean of each rank's mean would not. reduce_token_stats gives the whole minibatch's means and maximum."""
+    from rlhf.distributed import global_mean_share, reduce_token_stats
+    from rlhf.losses import masked_mean
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, requires_grad=True)
+    mask = (torch.arange(8)[None] < torch.tensor([3, 7, 5, 1])[:, None]).float()  # [4, 8]
+    (whole,) = torch.autograd.grad(masked_mean(x ** 2, mask), x)
+    n = mask.sum().item()
+    shares = [global_mean_share(masked_mean(x[r] ** 2, mask[r]), mask[r].sum().item(), n, 2)
+              for r in (slice(0, 2), slice(2, 4))]
+    ddp = sum(torch.autograd.grad(s, x)[0] for s in shares) / 2
+    torch.testing.assert_close(ddp, whole, atol=1e-7, rtol=0)
+    naive = sum(torch.autograd.grad(masked_mean(x[r] ** 2, mask[r]), x)[0] for r in (slice(0, 2), slice(2, 4))) / 2
+    assert (naive - whole).abs().max() > 1e-2
+    # one process: the share is the mean itself
+    m = masked_mean(x ** 2, mask)
+    assert global_mean_share(m, n, n, 1).item() == m.item()
+
+    def stats(r):  # this rank's token means (and maximum) of x, as policy_gradient_loss reports them
+        v = x.detach()[r]
+        return {"mean": masked_mean(v, mask[r]).item(), "max": v[mask[r].bool()].max().item()}
+
+    s0, s1 = stats(slice(0, 2)), stats(slice(2, 4))
+    peer = torch.tensor([[mask[2:].sum().item(), s1["mean"], s1["max"]]], dtype=torch.float64)
+    got = reduce_token_stats(TwoRanksAsOne(peer), [s0], [mask[:2].sum().item()], maxima=("max",))
+    assert got["mean"] == pytest.approx(masked_mean(x.detach(), mask).item(), abs=1e-7)
+    assert got["max"] == x.detach()[mask.bool()].max().item()
 
 # ------------------------------------------------------------------------- gathering for generation
 
@@ -293,28 +356,86 @@ def test_reward_two_processes_through_the_preset_match_one_process(tmp_path, mon
     torch.testing.assert_close(w1, w2, atol=1e-5, rtol=0)
 
 
+POLICY_CASES = {  # the tiny config: loo baseline, clip_range 0.2, whitened advantages, k1 in the reward
+    "loo_clip_whiten_k1": [],
+    "gae_noclip_k3": ["--baseline", "gae", "--lam", "0.9", "--clip_range", "0", "--whiten_advantages", "false",
+                      "--kl_estimator", "k3", "--beta", "0.1"],
+}
+
+
+def policy_args(case: str) -> list[str]:
+    return ["--config", str(ROOT / "configs/tiny/policy.yaml"), "--prompts",
+            str(ROOT / "reward_data/prompts_train.jsonl"), "--num_updates", "3", "--sample_every", "1",
+            *POLICY_CASES[case]]
+
+
+def policy_worker(out_root: str) -> None:
+    """Under `accelerate launch` with 2 processes: every policy case in turn, in the same processes (one
+    launch instead of one per case: starting the processes is most of the time)."""
+    from rlhf.cli import main as rlhf_main
+
+    for case in sorted(POLICY_CASES):
+        assert rlhf_main(["policy", *policy_args(case), "--output_dir", str(Path(out_root) / case)]) == 0
+
+
 @pytest.mark.slow
-def test_policy_two_processes_sample_what_one_process_samples(tmp_path, monkeypatch, capsys):
-    """The policy's rollouts of the first update (before any weight change): the same completions, scores,
-    KL and lengths on 2 processes (cpu_multiprocess preset) as on one, to 1e-5. Each row's completion is drawn
-    from its own seed (seed, update, global row), and each rank takes its contiguous share of the prompts."""
-    args = ["--config", str(ROOT / "configs/tiny/policy.yaml"), "--prompts",
-            str(ROOT / "reward_data/prompts_train.jsonl"), "--num_updates", "1", "--sample_every", "1"]
-    one = launch(tmp_path, "one", "policy", args, None, monkeypatch, capsys)
-    two = launch(tmp_path, "two", "policy", args, "cpu_multiprocess", monkeypatch, capsys)
-    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
-    assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
-    (r1,), (r2,) = read_log(one), read_log(two)
-    for key in ("objective/scores", "objective/kl", "response/length", "response/eos_fraction"):
-        assert abs(r1[key] - r2[key]) < 1e-5, (key, r1[key], r2[key])
+def test_policy_two_processes_train_what_one_process_trains(tmp_path, monkeypatch, capsys):
+    """3 updates of the tiny policy config (8 prompts x k 4 = 32 completions, 2 epochs of 2 minibatches of 16)
+    on one process, and on 2 processes (the cpu_multiprocess preset) that each sample 16 completions and take
+    8 rows of each global minibatch. The same completions (each row from its own seed), every logged number
+    (score, KL, entropy, lengths, approxkl, clipfrac, ratio mean/max, value loss/mean/clipfrac) and every final
+    weight agree to 1e-5 (measured: <= 5e-7 in the logs, <= 2e-7 in the weights, summation order). Token
+    means per rank instead of over the global minibatch move the weights by 6e-3 and the logs by up to 2e-2;
+    minibatches, whitening and statistics per rank as well: approxkl by 4e-4 at the first update. Two cases:
+    leave-one-out with clipping and whitening (k1), and GAE without clipping or whitening (k3 loss term)."""
+    from safetensors.torch import load_file
 
-    def table(run):  # the printed prompt / response / score / KL rows (global rows 0-3, on the main process)
-        lines = (run / "stdout.txt").read_text().splitlines()
-        start = next(i for i, ln in enumerate(lines) if ln.startswith("prompt "))
-        return [ln.rsplit("|", 1)[0] for ln in lines[start + 1:start + 5]]  # all but the KL column
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ones = {case: launch(tmp_path, f"one-{case}", "policy", policy_args(case), None, monkeypatch, capsys)
+                for case in sorted(POLICY_CASES)}
+    finally:
+        torch.set_num_threads(threads)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(ROOT / "configs/accelerate/cpu_multiprocess.yaml"), __file__, "policy",
+                           str(tmp_path / "two")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
-    assert table(one) == table(two) and len(table(one)) == 4
+    def table(stdout: str) -> list[str]:  # the printed prompt / response / score rows (global rows 0-3, rank 0)
+        lines = stdout.splitlines()
+        heads = [i for i, line in enumerate(lines) if line.startswith("prompt ")]
+        return [row.rsplit("|", 1)[0] for i in heads for row in lines[i + 1:i + 5]]  # all but the KL column
+
+    assert table("".join((ones[c] / "stdout.txt").read_text() for c in sorted(POLICY_CASES))) == table(proc.stdout)
+    assert len(table(proc.stdout)) == 4 * 3 * len(POLICY_CASES)
+    for case, one in ones.items():
+        two = tmp_path / "two" / case
+        m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
+        assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
+        l1, l2 = read_log(one), read_log(two)
+        assert [r["step"] for r in l1] == [r["step"] for r in l2] == [1, 2, 3]
+        keys = [k for k in l1[0] if isinstance(l1[0][k], float) and not k.startswith("time/")]
+        assert {"objective/scores", "objective/kl", "policy/entropy", "policy/approxkl", "policy/clipfrac",
+                "policy/ratio_mean", "policy/ratio_max", "response/length"} <= set(keys)
+        assert case.startswith("loo") or {"value/loss", "value/mean", "value/clipfrac"} <= set(keys)
+        for a, b in zip(l1, l2):
+            for key in keys:
+                assert abs(a[key] - b[key]) < 1e-5, (case, a["step"], key, a[key], b[key])
+        assert all(r["policy/approxkl"] > 1e-4 for r in l1)  # the policy moves, so agreement means something
+        w1, w2 = (load_file(r / "model" / "model.safetensors") for r in (one, two))
+        if case.startswith("gae"):  # and the value head ("weight", "bias"), saved beside the last checkpoint
+            head = "checkpoints/step-000003/value_head.safetensors"
+            w1, w2 = {**w1, **load_file(one / head)}, {**w2, **load_file(two / head)}
+            assert {"weight", "bias"} <= w1.keys()
+        assert w1.keys() == w2.keys()
+        for k in w1:
+            torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=0, msg=f"{case} {k}")
 
 
 if __name__ == "__main__":
-    fsdp2_worker()
+    if sys.argv[1:2] == ["policy"]:
+        policy_worker(sys.argv[2])
+    else:
+        fsdp2_worker()

@@ -13,6 +13,9 @@ Objective: E[r(s, a) - beta * KL(pi_theta || pi_ref)], pi_ref the frozen SFT pol
        rewards (-beta * k1_t on every token, the score on the last) and GAE over a learned value head;
     4. K times: take a minibatch and step along (pi_theta / pi_bar) grad log pi_theta * advantage, with
        PPO-style ratio clipping (clip_range 0 gives the plain importance-sampled estimator).
+On N processes each rank samples, scores and runs the forward passes of its share of the batch, and every
+rank holds the whole batch (gathered), so baselines, whitening, minibatches, token means and logged figures
+are those of the global batch: N processes train as one does with the same global sizes.
 With kl_estimator k3 the penalty is a loss term beta * k3 instead of a reward term. The KL that is logged is
 the estimator that is penalised. With LoRA the reference is the same model with its adapters disabled.
 """
@@ -28,7 +31,8 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.distributed import (full_state_dict, gathered_for_generation, make_accelerator, seeded_sampling_kwargs,
+from rlhf.distributed import (full_state_dict, gather_padded, gather_rows, gathered_for_generation, global_mean_share,
+                               make_accelerator, minibatches, rank_slice, reduce_token_stats, seeded_sampling_kwargs,
                                split_evenly)
 from rlhf.losses import (
     AdaptiveKLController,
@@ -187,7 +191,7 @@ def train(cfg: PolicyConfig) -> dict:
     accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
     local_prompts = split_evenly(cfg.prompts_per_update, world, "prompts_per_update")  # per-rank sizes
-    local_mb = split_evenly(cfg.minibatch_size, world, "minibatch_size")
+    split_evenly(cfg.minibatch_size, world, "minibatch_size")  # each rank takes an equal share of a minibatch
     ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
     out = prepare_output_dir(cfg, accelerator)
     torch.manual_seed(cfg.seed + rank)
@@ -250,38 +254,55 @@ def train(cfg: PolicyConfig) -> dict:
         t0 = time.time()
         beta = kl_ctl.value if kl_ctl else cfg.beta
         chosen = prompt_batch(update, len(prompts), cfg.prompts_per_update, cfg.seed)
-        batch = [prompts[i] for i in chosen[rank * local_prompts:(rank + 1) * local_prompts]]
+        batch = [prompts[i] for i in rank_slice(chosen, rank, world)]  # this rank's local_prompts
 
         # 1. Sample k completions per prompt from pi_theta.
         core.eval()
         query, qmask = left_pad([render_prompt_ids(tokenizer, p["prompt"]) for p in batch], pad)
-        query, qmask = query.repeat_interleave(cfg.k, 0), qmask.repeat_interleave(cfg.k, 0)  # [N, T_q]
+        query = query.repeat_interleave(cfg.k, 0).to(accelerator.device)  # [n, T_q], n = local_prompts x k
+        qmask = qmask.repeat_interleave(cfg.k, 0).to(accelerator.device)
         n_query = query.shape[1]
         #    Weights gathered once for the phase under ZeRO-3/FSDP2; row r samples from seed (seed, update,
         #    global row), so any number of processes draws the same completions.
         with torch.no_grad(), gathered_for_generation(accelerator, policy):
-            seqs = core.generate(input_ids=query.to(accelerator.device), attention_mask=qmask.to(accelerator.device),
+            seqs = core.generate(input_ids=query, attention_mask=qmask,
                                  **seeded_sampling_kwargs(cfg.seed, update, rank * len(query), len(query),
                                                           cfg.max_new_tokens, cfg.temperature, cfg.top_p),
-                                 pad_token_id=pad, eos_token_id=eos, use_cache=True)  # [N, T_q + T_r]
+                                 pad_token_id=pad, eos_token_id=eos, use_cache=True)  # [n, T_q + T_r]
         response = seqs[:, n_query:]
         lengths, ended = eos_lengths(response, eos)  # from the first EOS, never by matching the pad token
-        rmask = (torch.arange(response.shape[1], device=response.device)[None] < lengths[:, None]).long()  # [N, T_r]
-        mask = torch.cat([qmask.to(rmask.device), rmask], dim=1)
         texts = [tokenizer.decode(r[:n], skip_special_tokens=True).strip() for r, n in zip(response, lengths)]
         t_sample = time.time() - t0
 
         # 2. Score (the score sits on each response's EOS / last token; with sequence-level advantages that
         #    is the sequence return below). A completion cut without EOS can take a penalty.
         records = [p for p in batch for _ in range(cfg.k)]
-        scores = reward([r["prompt"] for r in records], texts, records).to(rmask.device)
+        scores = reward([r["prompt"] for r in records], texts, records).to(accelerator.device)
         scores = scores - cfg.missing_eos_penalty * (~ended).float()
 
-        # 3. pi_bar = pi_theta: sampling and reference log-probabilities, once per batch.
+        #    Every rank now holds the whole batch [N, ...], N = prompts_per_update x k, rows in rank order,
+        #    padded to the longest query (left) and response (right) over the ranks: the tensors of one
+        #    process sampling it all. Rows `own` are this rank's.
+        query = gather_padded(accelerator, query, pad, pad_first=True)  # [N, T_q]
+        qmask = gather_padded(accelerator, qmask, 0, pad_first=True)
+        response = gather_padded(accelerator, response, pad)
+        scores, lengths = gather_rows(accelerator, scores), gather_rows(accelerator, lengths)  # [N]
+        ended = gather_rows(accelerator, ended.long()).bool()
+        own = slice(rank * local_prompts * cfg.k, (rank + 1) * local_prompts * cfg.k)
+        n_query = query.shape[1]
+        seqs = torch.cat([query, response], dim=1)  # [N, T_q + T_r]
+        rmask = (torch.arange(response.shape[1], device=response.device)[None] < lengths[:, None]).long()  # [N, T_r]
+        mask = torch.cat([qmask, rmask], dim=1)
+
+        # 3. pi_bar = pi_theta: sampling and reference log-probabilities, once per batch (each rank its rows),
+        #    then returns and advantages over the whole batch, on every rank.
         with torch.no_grad():
             logp_old, values_old = response_logprobs_and_values(policy if value_head is not None else core,
-                                                                seqs, mask, n_query)  # [N, T_r] each
-            logp_ref = reference_logprobs(seqs, mask, n_query)
+                                                                seqs[own], mask[own], n_query)  # [n, T_r] each
+            logp_ref = reference_logprobs(seqs[own], mask[own], n_query)
+        logp_old, logp_ref = gather_rows(accelerator, logp_old), gather_rows(accelerator, logp_ref)  # [N, T_r]
+        if values_old is not None:
+            values_old = gather_rows(accelerator, values_old)
         kl_tokens = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(logp_old, logp_ref) * rmask
         seq_kl = kl_tokens.sum(1)  # [N]
         if cfg.baseline == "gae":
@@ -303,13 +324,15 @@ def train(cfg: PolicyConfig) -> dict:
                 advantages = whiten(advantages)
             adv_tokens = advantages[:, None].expand_as(logp_old)  # [N, T_r]
 
-        # 4. K minibatch steps along (pi_theta / pi_bar) grad log pi_theta * advantage.
+        # 4. K minibatch steps along (pi_theta / pi_bar) grad log pi_theta * advantage. Minibatches are cut
+        #    from the whole batch, each rank taking its share of each; a token mean is over the whole
+        #    minibatch's tokens (global_mean_share), and so are the statistics (reduce_token_stats).
         core.train()
-        stats_sum, n_steps = {}, 0
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(seqs))
-            for s in range(0, len(seqs), local_mb):
-                mb = order[s:s + local_mb]
+        step_stats, step_tokens = [], []
+        for epoch in range(cfg.ppo_epochs):
+            for global_mb in minibatches(cfg.seed, update, epoch, len(seqs), cfg.minibatch_size):
+                mb = rank_slice(global_mb, rank, world)
+                n_tokens, n_global = rmask[mb].sum().item(), rmask[global_mb].sum().item()
                 logp, values = response_logprobs_and_values(policy, seqs[mb], mask[mb], n_query)
                 loss, stats = policy_gradient_loss(logp, logp_old[mb], adv_tokens[mb], rmask[mb],
                                                    cfg.clip_range or None)
@@ -320,32 +343,29 @@ def train(cfg: PolicyConfig) -> dict:
                     stats = {**stats, **v_stats}
                 if cfg.kl_estimator == "k3":
                     loss = loss + beta * masked_mean(kl_k3(logp, logp_ref[mb]), rmask[mb])
-                accelerator.backward(loss)
+                accelerator.backward(global_mean_share(loss, n_tokens, n_global, world))
                 accelerator.clip_grad_norm_(list(policy.parameters()), cfg.max_grad_norm)  # (FSDP2: DTensors)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                for key, v in stats.items():
-                    stats_sum[key] = stats_sum.get(key, 0.0) + v
-                n_steps += 1
+                step_stats.append(stats)
+                step_tokens.append(n_tokens)
         if kl_ctl:
-            kl_ctl.update(accelerator.reduce(seq_kl.mean(), "mean").item(), cfg.prompts_per_update * cfg.k)
+            kl_ctl.update(seq_kl.mean().item(), cfg.prompts_per_update * cfg.k)
 
         entropy = -(logp_old * rmask).sum() / rmask.sum()  # sampled-token estimate of the per-token entropy
-        g = lambda x: accelerator.reduce(torch.as_tensor(x, dtype=torch.float32, device=rmask.device), "mean").item()
-        row = {"objective/scores": g(scores.mean()), "objective/kl": g(seq_kl.mean()),
-               "objective/non_score_reward": g(-beta * seq_kl.mean()), "objective/beta": beta,
-               "policy/entropy": g(entropy), "response/length": g(lengths.float().mean()),
-               "response/eos_fraction": g(ended.float().mean()),
-               **{k: g(v / n_steps) for k, v in stats_sum.items()},
+        row = {"objective/scores": scores.mean().item(), "objective/kl": seq_kl.mean().item(),
+               "objective/non_score_reward": (-beta * seq_kl.mean()).item(), "objective/beta": beta,
+               "policy/entropy": entropy.item(), "response/length": lengths.float().mean().item(),
+               "response/eos_fraction": ended.float().mean().item(),
+               # each step's statistics over its whole minibatch, averaged over the steps
+               **reduce_token_stats(accelerator, step_stats, step_tokens, maxima=("policy/ratio_max",)),
                "time/sample_seconds": t_sample, "time/update_seconds": time.time() - t0}
-        row["policy/ratio_max"] = accelerator.reduce(torch.tensor(stats_sum["policy/ratio_max"] / n_steps,
-                                                                  device=rmask.device), "max").item()
         logger.log(row, step=update + 1)
         history.append(row)
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
         if cfg.sample_every and (update + 1) % cfg.sample_every == 0 and accelerator.is_main_process:
-            print_rollouts(records, texts, scores, seq_kl)
+            print_rollouts(records, texts, scores[own], seq_kl[own])
         done = update + 1
         if done < cfg.num_updates and ((cfg.save_every and done % cfg.save_every == 0)
                                        or done == cfg.stop_after_update):
