@@ -262,6 +262,29 @@ def test_configs_parse():
         load_config(PomdpConfig, overrides={"agent": "ppo"})
 
 
+def test_results_rows_name_shipped_configs_on_disjoint_seeds():
+    """Every row of benchmarks/pomdp_results.py is a shipped YAML; a config listed twice (DRQN on the seeds seen
+    while choosing it and on fresh ones) never shares a seed between its rows; flickering CartPole blanks w.p.
+    0.5 as the table says."""
+    import importlib.util
+
+    from rlhf.pomdp.train import PomdpConfig
+
+    spec = importlib.util.spec_from_file_location("pomdp_results", ROOT / "benchmarks" / "pomdp_results.py")
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    seen: dict[str, set] = {}
+    for group, rows in results.ROWS.items():
+        for name, seeds, _ in rows:
+            cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"{name}.yaml")
+            assert name.startswith(group.split("_")[0]), (group, name)
+            if group == "flicker_cartpole":
+                assert (cfg.env, cfg.p_blank) == ("flicker-cartpole", 0.5)
+            assert not seen.setdefault(name, set()) & set(seeds), name
+            seen[name] |= set(seeds)
+    assert seen["masked_cartpole_drqn"] == {0, 1, 2, 3, 4, 5}
+
+
 @pytest.mark.parametrize("agent,extra", [
     ("drqn", ["--hidden_init", "stored", "--burn_in", "2", "--n_step", "2"]),
     ("vae", []),
