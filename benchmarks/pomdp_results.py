@@ -11,7 +11,7 @@ hyperparameter. Groups:
 - masked_cartpole, flicker_cartpole: CartPole without velocities, and CartPole whose observation is blanked
   with probability 0.5. Training stops at the first periodic evaluation (20 episodes) whose mean return reaches
   the config's `stop_at_return` or when its step budget runs out. The network of the best periodic evaluation
-  is then re-measured on 100 fresh episodes with the policy as it acts (greedy Q; policy-gradient agents
+  is then re-measured here on 200 fresh episodes with the policy as it acts (greedy Q; policy-gradient agents
   sampling their actions) -- "fresh >= 475" counts the seeds whose fresh mean is >= 475 -- and, for the
   policy-gradient agents, again taking their most likely action. DRQN on masked CartPole has two rows: seeds
   0-2, which were looked at when choosing one update per 4 environment steps, and fresh seeds 3-5.
@@ -81,12 +81,18 @@ def run_one(name: str, seed: int, runs_dir: Path, reuse: bool, skip_missing: boo
     return train(cfg)
 
 
-def greedy_best(name: str, seed: int, runs_dir: Path) -> float:
-    """Mean return of a policy agent's best network acting on its most likely action, 100 fresh episodes."""
+FRESH_EPISODES = 200
+
+
+def fresh_eval(name: str, seed: int, runs_dir: Path, greedy_policy: bool = False) -> float:
+    """Mean return of a run's best network (best.pt) on FRESH_EPISODES fresh episodes: the policy as it acts
+    (greedy Q; policy agents sample), or with `greedy_policy` a policy agent's most likely action. Re-measured
+    here so that every row uses the same evaluator and episode count, whenever its run was trained."""
     out = runs_dir / f"{name}-seed{seed}"
     cfg = load_config(PomdpConfig, out / "config.yaml")
     torch.manual_seed(seed)
-    return evaluate_agent(load_agent(cfg, "best"), cfg, 100, seed=77_777 + seed, greedy_policy=True)["return_mean"]
+    return evaluate_agent(load_agent(cfg, "best"), cfg, FRESH_EPISODES, seed=77_777 + seed,
+                          greedy_policy=greedy_policy)["return_mean"]
 
 
 def corridor_policy(name: str, seed: int, runs_dir: Path) -> dict:
@@ -152,9 +158,11 @@ def collect(group: str, name: str, seeds, runs_dir: Path, args) -> dict | None:
         # the first 20-episode evaluation >= 475, whatever the config's own stopping return
         entry["first_eval_475_at_step"] = [next((h["step"] for h in r["eval_history"] if h["return_mean"] >= 475),
                                                 None) for r in runs]
-        entry["fresh_ge_475"] = [x >= 475 for x in entry["best_return"]]
+        entry["fresh_episodes"] = FRESH_EPISODES
+        entry["fresh_return"] = [fresh_eval(name, s, runs_dir) for s, _ in done]
+        entry["fresh_ge_475"] = [x >= 475 for x in entry["fresh_return"]]
         if runs[0]["agent"] in ("pg", "rpg"):
-            entry["best_return_greedy"] = [greedy_best(name, s, runs_dir) for s, _ in done]
+            entry["fresh_return_greedy"] = [fresh_eval(name, s, runs_dir, greedy_policy=True) for s, _ in done]
     if group == "corridor" and runs[0]["agent"] in ("pg", "dqn"):
         pol = [corridor_policy(name, s, runs_dir) for s, _ in done]
         entry["p_right_at_ends"] = [p["p_right_at_ends"] for p in pol]
@@ -168,13 +176,13 @@ def cartpole_table(group: str, res: dict, notes: dict) -> str:
         n = len(e["seeds"])
         rows.append([key.split("@")[0], e["agent"], seeds_text(e["seeds"]), notes[key],
                      f"{sum(e['fresh_ge_475'])}/{n}",
-                     ", ".join(f"{x:.0f}" for x in e["best_return"]), mean_std(e["best_return"], ".1f"),
-                     mean_std(e.get("best_return_greedy", []), ".1f"),
+                     ", ".join(f"{x:.0f}" for x in e["fresh_return"]), mean_std(e["fresh_return"], ".1f"),
+                     mean_std(e.get("fresh_return_greedy", []), ".1f"),
                      f"{sum(x is not None for x in e['first_eval_475_at_step'])}/{n}",
                      mean_std([x for x in e["first_eval_475_at_step"] if x is not None], ".0f"),
                      mean_std(e["env_steps"], ".0f"), mean_std(e["train_seconds"], ".0f")])
-    return (f"{CARTPOLE_TITLES[group]}: the network of the best periodic evaluation on 100 fresh episodes, acting "
-            "as in training (greedy Q; policy agents sample); mean +- std over seeds\n" + table(
+    return (f"{CARTPOLE_TITLES[group]}: the network of the best periodic evaluation on {FRESH_EPISODES} fresh "
+            "episodes, acting as in training (greedy Q; policy agents sample); mean +- std over seeds\n" + table(
                 ["config", "agent", "seeds", "note", "fresh >= 475", "fresh return per seed", "fresh return",
                  "same, most likely action", "20-ep eval >= 475", "env steps to it", "env steps run", "train s"],
                 rows))

@@ -262,6 +262,46 @@ def test_configs_parse():
         load_config(PomdpConfig, overrides={"agent": "ppo"})
 
 
+def test_evaluation_counts_a_fixed_quota_per_environment(monkeypatch):
+    """Environments with even reset seeds run episodes of 10 steps, odd ones of 1 step (reward 1 a step). Of 4
+    episodes on 4 environments the evaluation must count one per environment (mean return 5.5); counting the
+    first 4 to finish would count only 1-step episodes (mean 1)."""
+    import gymnasium as gym
+
+    from rlhf.pomdp import train as pomdp_train
+
+    class SeedLength(gym.Env):
+        observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            if seed is not None:
+                self.length = 10 if seed % 2 == 0 else 1
+            self.t = 0
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action):
+            self.t += 1
+            return np.zeros(1, np.float32), 1.0, self.t >= self.length, False, {}
+
+    class Stub:
+        def initial_state(self, n):
+            return {}
+
+        def act(self, obs, state, epsilon=0.0):
+            return np.zeros(len(obs), int), state
+
+        def reset_state(self, state, done):
+            return state
+
+    monkeypatch.setattr(pomdp_train, "make_env", lambda name, **kw: SeedLength())
+    cfg = pomdp_train.PomdpConfig(agent="dqn")
+    out = pomdp_train.evaluate_agent(Stub(), cfg, episodes=4, seed=0)
+    assert out["episodes"] == 4 and out["return_mean"] == pytest.approx(5.5)
+    out = pomdp_train.evaluate_agent(Stub(), cfg, episodes=6, seed=0)  # quotas 2, 2, 1, 1
+    assert out["return_mean"] == pytest.approx((10 + 10 + 1 + 1 + 10 + 1) / 6)
+
+
 def test_results_rows_name_shipped_configs_on_disjoint_seeds():
     """Every row of benchmarks/pomdp_results.py is a shipped YAML; a config listed twice (DRQN on the seeds seen
     while choosing it and on fresh ones) never shares a seed between its rows; flickering CartPole blanks w.p.

@@ -150,25 +150,30 @@ def epsilon_at(cfg: PomdpConfig, step: int) -> float:
 def evaluate_agent(agent, cfg: PomdpConfig, episodes: int, seed: int, greedy_policy: bool = False) -> dict:
     """Run `episodes` episodes with the agent's evaluation policy: greedy for Q agents, sampling for policy
     agents (whose optimum may be stochastic; `greedy_policy` takes their most likely action instead). Returns
-    mean/std return, mean length and success rate."""
+    mean/std return, mean length and success rate.
+
+    Each of the (at most 32) environments owns a fixed quota of the episodes and only those count: taking the
+    first `episodes` to finish instead would favour short episodes (an environment whose episodes fail early
+    finishes more of them) and bias the mean return down."""
     n = min(episodes, 32)
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])  # [N], sums to `episodes`
+    counted = np.zeros(n, int)
     vec = VecEnv(cfg, n, seed)
     state = agent.initial_state(n)
     returns, lengths, successes = [], [], []
-    started = n  # environments beyond `episodes` are not counted
-    while len(returns) < episodes:
+    while (counted < quota).any():
         if cfg.agent in POLICY_AGENTS:
             actions, state = agent.act(vec.obs, state, greedy=greedy_policy)
         else:
             actions, state = agent.act(vec.obs, state, epsilon=0.0)
         _, done, finished = vec.step(actions)
-        for ep, success in finished:
-            if len(returns) < episodes:
+        for i, (ep, success) in zip(np.flatnonzero(done), finished):  # `finished` is in environment order
+            if counted[i] < quota[i]:
+                counted[i] += 1
                 returns.append(float(ep.rewards.sum()))
                 lengths.append(len(ep.actions))
                 if success is not None:
                     successes.append(float(success))
-        started += int(done.sum())
         state = agent.reset_state(state, done)
     out = {"return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
            "length_mean": float(np.mean(lengths)), "episodes": len(returns)}
