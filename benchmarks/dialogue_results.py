@@ -60,6 +60,28 @@ def t_interval(xs: list[float]) -> dict:
     return {"mean": m, "ci95": T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))}
 
 
+class TokenForwards:
+    """Counts the token positions that pass through an LM trunk (a Llama `model`, the part before the LM head)
+    while active: training, feature extraction, candidate sampling and acting alike (a KV-cached step is one
+    position). Training positions also take a backward pass (about twice a forward's work)."""
+
+    def __init__(self):
+        self.tokens = 0
+        self._handle = None
+
+    def _hook(self, module, args, kwargs, output):
+        if type(module).__name__.endswith("Model") and hasattr(output, "last_hidden_state"):
+            self.tokens += int(output.last_hidden_state.shape[0] * output.last_hidden_state.shape[1])
+
+    def __enter__(self):
+        self.tokens = 0
+        self._handle = torch.nn.modules.module.register_module_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
 def run_seed(env: str, seed: int, args, tok) -> dict:
     enc = Encoder(tok)
     records = generate(env, args.episodes_per_policy, seed)
@@ -73,23 +95,26 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
     head_kw = dict(steps=args.value_steps, batch_size=args.value_batch_size, lr=args.value_lr, seed=seed,
                    gamma=args.gamma, width=args.head_width)
     cpu = time.process_time()
-    lm, st_bc = train_bc(records, tok, desc=f"{env} s{seed} bc", **bc_kw)
+    with TokenForwards() as count:
+        lm, st_bc = train_bc(records, tok, desc=f"{env} s{seed} bc", **bc_kw)
     lm_cost = {"lm_seconds": st_bc.seconds, "lm_steps": st_bc.steps, "lm_parameters": st_bc.parameters,
-               "lm_cpu_seconds": time.process_time() - cpu}
+               "lm_cpu_seconds": time.process_time() - cpu, "lm_token_forwards": count.tokens}
     cpu = time.process_time()
-    flm, st_fbc = train_bc(top, tok, desc=f"{env} s{seed} filtered_bc", **bc_kw)
+    with TokenForwards() as count:
+        flm, st_fbc = train_bc(top, tok, desc=f"{env} s{seed} filtered_bc", **bc_kw)
     fbc_cost = {"lm_seconds": st_fbc.seconds, "lm_steps": st_fbc.steps, "lm_parameters": st_fbc.parameters,
-                "lm_cpu_seconds": time.process_time() - cpu}
-    heads, head_cpu = {}, {}
+                "lm_cpu_seconds": time.process_time() - cpu, "lm_token_forwards": count.tokens}
+    heads, head_cpu, head_forwards = {}, {}, {}
     for name in ("ilql", "mc", "chai"):
         cpu = time.process_time()
-        if name == "ilql":
-            heads[name] = train_ilql(records, tok, lm, tau=args.expectile, cql_weight=args.cql_weight,
-                                     polyak=args.polyak, **head_kw)
-        else:
-            heads[name] = train_utterance_q(records, tok, lm, mode=name, cql_weight=args.cql_weight,
-                                            polyak=args.polyak, num_candidates=args.num_candidates, **head_kw)
-        head_cpu[name] = time.process_time() - cpu
+        with TokenForwards() as count:
+            if name == "ilql":
+                heads[name] = train_ilql(records, tok, lm, tau=args.expectile, cql_weight=args.cql_weight,
+                                         polyak=args.polyak, **head_kw)
+            else:
+                heads[name] = train_utterance_q(records, tok, lm, mode=name, cql_weight=args.cql_weight,
+                                                polyak=args.polyak, num_candidates=args.num_candidates, **head_kw)
+        head_cpu[name], head_forwards[name] = time.process_time() - cpu, count.tokens
     transcripts: dict = {}
     agents = {"bc": (Agent("bc", lm, enc), lm_cost),
               "filtered_bc": (Agent("bc", flm, enc), fbc_cost)}
@@ -97,14 +122,17 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
         agents[name] = (Agent(name, lm, enc, h, beta=args.beta, k=args.k),
                         {**lm_cost, "feature_seconds": st.extra_seconds, "head_seconds": st.seconds,
                          "head_steps": st.steps, "head_parameters": st.parameters,
-                         "head_cpu_seconds": head_cpu[name]})
+                         "head_cpu_seconds": head_cpu[name], "head_token_forwards": head_forwards[name]})
     for name, (agent, cost) in agents.items():
         t0, cpu = time.time(), time.process_time()
-        res = evaluate(agent, env, args.episodes, seed)
+        with TokenForwards() as count:
+            res = evaluate(agent, env, args.episodes, seed)
+        cost["eval_token_forwards_per_episode"] = count.tokens / args.episodes
         cost["eval_seconds"], cost["eval_cpu_seconds"] = time.time() - t0, time.process_time() - cpu
         cost["train_seconds"] = sum(v for k, v in cost.items() if k in ("lm_seconds", "feature_seconds",
                                                                        "head_seconds"))
         cost["train_cpu_seconds"] = cost["lm_cpu_seconds"] + cost.get("head_cpu_seconds", 0.0)
+        cost["train_token_forwards"] = cost["lm_token_forwards"] + cost.get("head_token_forwards", 0)
         out[name] = {"success": res["success"]["mean"], "return": res["return"]["mean"],
                      "turns": res["turns"]["mean"], "successes": int(round(res["success"]["mean"] * args.episodes)),
                      "compute": cost}
@@ -159,7 +187,8 @@ def table(env: str, summary: dict, refs: dict) -> str:
     head = f"{'agent':<12} {'success (seeds)':>18} {'success (pooled)':>18} {'return':>18} {'turns':>14}"
     if env.startswith("maze"):
         head += f" {'normalised':>16}"
-    head += f" {'train s':>8} {'cpu s':>6} {'eval s':>7} {'steps (lm+head)':>16} {'params (lm+head)':>17}"
+    head += (f" {'train s':>8} {'cpu s':>6} {'eval s':>7} {'steps (lm+head)':>16} {'params (lm+head)':>17}"
+             f" {'train tok (M)':>14} {'act tok/ep':>10}")
     lines += [head, "-" * len(head)]
     for a in AGENTS:
         s = summary[a]
@@ -170,7 +199,9 @@ def table(env: str, summary: dict, refs: dict) -> str:
             row += f" {fmt(s['normalised_score'], 1):>16}"
         row += (f" {c['train_seconds']:>8.0f} {c['train_cpu_seconds']:>6.0f} {c['eval_seconds']:>7.0f} "
                 f"{int(c['lm_steps'])}+{int(c.get('head_steps', 0)):<10} "
-                f"{int(c['lm_parameters'])}+{int(c.get('head_parameters', 0))}")
+                f"{int(c['lm_parameters'])}+{int(c.get('head_parameters', 0)):<7}"
+                f" {c['lm_token_forwards'] / 1e6:>6.1f}+{c.get('head_token_forwards', 0) / 1e6:<7.1f}"
+                f" {c['eval_token_forwards_per_episode']:>10.0f}")
         lines.append(row)
     lines.append("comparisons on success (pooled difference ± 95%, higher in every seed):")
     for k, v in summary["comparisons"].items():
@@ -183,13 +214,13 @@ def table(env: str, summary: dict, refs: dict) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--envs", nargs="+", default=["guess", "maze"], choices=["guess", "maze", "maze_po"])
-    p.add_argument("--episodes", type=int, default=200, help="Evaluation episodes per agent and seed.")
+    p.add_argument("--envs", nargs="+", default=["guess"], choices=["guess", "maze", "maze_po"])
+    p.add_argument("--episodes", type=int, default=300, help="Evaluation episodes per agent and seed.")
     p.add_argument("--episodes_per_policy", type=int, default=400)
     p.add_argument("--filter_fraction", type=float, default=0.2)
-    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--bc_steps", type=int, default=600)
+    p.add_argument("--bc_steps", type=int, default=800)
     p.add_argument("--bc_batch_size", type=int, default=32)
     p.add_argument("--bc_lr", type=float, default=3e-3)
     p.add_argument("--value_steps", type=int, default=1500)
@@ -201,7 +232,7 @@ def main(argv=None) -> dict:
     p.add_argument("--cql_weight", type=float, default=0.1)
     p.add_argument("--polyak", type=float, default=0.005)
     p.add_argument("--num_candidates", type=int, default=4)
-    p.add_argument("--beta", type=float, default=8.0)
+    p.add_argument("--beta", type=float, default=16.0)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dialogue_results.json"))

@@ -244,6 +244,29 @@ def test_ilql_sampling_with_beta_zero_is_bc_sampling_and_beta_moves_it():
     assert moved == ["zzz"] * 6
 
 
+def test_utterance_features_are_the_end_of_line_state_and_the_log_likelihood():
+    from rlhf.dialogue.data import Encoder
+    from rlhf.dialogue.models import build_lm, utterance_features
+    from rlhf.models import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    enc, lm = Encoder(tok), build_lm(tok, 32, 1, seed=0).eval()
+    hists = [enc.history("guess", []), enc.history("guess", [("is it red?", "no, blue")])]
+    utts = ["is it big?", "ab"]
+    x = utterance_features(lm, enc, hists, utts, batch_size=1)  # one row at a time: no padding
+    assert x.shape == (2, 34)
+    torch.testing.assert_close(utterance_features(lm, enc, hists, utts), x)  # padded together: the same
+    for i, (h, u) in enumerate(zip(hists, utts)):
+        ids = torch.tensor([h + enc.encode(u + "\n")])
+        with torch.no_grad():
+            out = lm(input_ids=ids, output_hidden_states=True)
+        logp = torch.log_softmax(out.logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        said = logp[len(h) - 1:]  # the utterance's tokens and its end-of-line
+        assert len(said) == len(u) + 1
+        torch.testing.assert_close(x[i, :32], out.hidden_states[-1][0, -1])
+        torch.testing.assert_close(x[i, 32:], torch.stack([said.sum(), said.min()]))
+
+
 def test_value_heads_learn_bellman_values_on_a_fixed_episode():
     """ILQL heads on frozen features of a two-utterance episode: Q at the first agent token approaches
     r1 + gamma * r2 (the per-token chain of an utterance-level target)."""

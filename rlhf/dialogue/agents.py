@@ -24,7 +24,7 @@ class Agent:
     lm: object  # the behaviour-cloned LM that proposes tokens or utterances
     encoder: Encoder
     heads: object = None  # ValueHeads on the LM's hidden states (ilql: token kind; chai, mc: utterance)
-    beta: float = 8.0  # ILQL: weight of Q - V on the BC log-probabilities
+    beta: float = 16.0  # ILQL: weight of Q - V on the BC log-probabilities
     k: int = 8  # utterance-level agents: candidates per turn
     temperature: float = 1.0
 

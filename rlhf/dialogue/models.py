@@ -37,7 +37,8 @@ class ValueHeads(nn.Module):
 
     kind "token" (ILQL): q [hidden -> vocab] gives Q(s, a) for every next token a, v [hidden -> 1] gives V(s);
     the state of a token is the LM's last hidden state at the position before it. kind "utterance"
-    (CHAI-style, MC): q [hidden -> 1] read at the end-of-line token of history + utterance gives
+    (CHAI-style, MC): q [hidden -> 1] on `utterance_features` (the end-of-line hidden state of history +
+    utterance and the utterance's log-likelihood under the LM, so `hidden` is the LM width + 2) gives
     Q(history, utterance). Each head is a two-layer MLP. The trunk stays frozen, so its hidden states are
     computed once per data set and training the heads costs little.
     """
@@ -166,12 +167,28 @@ def sample_utterances(lm, encoder, histories: list[list[int]], *, temperature: f
 @torch.no_grad()
 def utterance_features(lm, encoder, histories: list[list[int]], utterances: list[str],
                        batch_size: int = 256) -> torch.Tensor:
-    """The LM's hidden state at the end-of-line token of history + utterance, for paired lists -> [N, d]."""
+    """Features of (history, utterance) pairs for an utterance-level Q, paired lists -> [N, d + 2]: the LM's
+    hidden state at the end-of-line token of history + utterance, then the utterance's log-likelihood under
+    the LM (the sum over its tokens, end-of-line included, and its least likely token; each token's log-prob
+    floored at -20).
+
+    The log-likelihood is there because the hidden state alone hardly tells a consistent guess from an
+    inconsistent one: predicting the environment's reply rewards that distinction on one token in a hundred,
+    whereas the behaviour policies' choice of name (what the LM imitates) depends on it directly.
+    """
     out = []
     for i in range(0, len(histories), batch_size):
-        rows = [h + encoder.encode(u + "\n") for h, u in zip(histories[i:i + batch_size],
-                                                             utterances[i:i + batch_size])]
-        ids, mask = right_pad(rows, encoder.pad)
-        hidden = lm_features(lm, ids, mask, batch_size=batch_size)
-        out.append(hidden[torch.arange(len(rows)), last_token_index(mask)])
-    return torch.cat(out) if out else torch.zeros(0, lm.config.hidden_size)
+        hs = histories[i:i + batch_size]
+        us = [encoder.encode(u + "\n") for u in utterances[i:i + batch_size]]
+        ids, mask = right_pad([h + u for h, u in zip(hs, us)], encoder.pad)
+        hidden = lm_features(lm, ids, mask, batch_size=batch_size)  # [B, L, d]
+        last = last_token_index(mask)
+        logp = torch.log_softmax(lm.lm_head(hidden[:, :-1]).float(), dim=-1)
+        logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1).clamp(min=-20.0)  # [B, L-1]: log p(token j+1)
+        pos = torch.arange(ids.shape[1] - 1)[None]  # position j predicts token j + 1
+        start = torch.tensor([len(h) - 1 for h in hs])[:, None]
+        said = (pos >= start) & (pos < last[:, None])  # [B, L-1]: the utterance's tokens
+        lp_sum = (logp * said).sum(-1)
+        lp_min = logp.masked_fill(~said, 0.0).min(-1).values
+        out.append(torch.cat([hidden[torch.arange(len(hs)), last], lp_sum[:, None], lp_min[:, None]], dim=-1))
+    return torch.cat(out) if out else torch.zeros(0, lm.config.hidden_size + 2)

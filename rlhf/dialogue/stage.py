@@ -55,9 +55,9 @@ class DialogueTrainConfig(RunConfig):
     algorithm: str = option("ilql", help="Learner.", choices=ALGORITHMS)
     lm: str = option("", help="For mc / ilql / chai: a bc run directory whose lm/ is the frozen behaviour "
                      "policy; empty: train it in this run.")
-    hidden: int = option(64, help="LM width (a Llama built from a config, byte-level tokenizer).")
+    hidden: int = option(128, help="LM width (a Llama built from a config, byte-level tokenizer).")
     layers: int = option(2, help="LM layers.")
-    bc_steps: int = option(600, help="Optimiser steps of (filtered) behaviour cloning.")
+    bc_steps: int = option(800, help="Optimiser steps of (filtered) behaviour cloning.")
     bc_batch_size: int = option(32, help="Trajectories per BC step.")
     bc_lr: float = option(3e-3, help="BC learning rate (AdamW).")
     bc_env_tokens: bool = option(True, help="BC also predicts the environment's replies (the policy is the "
@@ -95,7 +95,7 @@ class DialogueEvalConfig(RunConfig):
     run: str = option("runs/dialogue/agent", help="A `rlhf dialogue train` run directory.")
     env: str = option("", help="Environment (empty: the one of the run's data).", choices=("",) + ENVS)
     episodes: int = option(200, help="Evaluation episodes (fresh seeds, disjoint from the data's).")
-    beta: float = option(8.0, help="ilql: weight of Q - V on the BC log-probabilities when acting.")
+    beta: float = option(16.0, help="ilql: weight of Q - V on the BC log-probabilities when acting.")
     k: int = option(8, help="mc, chai: candidate utterances sampled from the LM per turn.")
     temperature: float = option(1.0, help="Sampling temperature of the LM (0: arg-max tokens).")
     threads: int = option(1, help="torch CPU threads (0: torch's default).")
@@ -193,7 +193,7 @@ def train(cfg: DialogueTrainConfig) -> dict:
     return metrics
 
 
-def load_agent(run: str | Path, beta: float = 4.0, k: int = 8, temperature: float = 1.0):
+def load_agent(run: str | Path, beta: float = 16.0, k: int = 8, temperature: float = 1.0):
     """The agent a train run produced: its LM (or the one it names) and its heads."""
     import yaml
 
