@@ -263,7 +263,13 @@ def main(argv=None) -> dict:
         refs = {pol: scripted_return(env, pol, 2000, 0) for pol in ("random", "greedy", "optimal")}
         if env.startswith("maze"):  # the uniform random mover of the normalisation never says a malformed line
             refs["random"] = scripted_return(env, "random_moves", 2000, 0)
-        per_seed = {s: run_seed(env, s, args, tok) for s in args.seeds}
+        per_seed: dict = {}
+        for s in args.seeds:
+            per_seed[s] = run_seed(env, s, args, tok)
+            partial = {**results, "partial": f"{env}: seeds {sorted(per_seed)} done",
+                       "envs": {**results["envs"], env: {"references": refs, "per_seed": per_seed}}}
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out + ".partial").write_text(json.dumps(partial) + "\n")  # survives an interrupted run
         summary = summarise(env, per_seed, args, refs)
         results["envs"][env] = {"references": refs, "summary": summary,
                                 "per_seed": {str(s): v for s, v in per_seed.items()}}
@@ -275,6 +281,7 @@ def main(argv=None) -> dict:
     line = json.dumps(results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(line + "\n")
+    Path(args.out + ".partial").unlink(missing_ok=True)
     print(line)
     return results
 
