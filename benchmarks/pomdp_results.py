@@ -11,7 +11,7 @@ hyperparameter. Groups:
 - masked_cartpole, flicker_cartpole: CartPole without velocities, and CartPole whose observation is blanked
   with probability 0.5. Training stops at the first periodic evaluation (20 episodes) whose mean return reaches
   the config's `stop_at_return` or when its step budget runs out. The network of the best periodic evaluation
-  is then re-measured here on 200 fresh episodes with the policy as it acts (greedy Q; policy-gradient agents
+  is then re-measured here on 100 fresh episodes with the policy as it acts (greedy Q; policy-gradient agents
   sampling their actions) -- "fresh >= 475" counts the seeds whose fresh mean is >= 475 -- and, for the
   policy-gradient agents, again taking their most likely action. DRQN on masked CartPole has two rows: seeds
   0-2, which were looked at when choosing one update per 4 environment steps, and fresh seeds 3-5.
@@ -81,7 +81,7 @@ def run_one(name: str, seed: int, runs_dir: Path, reuse: bool, skip_missing: boo
     return train(cfg)
 
 
-FRESH_EPISODES = 200
+FRESH_EPISODES = 100
 
 
 def fresh_eval(name: str, seed: int, runs_dir: Path, greedy_policy: bool = False) -> float:
@@ -155,6 +155,7 @@ def collect(group: str, name: str, seeds, runs_dir: Path, args) -> dict | None:
     if "success_rate" in runs[0]["final_eval"]:
         entry["final_success"] = [r["final_eval"]["success_rate"] for r in runs]
     if group in CARTPOLE_TITLES:
+        print(f"[pomdp_results] {name}: re-measuring seeds {seeds_text(entry['seeds'])}", file=sys.stderr, flush=True)
         # the first 20-episode evaluation >= 475, whatever the config's own stopping return
         entry["first_eval_475_at_step"] = [next((h["step"] for h in r["eval_history"] if h["return_mean"] >= 475),
                                                 None) for r in runs]
