@@ -228,6 +228,30 @@ def test_unfrozen_top_layer_trains_through_the_full_forward_path(tmp_path, cache
     assert not torch.equal(saved["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
 
 
+def test_lora_reward_model_trains_adapters_and_saves_them_merged(tmp_path, cache_dir):
+    write_separable_pairs(tmp_path)
+    cfg = reward_config(tmp_path, num_epochs=2, use_peft=True, lora_r=4, lora_alpha=8, learning_rate=0.01)
+    metrics = train(cfg)
+    assert metrics["reward/features_computed"] == 0  # the backbone trains: no feature cache
+    from rlhf.models import resolve_model_path
+
+    saved = load_file(Path(cfg.output_dir) / "model" / "model.safetensors")
+    base = load_file(Path(resolve_model_path("tiny-llama")) / "model.safetensors")
+    assert not any("lora" in k for k in saved)  # adapters merged into plain weights
+    assert saved.keys() >= {k for k in base if k.startswith("model.")}
+    assert not torch.equal(saved["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(saved["model.norm.weight"], base["model.norm.weight"])  # not a LoRA target
+    # the merged artefact scores the training responses as the trained (unmerged) model did: the stored
+    # reward mean and std were computed before the merge
+    rm = RewardModel.load(Path(cfg.output_dir) / "model")
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    unique = {json.dumps([r["prompt"], r[side]]): (r["prompt"], r[side]) for r in rows for side in ("chosen", "rejected")}
+    scores = torch.tensor(rm.score([p for p, _ in unique.values()], [c for _, c in unique.values()]))
+    assert scores.mean().item() == pytest.approx(metrics["reward/mean"], abs=1e-4)
+    assert scores.std().item() == pytest.approx(metrics["reward/std"], abs=1e-4)
+    assert metrics["eval/accuracy"] >= 0.9
+
+
 def test_reward_score_command_scores_pairs(tmp_path, cache_dir, capsys):
     from rlhf.cli import main
 
