@@ -1,0 +1,109 @@
+"""Policy settings against the quickstart's own SFT and reward models: how far each moves the gold judge.
+
+    python benchmarks/quickstart_sweep.py --base runs/quickstart                 # after `rlhf run configs/quickstart.yaml`
+    python benchmarks/quickstart_sweep.py --base runs/tiny/quickstart --pipeline configs/tiny/quickstart.yaml
+
+Each variant copies the finished pipeline directory `--base` (SFT, collection, labels, reward model), then
+reruns only the stages it changes with `rlhf run <pipeline> --only ... --set ...` — exactly the commands a user
+would type — and evaluates on `--eval_prompts` held-out prompts x `--eval_samples` samples. Prints, per variant,
+the reward-model score, the gold-judge score (sampled and greedy, 95% bootstrap intervals over prompts), the
+gold win rate against the SFT policy and the KL it cost. The README's over-optimisation table came from this
+sweep on one GPU (`benchmarks/results/quickstart_gpu_sweep.jsonl`; about 6 minutes there, hours on 2 CPU cores).
+The last line is one JSON object, also written to benchmarks/results/quickstart_sweep.json (or `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (stages to rerun, --set overrides)
+VARIANTS = {
+    "quickstart": ("evaluate", []),
+    "u30_lr3e-4": ("policy,evaluate", ["policy.num_updates=30", "policy.learning_rate=3e-4"]),
+    "u30_lr3e-4_p16_e2": ("policy,evaluate", ["policy.num_updates=30", "policy.learning_rate=3e-4",
+                                               "policy.prompts_per_update=16", "policy.ppo_epochs=2"]),
+    "gold_reward_u30_lr3e-4": ("policy,evaluate", ["policy.num_updates=30", "policy.learning_rate=3e-4",
+                                                    "policy.reward_fn=rlhf.tasks.rewards:gold_judge"]),
+}
+
+
+def ci(m: dict) -> list[float]:
+    return [round(m[k], 3) for k in ("mean", "ci_low", "ci_high")]
+
+
+def summarise(name: str, report: dict, seconds: float) -> dict:
+    ck = report["checkpoints"]
+    row = {"variant": name, "seconds": round(seconds, 1)}
+    for mode in ("sampled", "greedy"):
+        for who in ("sft", "policy"):
+            row[f"{mode}_{who}_gold"] = ci(ck[who][mode]["gold"])
+            row[f"{mode}_{who}_reward"] = round(ck[who][mode]["reward"]["mean"], 3)
+        for key in ("win_rate_gold", "win_rate_reward", "kl_k1"):
+            if key in ck["policy"][mode]:
+                row[f"{mode}_{key}"] = ci(ck["policy"][mode][key])
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="runs/quickstart", help="A finished `rlhf run` output directory.")
+    parser.add_argument("--pipeline", default="configs/quickstart.yaml", help="The pipeline that made --base.")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--eval_prompts", type=int, default=123, help="Held-out prompts (123: all of the task's).")
+    parser.add_argument("--eval_samples", type=int, default=4, help="Sampled completions per prompt.")
+    parser.add_argument("--eval_max_new_tokens", type=int, default=32)
+    parser.add_argument("--work_dir", default=str(ROOT / "runs/quickstart_sweep"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/quickstart_sweep.json"))
+    args = parser.parse_args(argv)
+
+    base = Path(args.base)
+    if not (base / "reward" / "DONE.json").is_file() or not (base / "sft" / "DONE.json").is_file():
+        raise SystemExit(f"{base}: not a finished pipeline run (no sft/ and reward/ DONE.json); run "
+                         f"`rlhf run {args.pipeline}` first")
+    evaluation = [f"evaluate.max_prompts={args.eval_prompts}", f"evaluate.num_samples={args.eval_samples}",
+                  f"evaluate.max_new_tokens={args.eval_max_new_tokens}"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    rows = []
+    for name in args.variants:
+        only, sets = VARIANTS[name]
+        out = Path(args.work_dir) / name
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(base, out)
+        cmd = [sys.executable, "-m", "rlhf.cli", "run", args.pipeline, "--output_dir", str(out), "--only", only]
+        for s in evaluation + sets:
+            cmd += ["--set", s]
+        print("$ " + " ".join(cmd), flush=True)
+        started = time.time()
+        if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
+            raise SystemExit(f"variant {name} failed")
+        report = json.loads((out / "evaluate" / "report.json").read_text())
+        rows.append(summarise(name, report, time.time() - started))
+
+    print(f"\n{args.eval_prompts} held-out prompts x {args.eval_samples} samples; 95% bootstrap intervals over prompts")
+    print(f"{'variant':<24} {'reward':>7} {'gold sampled':>22} {'gold greedy':>22} {'win rate (gold)':>22} {'KL k1':>7}")
+    first = rows[0]
+    print(f"{'SFT policy':<24} {first['sampled_sft_reward']:>7.3f} {str(first['sampled_sft_gold']):>22} "
+          f"{str(first['greedy_sft_gold']):>22} {'-':>22} {'-':>7}")
+    for r in rows:
+        print(f"{r['variant']:<24} {r['sampled_policy_reward']:>7.3f} {str(r['sampled_policy_gold']):>22} "
+              f"{str(r['greedy_policy_gold']):>22} {str(r['sampled_win_rate_gold']):>22} "
+              f"{r['sampled_kl_k1'][0]:>7.2f}")
+    result = {"benchmark": "quickstart_sweep", "base": str(base), "pipeline": args.pipeline,
+              "eval_prompts": args.eval_prompts, "eval_samples": args.eval_samples, "variants": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
