@@ -280,6 +280,14 @@ def sequence_elbo(log_likelihood: torch.Tensor, kl: torch.Tensor, mask: torch.Te
     return masked_mean(log_likelihood - beta * kl, mask)
 
 
+def double_q_values(q_online_next: torch.Tensor, q_target_next: torch.Tensor) -> torch.Tensor:
+    """Double-DQN bootstrap values (van Hasselt et al., 2016): the online network picks the next action, the
+    target network values it, V(o') = Q_target(o', argmax_a Q_online(o', a)).
+    q_online_next, q_target_next: [..., A] -> [...]. Ties go to the lowest action index (torch.argmax)."""
+    a_next = q_online_next.argmax(-1, keepdim=True)
+    return q_target_next.gather(-1, a_next).squeeze(-1)
+
+
 # ---- dt (Decision Transformer) ----
 
 

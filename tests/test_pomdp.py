@@ -13,7 +13,7 @@ import torch
 
 from rlhf.config import ConfigError, load_config
 from rlhf.losses import (diagonal_gaussian_kl, diagonal_gaussian_log_prob, discounted_reward_to_go,
-                         n_step_td_targets, sequence_elbo)
+                         double_q_values, n_step_td_targets, sequence_elbo)
 from rlhf.pomdp.agents import Episode, SequenceReplay
 from rlhf.pomdp.envs import ENV_NAMES, AliasedCorridor, TMaze, TwoDoors, make_env
 
@@ -155,6 +155,17 @@ def test_n_step_td_targets_by_hand():
     torch.testing.assert_close(many[0, :3], discounted_reward_to_go(r, m, 0.5)[0, :3])
     with pytest.raises(ValueError):
         n_step_td_targets(r, v, d, m, 0.5, n=0)
+
+
+def test_double_q_values_by_hand():
+    # the online net picks the action, the target net's value of it is returned (not the target's own max)
+    online = torch.tensor([[[1.0, 3.0, 2.0], [5.0, 0.0, 4.0]], [[0.0, 0.0, -1.0], [2.0, 2.5, 7.0]]])  # [2, 2, 3]
+    target = torch.tensor([[[9.0, -1.0, 4.0], [0.5, 8.0, 6.0]], [[3.0, 6.0, 1.0], [-2.0, 0.0, -3.0]]])
+    # picks: 1, 0 / 0 (tie with 1 -> lowest index), 2
+    torch.testing.assert_close(double_q_values(online, target), torch.tensor([[-1.0, 0.5], [3.0, -3.0]]))
+    torch.testing.assert_close(double_q_values(online[0, 0], target[0, 0]), torch.tensor(-1.0))  # [A] -> []
+    # equal networks: the ordinary max
+    torch.testing.assert_close(double_q_values(target, target), target.max(-1).values)
 
 
 def test_gaussian_pieces_by_hand():
@@ -323,6 +334,53 @@ def test_results_rows_name_shipped_configs_on_disjoint_seeds():
             assert not seen.setdefault(name, set()) & set(seeds), name
             seen[name] |= set(seeds)
     assert seen["masked_cartpole_drqn"] == {0, 1, 2, 3, 4, 5}
+
+
+def test_learning_rate_decays_linearly_to_lr_end():
+    from rlhf.pomdp.train import PomdpConfig, learning_rate_at
+
+    cfg = PomdpConfig(learning_rate=1e-3, lr_end=1e-4, total_steps=200)
+    assert [learning_rate_at(cfg, s) for s in (0, 50, 200, 400)] == pytest.approx([1e-3, 7.75e-4, 1e-4, 1e-4])
+    assert learning_rate_at(PomdpConfig(learning_rate=1e-3, total_steps=200), 150) == 1e-3  # lr_end null
+
+
+def test_best_checkpoint_is_the_best_periodic_evaluation(tmp_path, monkeypatch):
+    """Scripted periodic evaluations 1, 7, 3, 7, 2 (the final ones on fresh episodes return 0): best.pt holds the
+    network as it was at the second evaluation (the first of the tied best), agent.pt the last one; with
+    stop_at_return 7 training ends at the second evaluation; the learning rate reached the optimizer."""
+    from rlhf.pomdp import train as pomdp_train
+
+    scripted, seen = [1.0, 7.0, 3.0, 7.0, 2.0], []
+
+    def fake_evaluate(agent, cfg, episodes, seed, greedy_policy=False):
+        periodic = seed < 99_999  # the final evaluations use seed 99_999 + cfg.seed
+        if periodic:
+            seen.append({k: v.clone() for k, v in agent.net.state_dict().items()})
+            lrs.append(agent.optimizer.param_groups[0]["lr"])
+        value = scripted[len(seen) - 1] if periodic else 0.0
+        return {"return_mean": value, "return_std": 0.0, "length_mean": 1.0, "episodes": episodes}
+
+    monkeypatch.setattr(pomdp_train, "evaluate_agent", fake_evaluate)
+    base = dict(env="tmaze", corridor_length=2, agent="drqn", total_steps=400, num_envs=4, learning_starts=16,
+                batch_size=4, seq_len=4, hidden_size=8, eval_every=80, eval_episodes=2, final_eval_episodes=2,
+                train_every=2, learning_rate=1e-2, lr_end=1e-3, report_to="none")
+    for stop, n_evals in ((None, 5), (7.0, 2)):
+        seen.clear()
+        lrs = []
+        out = tmp_path / f"stop{stop}"
+        metrics = pomdp_train.train(pomdp_train.PomdpConfig(**base, stop_at_return=stop, output_dir=str(out)))
+        assert [h["return_mean"] for h in metrics["eval_history"]] == scripted[:n_evals]
+        assert metrics["best_periodic"]["step"] == 160 and metrics["best_periodic"]["return_mean"] == 7.0
+        best, final = torch.load(out / "best.pt"), torch.load(out / "agent.pt")
+        for k in seen[1]:
+            torch.testing.assert_close(best[k], seen[1][k], rtol=0, atol=0)
+            torch.testing.assert_close(final[k], seen[-1][k], rtol=0, atol=0)
+        w = "core.lstm.weight_hh_l0"
+        assert not torch.equal(seen[0][w], seen[1][w])  # the network moved between evaluations
+        assert torch.equal(seen[1][w], seen[-1][w]) == (stop is not None)  # it stopped at the second
+        # lr at the first evaluation: set for the updates after the step that brought the count to 80 of 400
+        assert lrs[0] == pytest.approx(1e-2 + 80 / 400 * (1e-3 - 1e-2))
+    assert metrics["reached_stop_at"]["step"] == 160 and metrics["env_steps"] == 160
 
 
 @pytest.mark.parametrize("agent,extra", [

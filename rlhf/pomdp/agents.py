@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rlhf.losses import (diagonal_gaussian_kl, diagonal_gaussian_log_prob, discounted_reward_to_go, masked_mean,
-                         n_step_td_targets, sequence_elbo, whiten)
+from rlhf.losses import (diagonal_gaussian_kl, diagonal_gaussian_log_prob, discounted_reward_to_go,
+                         double_q_values, masked_mean, n_step_td_targets, sequence_elbo, whiten)
 
 VALUE_AGENTS = ("dqn", "dqn-window", "drqn", "vae")
 POLICY_AGENTS = ("pg", "rpg")
@@ -383,8 +383,7 @@ class ValueAgent:
         b["obs"], b["next_obs"] = self.net.obs_norm(b["obs"]), self.net.obs_norm(b["next_obs"])
         q = self.net(b["obs"].flatten(1)).gather(1, b["actions"].unsqueeze(1)).squeeze(1)  # [B]
         with torch.no_grad():  # double DQN: the online net picks, the target net values
-            a_next = self.net(b["next_obs"].flatten(1)).argmax(-1, keepdim=True)
-            v_next = self.target(b["next_obs"].flatten(1)).gather(1, a_next).squeeze(1)
+            v_next = double_q_values(self.net(b["next_obs"].flatten(1)), self.target(b["next_obs"].flatten(1)))
             ones = torch.ones_like(v_next).unsqueeze(1)
             y = n_step_td_targets(b["rewards"].unsqueeze(1), v_next.unsqueeze(1), b["terminated"].unsqueeze(1),
                                   ones, cfg.gamma, 1).squeeze(1)
@@ -406,8 +405,7 @@ class ValueAgent:
         q_all, _ = self.net(b["obs"], b["prev_actions"], state)  # [B, S + 1, A]
         with torch.no_grad():
             q_target_all, _ = self.target(b["obs"], b["prev_actions"], state)
-            a_next = q_all[:, 1:].argmax(-1, keepdim=True)
-            v_next = q_target_all[:, 1:].gather(2, a_next).squeeze(2)  # [B, S]
+            v_next = double_q_values(q_all[:, 1:], q_target_all[:, 1:])  # [B, S]
             y = n_step_td_targets(b["rewards"], v_next, b["terminated"], b["valid"], cfg.gamma, cfg.n_step)
         q = q_all[:, :-1].gather(2, b["actions"].unsqueeze(2)).squeeze(2)  # [B, S]
         td = F.smooth_l1_loss(q, y, reduction="none")

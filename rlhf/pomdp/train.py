@@ -43,6 +43,8 @@ class PomdpConfig(RunConfig):
     num_envs: int = option(8, help="Environments stepped together (for pg/rpg also the episodes per update).")
     hidden_size: int = option(64, help="Width of the MLP layers and the LSTM.")
     learning_rate: float = option(1e-3, help="Adam learning rate.")
+    lr_end: float | None = option(None, help="Decay the learning rate linearly to this at total_steps (null: "
+                                  "constant learning_rate).")
     gamma: float = option(0.99, help="Discount factor.")
     max_grad_norm: float = option(10.0, help="Gradient-norm clipping.")
     normalize_obs: bool = option(False, help="Normalise observations by running mean and variance (saved with "
@@ -147,6 +149,14 @@ def epsilon_at(cfg: PomdpConfig, step: int) -> float:
     return cfg.eps_start + frac * (cfg.eps_end - cfg.eps_start)
 
 
+def learning_rate_at(cfg: PomdpConfig, step: int) -> float:
+    """learning_rate, decayed linearly to lr_end at total_steps when lr_end is set."""
+    if cfg.lr_end is None:
+        return cfg.learning_rate
+    frac = min(1.0, step / cfg.total_steps)
+    return cfg.learning_rate + frac * (cfg.lr_end - cfg.learning_rate)
+
+
 def evaluate_agent(agent, cfg: PomdpConfig, episodes: int, seed: int, greedy_policy: bool = False) -> dict:
     """Run `episodes` episodes with the agent's evaluation policy: greedy for Q agents, sampling for policy
     agents (whose optimum may be stochastic; `greedy_policy` takes their most likely action instead). Returns
@@ -225,6 +235,8 @@ def train(cfg: PomdpConfig) -> dict:
         bar.update(cfg.num_envs)
         recent += [float(ep.rewards.sum()) for ep, _ in finished]
         # 2. learn: value agents from replay every `train_every` steps, policy agents per batch of episodes
+        for group in agent.optimizer.param_groups:
+            group["lr"] = learning_rate_at(cfg, steps)
         if is_policy:
             batch += [ep for ep, _ in finished]
             if len(batch) >= cfg.num_envs:
@@ -242,6 +254,7 @@ def train(cfg: PomdpConfig) -> dict:
             next_log += cfg.log_every
             logger.log({**stats, "train/return": float(np.mean(recent[-20:])) if recent else float("nan"),
                         "train/epsilon": 0.0 if is_policy else epsilon_at(cfg, steps),
+                        "train/learning_rate": learning_rate_at(cfg, steps),
                         "time/seconds": time.time() - start}, step=steps)
         if steps >= next_eval or steps >= cfg.total_steps:
             next_eval += cfg.eval_every
