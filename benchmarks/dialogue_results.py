@@ -55,7 +55,7 @@ from rlhf.dialogue.data import Encoder, generate, top_fraction  # noqa: E402
 from rlhf.dialogue.envs import normalised_score  # noqa: E402
 from rlhf.models import build_tiny_tokenizer  # noqa: E402
 
-AGENTS = ("bc", "filtered_bc", "filtered_bc_epochs", "mc", "ilql", "chai")
+AGENTS = ("bc", "filtered_bc", "filtered_bc_epochs", "bc_top_p", "mc", "ilql", "chai")
 BASELINES = ("bc", "filtered_bc", "filtered_bc_epochs")
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
@@ -111,9 +111,10 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
 
     wanted = set(args.agents)
     agents: dict = {}
-    if wanted & {"bc", "mc", "ilql", "chai"}:
+    if wanted & {"bc", "bc_top_p", "mc", "ilql", "chai"}:
         lm, lm_cost = bc_run(records, "bc", args.bc_steps)
         agents["bc"] = (Agent("bc", lm, enc), lm_cost)
+        agents["bc_top_p"] = (Agent("bc", lm, enc, top_p=args.ilql_top_p), dict(lm_cost))
     if "filtered_bc" in wanted:  # as many optimiser steps as BC (5x its epochs at a 20% filter)
         flm, cost = bc_run(top, "filtered_bc", args.bc_steps)
         agents["filtered_bc"] = (Agent("bc", flm, enc), cost)
@@ -132,11 +133,29 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
                                                 polyak=args.polyak, num_candidates=args.num_candidates, **head_kw)
         head_cpu[name], head_forwards[name] = time.process_time() - cpu, count.tokens
     transcripts: dict = {}
+    selection = {}
     for name, (h, st) in heads.items():
-        agents[name] = (Agent(name, lm, enc, h, beta=args.beta, k=args.k),
-                        {**lm_cost, "feature_seconds": st.extra_seconds, "head_seconds": st.seconds,
-                         "head_steps": st.steps, "head_parameters": st.parameters,
-                         "head_cpu_seconds": head_cpu[name], "head_token_forwards": head_forwards[name]})
+        agent = Agent(name, lm, enc, h, beta=args.beta, k=args.k, top_p=args.ilql_top_p,
+                      adv_clip=args.ilql_adv_clip or None)
+        cost = {**lm_cost, "feature_seconds": st.extra_seconds, "head_seconds": st.seconds,
+                "head_steps": st.steps, "head_parameters": st.parameters,
+                "head_cpu_seconds": head_cpu[name], "head_token_forwards": head_forwards[name]}
+        if name == "ilql" and len(args.betas) > 1:
+            # beta chosen per seed on held-out validation episodes (never the reported evaluation episodes)
+            t0, cpu = time.time(), time.process_time()
+            scores = {}
+            for beta in args.betas:
+                agent.beta = beta
+                res = evaluate(agent, env, args.val_episodes, seed, split="validation")
+                scores[beta] = (res["success"]["mean"], res["return"]["mean"])
+            agent.beta = max(args.betas, key=lambda b: scores[b])  # success, then return; first (smallest) on ties
+            selection = {"betas": {str(b): {"success": v[0], "return": v[1]} for b, v in scores.items()},
+                         "chosen": agent.beta, "episodes": args.val_episodes}
+            cost["select_seconds"], cost["select_cpu_seconds"] = time.time() - t0, time.process_time() - cpu
+            print(f"[{env} seed {seed}] ilql beta on {args.val_episodes} validation episodes: "
+                  + ", ".join(f"{b:g}: {v[0]:.3f}" for b, v in scores.items()) + f" -> {agent.beta:g}",
+                  file=sys.stderr, flush=True)
+        agents[name] = (agent, cost)
     for name, (agent, cost) in [(a, agents[a]) for a in AGENTS if a in wanted]:
         t0, cpu = time.time(), time.process_time()
         with TokenForwards() as count:
@@ -144,12 +163,15 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
         cost["eval_token_forwards_per_episode"] = count.tokens / args.episodes
         cost["eval_seconds"], cost["eval_cpu_seconds"] = time.time() - t0, time.process_time() - cpu
         cost["train_seconds"] = sum(v for k, v in cost.items() if k in ("lm_seconds", "feature_seconds",
-                                                                       "head_seconds"))
-        cost["train_cpu_seconds"] = cost["lm_cpu_seconds"] + cost.get("head_cpu_seconds", 0.0)
+                                                                       "head_seconds", "select_seconds"))
+        cost["train_cpu_seconds"] = (cost["lm_cpu_seconds"] + cost.get("head_cpu_seconds", 0.0)
+                                     + cost.get("select_cpu_seconds", 0.0))
         cost["train_token_forwards"] = cost["lm_token_forwards"] + cost.get("head_token_forwards", 0)
         out[name] = {"success": res["success"]["mean"], "return": res["return"]["mean"],
                      "turns": res["turns"]["mean"], "successes": int(round(res["success"]["mean"] * args.episodes)),
                      "compute": cost}
+        if name == "ilql" and selection:
+            out[name]["beta_selection"] = selection
         transcripts[name] = res["transcripts"][0]
         print(f"[{env} seed {seed}] {name:<12} success {out[name]['success']:.3f}  return {out[name]['return']:+.3f}"
               f"  turns {out[name]['turns']:.2f}  train {cost['train_seconds']:.0f}s  eval {cost['eval_seconds']:.0f}s",
@@ -163,7 +185,8 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
 def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
     seeds = sorted(per_seed)
     summary: dict = {}
-    for a in args.agents:
+    agents = [a for a in args.agents if all(a in per_seed[s] for s in seeds)]
+    for a in agents:
         rows = [per_seed[s][a] for s in seeds]
         n = args.episodes * len(seeds)
         pooled = sum(r["successes"] for r in rows) / n
@@ -180,7 +203,8 @@ def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
                 [normalised_score(r["return"], refs["random"], refs["optimal"]) for r in rows])
     comparisons = {}
     n = args.episodes * len(seeds)
-    for v, b in [(v, b) for v in ("ilql", "chai", "mc") for b in BASELINES if {v, b} <= set(args.agents)]:
+    pairs_run = [(v, b) for v in ("ilql", "chai", "mc") for b in BASELINES] + [("ilql", "bc_top_p")]
+    for v, b in [(v, b) for v, b in pairs_run if {v, b} <= set(agents)]:
         p1, p2 = summary[v]["success_pooled"]["mean"], summary[b]["success_pooled"]["mean"]
         half = 1.96 * math.sqrt(p1 * (1 - p1) / n + p2 * (1 - p2) / n)
         every = all(per_seed[s][v]["success"] > per_seed[s][b]["success"] for s in seeds)
@@ -193,7 +217,8 @@ def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
     return summary
 
 
-def table(env: str, summary: dict, refs: dict, agents=AGENTS) -> str:
+def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
+    agents = [a for a in AGENTS if a in summary]
     def fmt(d, p=3):
         return f"{d['mean']:.{p}f}" + (f" ± {d['ci95']:.{p}f}" if d.get("ci95") is not None else "")
     lines = [f"\n{env}: scripted references (exact policies, no noise): "
@@ -217,6 +242,13 @@ def table(env: str, summary: dict, refs: dict, agents=AGENTS) -> str:
                 f" {c['lm_token_forwards'] / 1e6:>6.1f}+{c.get('head_token_forwards', 0) / 1e6:<7.1f}"
                 f" {c['eval_token_forwards_per_episode']:>10.0f}")
         lines.append(row)
+    seeds = sorted(per_seed, key=int)
+    lines.append(f"success per seed ({', '.join(map(str, seeds))}):")
+    for a in agents:
+        lines.append(f"  {a:<20} " + "  ".join(f"{per_seed[s][a]['success']:.3f}" for s in seeds))
+    chosen = [per_seed[s]["ilql"].get("beta_selection", {}).get("chosen") for s in seeds if "ilql" in per_seed[s]]
+    if any(c is not None for c in chosen):
+        lines.append(f"  ilql beta chosen per seed on validation episodes: {chosen}")
     lines.append("comparisons on success (pooled difference ± 95%, higher in every seed):")
     for k, v in summary["comparisons"].items():
         lines.append(f"  {k:<24} {v['difference']:+.3f} ± {v['ci95']:.3f}  every seed: {v['higher_every_seed']}"
@@ -229,7 +261,7 @@ def table(env: str, summary: dict, refs: dict, agents=AGENTS) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--envs", nargs="+", default=["guess"], choices=["guess", "maze", "maze_po"])
+    p.add_argument("--envs", nargs="+", default=["guess", "maze"], choices=["guess", "maze", "maze_po"])
     p.add_argument("--episodes", type=int, default=300, help="Evaluation episodes per agent and seed.")
     p.add_argument("--episodes_per_policy", type=int, default=400)
     p.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS,
@@ -249,11 +281,22 @@ def main(argv=None) -> dict:
     p.add_argument("--cql_weight", type=float, default=0.1)
     p.add_argument("--polyak", type=float, default=0.005)
     p.add_argument("--num_candidates", type=int, default=4)
-    p.add_argument("--beta", type=float, default=16.0)
+    p.add_argument("--beta", type=float, default=16.0, help="ILQL's beta when --betas has fewer than 2 values.")
+    p.add_argument("--betas", type=float, nargs="*", default=[2.0, 4.0, 8.0, 16.0],
+                   help="ILQL: choose beta per seed among these on --val_episodes held-out validation episodes.")
+    p.add_argument("--val_episodes", type=int, default=500)
+    p.add_argument("--ilql_top_p", type=float, default=0.8,
+                   help="ILQL acts within the BC policy's top-p nucleus (bc_top_p: BC sampled the same way).")
+    p.add_argument("--ilql_adv_clip", type=float, default=0.0, help="ILQL: clamp Q - V to +-this (0: no clamp).")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dialogue_results.json"))
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="Run nothing: merge results files of this script (the same settings, disjoint seeds or "
+                        "agents; a .partial file counts) into --out, recomputing the summaries and tables.")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args)
     torch.set_num_threads(args.threads)
     tok = build_tiny_tokenizer()
     start = time.time()
@@ -273,7 +316,7 @@ def main(argv=None) -> dict:
         summary = summarise(env, per_seed, args, refs)
         results["envs"][env] = {"references": refs, "summary": summary,
                                 "per_seed": {str(s): v for s, v in per_seed.items()}}
-        texts.append(table(env, summary, refs, args.agents))
+        texts.append(table(env, summary, refs, {str(k): v for k, v in per_seed.items()}))
     results["wall_seconds"] = time.time() - start
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                           "torch": torch.__version__, "python": platform.python_version()}
@@ -282,6 +325,49 @@ def main(argv=None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(line + "\n")
     Path(args.out + ".partial").unlink(missing_ok=True)
+    print(line)
+    return results
+
+
+SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "threads"}  # may differ between merged runs
+
+
+def merge(args) -> dict:
+    """One results file from several runs of this script: per-seed results are taken as they are (each
+    seed/agent/env from exactly one file), summaries and comparisons are recomputed over the union."""
+    runs = [(f, json.loads(Path(f).read_text())) for f in args.merge]
+    base = runs[0][1]["config"]
+    for f, r in runs[1:]:
+        diff = {k: (base.get(k), v) for k, v in r["config"].items() if k not in SETTINGS_FREE and base.get(k) != v}
+        if diff:
+            raise SystemExit(f"{f}: settings differ from {runs[0][0]}: {diff}")
+    envs: dict = {}
+    for f, r in runs:
+        for env, e in r["envs"].items():
+            slot = envs.setdefault(env, {"references": e["references"], "per_seed": {}})
+            for seed, res in e["per_seed"].items():
+                row = slot["per_seed"].setdefault(str(seed), {})
+                for name, v in res.items():
+                    if name in row and name != "data":
+                        raise SystemExit(f"{f}: {env} seed {seed} {name} is in two of the merged files")
+                    row[name] = v
+    config = {**base, "seeds": sorted({int(s) for e in envs.values() for s in e["per_seed"]}),
+              "envs": list(envs), "out": args.out}
+    config["agents"] = [a for a in AGENTS if any(a in r for e in envs.values() for r in e["per_seed"].values())]
+    ns = argparse.Namespace(**config)
+    results: dict = {"config": config, "envs": {}, "merged_from": {
+        f: {"seeds": r["config"]["seeds"], "envs": r["config"]["envs"], "agents": r["config"].get("agents"),
+            "wall_seconds": r.get("wall_seconds"), "partial": r.get("partial")} for f, r in runs}}
+    texts = []
+    for env, e in envs.items():
+        summary = summarise(env, {int(k): v for k, v in e["per_seed"].items()}, ns, e["references"])
+        results["envs"][env] = {"references": e["references"], "summary": summary, "per_seed": e["per_seed"]}
+        texts.append(table(env, summary, e["references"], e["per_seed"]))
+    results["wall_seconds"] = sum(r.get("wall_seconds") or 0.0 for _, r in runs)
+    results["machine"] = runs[0][1].get("machine")
+    print("\n".join(texts))
+    line = json.dumps(results)
+    Path(args.out).write_text(line + "\n")
     print(line)
     return results
 

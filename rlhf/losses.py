@@ -400,3 +400,31 @@ def perturbed_logits(bc_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, 
     if v.dim() == bc_logits.dim() - 1:
         v = v.unsqueeze(-1)
     return torch.log_softmax(bc_logits.float(), dim=-1) + beta * (q - v)
+
+
+def top_p_support(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The nucleus of a distribution: log-probs [B, V] -> bool [B, V], True on the smallest set of most
+    likely tokens whose probabilities sum to at least `top_p` (the most likely token always kept; ties
+    broken by index). top_p >= 1 keeps every token."""
+    if top_p >= 1.0:
+        return torch.ones_like(logp, dtype=torch.bool)
+    order = torch.argsort(logp, dim=-1, descending=True, stable=True)
+    probs = torch.softmax(logp.float(), dim=-1).gather(-1, order)
+    before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
+    keep_sorted = before < top_p
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def ilql_acting_logits(bc_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float,
+                       top_p: float = 1.0, adv_clip: float | None = None) -> torch.Tensor:
+    """ILQL's acting distribution held to the behaviour policy's support: log pi_bc(a|s) + beta * A(s, a)
+    with A = Q - V clamped to [-adv_clip, adv_clip] when given, and -inf outside the top-p nucleus of
+    pi_bc (so the perturbation reweights tokens the behaviour policy would say, never revives one it would
+    not). bc_logits, q: [B, V]; v: [B] or [B, 1] -> [B, V]. top_p = 1 and no clip: `perturbed_logits`."""
+    if v.dim() == bc_logits.dim() - 1:
+        v = v.unsqueeze(-1)
+    logp = torch.log_softmax(bc_logits.float(), dim=-1)
+    adv = q - v
+    if adv_clip is not None:
+        adv = adv.clamp(-adv_clip, adv_clip)
+    return (logp + beta * adv).masked_fill(~top_p_support(logp, top_p), float("-inf"))

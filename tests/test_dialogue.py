@@ -15,10 +15,12 @@ from rlhf.losses import (
     discounted_returns,
     expectile_loss,
     next_action_index,
+    ilql_acting_logits,
     next_state_values,
     perturbed_logits,
     place_utterance_rewards,
     token_discounts,
+    top_p_support,
 )
 
 torch.set_num_threads(1)
@@ -101,6 +103,34 @@ def test_discounted_returns_and_perturbed_logits_by_hand():
     torch.testing.assert_close(perturbed_logits(logits, q, v, 0.0), torch.log(torch.tensor([[0.25, 0.75]])))
     out = perturbed_logits(logits, q, v, 2.0)
     torch.testing.assert_close(out, torch.tensor([[math.log(0.25) + 1.0, math.log(0.75) - 1.0]]))
+
+
+def test_top_p_support_by_hand():
+    logp = torch.log(torch.tensor([[0.1, 0.5, 0.3, 0.1], [0.25, 0.25, 0.25, 0.25]]))
+    # row 0 ranked 0.5, 0.3, then the two 0.1s (index order); mass above each: 0, 0.5, 0.8, 0.9
+    assert top_p_support(logp[:1], 0.4).tolist() == [[False, True, False, False]]  # the top token always
+    assert top_p_support(logp[:1], 0.6).tolist() == [[False, True, True, False]]
+    assert top_p_support(logp[:1], 0.85).tolist() == [[True, True, True, False]]  # tie: the lower index
+    assert top_p_support(logp[:1], 0.95).tolist() == [[True, True, True, True]]
+    assert top_p_support(logp[1:], 0.6).tolist() == [[True, True, True, False]]  # 0.5 < 0.6 <= 0.75
+    assert top_p_support(logp, 1.0).all()
+
+
+def test_ilql_acting_logits_clip_and_support_by_hand():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    q, v = torch.tensor([[1.0, 3.0, 9.0]]), torch.tensor([1.0])  # A = (0, 2, 8)
+    logp = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    torch.testing.assert_close(ilql_acting_logits(logits, q, v, 0.5), perturbed_logits(logits, q, v, 0.5))
+    torch.testing.assert_close(ilql_acting_logits(logits, q, v, 0.5, adv_clip=1.0),
+                               logp + 0.5 * torch.tensor([[0.0, 1.0, 1.0]]))
+    out = ilql_acting_logits(logits, q, v, 0.5, top_p=0.8)  # nucleus {0.6, 0.3}: the 0.1 token is dropped
+    torch.testing.assert_close(out[:, :2], logp[:, :2] + torch.tensor([[0.0, 1.0]]))
+    assert out[0, 2].item() == float("-inf")  # although its advantage is the largest
+    # a negative advantage is clipped from below too; the probabilities follow by hand
+    probs = torch.softmax(ilql_acting_logits(logits, -q, -v, 1.0, top_p=0.8, adv_clip=1.5), dim=-1)
+    w = torch.tensor([0.6, 0.3 * math.exp(-1.5), 0.0])  # A = (0, -2 -> -1.5, masked)
+    torch.testing.assert_close(probs, (w / w.sum())[None])
+
 
 
 # ------------------------------------------------------------------------------------- environments
@@ -242,6 +272,26 @@ def test_ilql_sampling_with_beta_zero_is_bc_sampling_and_beta_moves_it():
     moved = sample_utterances(lm, enc, hists, heads=heads, beta=1.0, generator=torch.Generator().manual_seed(1),
                               max_tokens=3)
     assert moved == ["zzz"] * 6
+
+
+def test_ilql_sampling_within_a_tiny_nucleus_is_greedy_bc_whatever_q_says():
+    from rlhf.dialogue.data import Encoder
+    from rlhf.dialogue.models import ValueHeads, build_lm, sample_utterances
+    from rlhf.models import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    enc, lm = Encoder(tok), build_lm(tok, 32, 1, seed=0).eval()
+    heads = ValueHeads("token", 32, len(tok), 16, seed=0)
+    with torch.no_grad():  # Q strongly favours one byte
+        heads.q[-1].bias[enc.encode("z")[0]] = 100.0
+    hists = [enc.history("guess", [])] * 4
+    greedy = sample_utterances(lm, enc, hists, temperature=0.0, max_tokens=5)
+    tiny = sample_utterances(lm, enc, hists, heads=heads, beta=1.0, top_p=1e-6, max_tokens=5,
+                             generator=torch.Generator().manual_seed(1))
+    assert tiny == greedy and "z" not in greedy[0]
+    free = sample_utterances(lm, enc, hists, heads=heads, beta=1.0, max_tokens=5,
+                             generator=torch.Generator().manual_seed(1))
+    assert free == ["zzzzz"] * 4
 
 
 def test_utterance_features_are_the_end_of_line_state_and_the_log_likelihood():

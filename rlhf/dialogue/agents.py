@@ -1,7 +1,9 @@
 """Agents that act in the text environments, and batched evaluation.
 
-    bc      sample each utterance from the behaviour-cloned LM (filtered BC alike, with its own LM)
-    ilql    sample each token from log pi_bc + beta * (Q - V) (per-token value model; beta > 0 by default)
+    bc      sample each utterance from the behaviour-cloned LM (filtered BC alike, with its own LM; top_p < 1
+            samples within the LM's top-p nucleus)
+    ilql    sample each token from log pi_bc + beta * (Q - V) (per-token value model; beta > 0 by default),
+            within pi_bc's top-p nucleus when top_p < 1
     chai    sample k utterances from the BC LM, say the one of highest utterance-level Q
     mc      the same acting rule with a Q regressed onto Monte-Carlo returns
 """
@@ -18,6 +20,9 @@ from rlhf.dialogue.envs import make_env
 from rlhf.dialogue.models import sample_utterances, utterance_features
 
 
+SPLITS = {"test": 0, "validation": 500_000}  # first episode seed of each split after 10^6 (seed + 1)
+
+
 @dataclass
 class Agent:
     kind: str  # bc / ilql / chai / mc
@@ -25,16 +30,19 @@ class Agent:
     encoder: Encoder
     heads: object = None  # ValueHeads on the LM's hidden states (ilql: token kind; chai, mc: utterance)
     beta: float = 16.0  # ILQL: weight of Q - V on the BC log-probabilities
+    top_p: float = 1.0  # bc, ilql: sample only within the BC policy's top-p nucleus (1: the whole vocabulary)
+    adv_clip: float | None = None  # ILQL: Q - V clamped to +-adv_clip before the beta scaling
     k: int = 8  # utterance-level agents: candidates per turn
     temperature: float = 1.0
 
     def act(self, histories: list[list[int]], generator: torch.Generator) -> list[str]:
         if self.kind == "bc":
             return sample_utterances(self.lm, self.encoder, histories, temperature=self.temperature,
-                                     generator=generator)
+                                     top_p=self.top_p, generator=generator)
         if self.kind == "ilql":
             return sample_utterances(self.lm, self.encoder, histories, temperature=self.temperature,
-                                     heads=self.heads, beta=self.beta, generator=generator)
+                                     heads=self.heads, beta=self.beta, top_p=self.top_p, adv_clip=self.adv_clip,
+                                     generator=generator)
         if self.kind in ("chai", "mc"):
             rep = [h for h in histories for _ in range(self.k)]
             cands = sample_utterances(self.lm, self.encoder, rep, temperature=self.temperature,
@@ -47,15 +55,19 @@ class Agent:
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, env_name: str, episodes: int, seed: int) -> dict:
-    """Play `episodes` episodes in parallel (episode seeds seed*10^6 + i, disjoint from the data's);
+def evaluate(agent: Agent, env_name: str, episodes: int, seed: int, split: str = "test") -> dict:
+    """Play `episodes` episodes in parallel (episode seeds 10^6 (seed + 1) + i, disjoint from the data's;
+    split "validation": 10^6 (seed + 1) + 500000 + i, held out from both, for choosing settings);
     return success rate, mean return and turns with 95% normal intervals, and a few transcripts."""
-    gen = torch.Generator().manual_seed(seed)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}' (one of {sorted(SPLITS)})")
+    offset = SPLITS[split]
+    gen = torch.Generator().manual_seed(seed + offset)
     envs = [make_env(env_name) for _ in range(episodes)]
     intros, turns, rets, done, success = [], [[] for _ in envs], [0.0] * episodes, [False] * episodes, \
         [False] * episodes
     for i, env in enumerate(envs):
-        intros.append(env.reset(seed=10**6 * (seed + 1) + i)[0])
+        intros.append(env.reset(seed=10**6 * (seed + 1) + offset + i)[0])
     while not all(done):
         active = [i for i in range(episodes) if not done[i]]
         hists = [agent.encoder.history(intros[i], turns[i]) for i in active]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhf.losses import last_token_index, perturbed_logits
+from rlhf.losses import ilql_acting_logits, last_token_index, top_p_support
 from rlhf.models import build_tiny_tokenizer
 
 
@@ -121,12 +121,14 @@ def right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 @torch.no_grad()
 def sample_utterances(lm, encoder, histories: list[list[int]], *, temperature: float = 1.0, max_tokens: int = 24,
-                      heads: ValueHeads | None = None, beta: float = 0.0,
-                      generator: torch.Generator | None = None) -> list[str]:
+                      heads: ValueHeads | None = None, beta: float = 0.0, top_p: float = 1.0,
+                      adv_clip: float | None = None, generator: torch.Generator | None = None) -> list[str]:
     """One utterance per history (token ids, BOS first), sampled token by token until end-of-line.
 
     With `heads` (kind "token") each token is drawn from log pi_bc + beta * (Q - V) (ILQL acting), Q and V
-    read from the LM's own hidden state; temperature 0 takes the arg-max. The LM keeps a KV cache.
+    read from the LM's own hidden state, Q - V clamped to +-`adv_clip` when given; `top_p` < 1 keeps only
+    the BC policy's top-p nucleus (with or without heads). Temperature 0 takes the arg-max. The LM keeps a
+    KV cache.
     """
     ids, mask = _left_pad(histories, encoder.pad)  # [N, L]
     pos = (mask.cumsum(1) - 1).clamp(min=0)
@@ -139,9 +141,10 @@ def sample_utterances(lm, encoder, histories: list[list[int]], *, temperature: f
     for _ in range(max_tokens):
         logits = lm.lm_head(h)  # [N, V]
         if heads is not None:
-            scores = perturbed_logits(logits, heads.q_values(h), heads.v_values(h), beta)
+            scores = ilql_acting_logits(logits, heads.q_values(h), heads.v_values(h), beta, top_p, adv_clip)
         else:
             scores = torch.log_softmax(logits.float(), dim=-1)
+            scores = scores.masked_fill(~top_p_support(scores, top_p), float("-inf"))
         if temperature > 0:
             probs = torch.softmax(scores / temperature, dim=-1)
             tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # [N]
