@@ -368,8 +368,8 @@ def test_cli_data_train_evaluate_smoke(tmp_path, capsys):
                      "--output_dir", str(tmp_path / algo), "--num_candidates", "2"] + small) == 0
     metrics = json.loads((tmp_path / "chai" / "metrics.json").read_text())
     assert metrics["value/steps"] == 3 and metrics["value/parameters"] > 0
-    assert main(["dialogue", "evaluate", "--run", str(tmp_path / "ilql"), "--episodes", "3",
-                 "--output_dir", str(tmp_path / "ev")]) == 0
+    assert main(["dialogue", "evaluate", "--run", str(tmp_path / "ilql"), "--episodes", "3", "--top_p", "0.8",
+                 "--adv_clip", "0.5", "--output_dir", str(tmp_path / "ev")]) == 0
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert ev["algorithm"] == "ilql" and ev["episodes"] == 3 and 1 <= ev["turns"]["mean"] <= 4
     # errors name the key / the file
@@ -377,4 +377,7 @@ def test_cli_data_train_evaluate_smoke(tmp_path, capsys):
     assert "did you mean 'algorithm'" in capsys.readouterr().err
     assert main(["dialogue", "evaluate", "--run", str(tmp_path / "nothing"), "--output_dir",
                  str(tmp_path / "ev2")]) == 2
+    assert main(["dialogue", "evaluate", "--run", str(tmp_path / "ilql"), "--top_p", "0",
+                 "--output_dir", str(tmp_path / "ev3")]) == 2
+    assert "top_p" in capsys.readouterr().err
     assert main(["dialogue", "train", "--output_dir", str(tmp_path / "bc"), "--algorithm", "bc"] + small) == 2

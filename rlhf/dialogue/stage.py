@@ -96,6 +96,9 @@ class DialogueEvalConfig(RunConfig):
     env: str = option("", help="Environment (empty: the one of the run's data).", choices=("",) + ENVS)
     episodes: int = option(200, help="Evaluation episodes (fresh seeds, disjoint from the data's).")
     beta: float = option(16.0, help="ilql: weight of Q - V on the BC log-probabilities when acting.")
+    top_p: float = option(1.0, help="bc, ilql: sample only within the BC policy's top-p nucleus (1: all tokens; "
+                                    "the results use 0.8 for ilql and report bc both ways).")
+    adv_clip: float = option(0.0, help="ilql: clamp Q - V to +-adv_clip before scaling by beta (0: no clamp).")
     k: int = option(8, help="mc, chai: candidate utterances sampled from the LM per turn.")
     temperature: float = option(1.0, help="Sampling temperature of the LM (0: arg-max tokens).")
     threads: int = option(1, help="torch CPU threads (0: torch's default).")
@@ -104,8 +107,10 @@ class DialogueEvalConfig(RunConfig):
         super().validate()
         require_at_least(self, 1, "episodes", "k")
         require_at_least(self, 0, "threads")
-        if self.beta < 0 or self.temperature < 0:
-            raise ConfigError("beta and temperature must be >= 0")
+        if self.beta < 0 or self.temperature < 0 or self.adv_clip < 0:
+            raise ConfigError("beta, temperature and adv_clip must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -193,7 +198,8 @@ def train(cfg: DialogueTrainConfig) -> dict:
     return metrics
 
 
-def load_agent(run: str | Path, beta: float = 16.0, k: int = 8, temperature: float = 1.0):
+def load_agent(run: str | Path, beta: float = 16.0, k: int = 8, temperature: float = 1.0, top_p: float = 1.0,
+               adv_clip: float = 0.0):
     """The agent a train run produced: its LM (or the one it names) and its heads."""
     import yaml
 
@@ -210,7 +216,8 @@ def load_agent(run: str | Path, beta: float = 16.0, k: int = 8, temperature: flo
     lm = load_lm(run if (run / "lm").exists() else cfg["lm"])
     heads = ValueHeads.load(run / "heads") if algorithm in ("mc", "ilql", "chai") else None
     kind = "bc" if algorithm in ("bc", "filtered_bc") else algorithm
-    return Agent(kind, lm, Encoder(build_tiny_tokenizer()), heads, beta=beta, k=k, temperature=temperature), cfg
+    return Agent(kind, lm, Encoder(build_tiny_tokenizer()), heads, beta=beta, k=k, temperature=temperature,
+                 top_p=top_p, adv_clip=adv_clip or None), cfg
 
 
 def evaluate_run(cfg: DialogueEvalConfig) -> dict:
@@ -219,7 +226,7 @@ def evaluate_run(cfg: DialogueEvalConfig) -> dict:
     from rlhf.dialogue.envs import normalised_score
 
     out = _prepare(cfg, "eval.json")
-    agent, run_cfg = load_agent(cfg.run, cfg.beta, cfg.k, cfg.temperature)
+    agent, run_cfg = load_agent(cfg.run, cfg.beta, cfg.k, cfg.temperature, cfg.top_p, cfg.adv_clip)
     env = cfg.env or load_jsonl(run_cfg["data"])[0]["env"]
     torch.manual_seed(cfg.seed)
     t0 = time.time()
