@@ -14,13 +14,20 @@ hyperparameter. Groups:
   is then re-measured here on 100 fresh episodes with the policy as it acts (greedy Q; policy-gradient agents
   sampling their actions) -- "fresh >= 475" counts the seeds whose fresh mean is >= 475 -- and, for the
   policy-gradient agents, again taking their most likely action. DRQN on masked CartPole has two rows: seeds
-  0-2, which were looked at when choosing one update per 4 environment steps, and fresh seeds 3-5.
-- tmaze: T-maze with a corridor of 5. Success rate (200 fresh episodes) of the final network.
-- corridor: the aliased corridor. Mean return (1000 fresh episodes) and, for the memoryless agents, the
+  0-2, which were looked at when tuning earlier DRQN configs, and seeds 3-5.
+- tmaze: T-maze with a corridor of 5. Success rate of the final network on 200 fresh episodes, re-measured here.
+- corridor: the aliased corridor. Mean return of the final network on 1000 fresh episodes, re-measured here,
+  and, for the memoryless agents, the
   probability of moving right at the (aliased) ends and the exact value of the learned memoryless policy
   next to the exact best memoryless value (`AliasedCorridor.memoryless_value`).
 - doors: the two-door model comparison (`rlhf.pomdp.models.two_door_comparison`), P(opened) after a failed
   try, one-step (o, a) -> o' model against the history model.
+
+Every figure of the tables is measured by this script's evaluation (fresh episodes, the current evaluator),
+so runs trained at different times (`--reuse`) are measured alike; each row's JSON lists when each of its runs
+finished training (`trained_utc`). Training runs can be spread over processes: e.g. two
+`--reuse --only <configs>` invocations side by side, then one `--skip_missing` invocation that measures and
+tabulates them all.
 
 Prints one table per group, then as the last line of stdout one JSON object with every figure (per seed); the
 JSON also goes to benchmarks/results/pomdp_results.json.
@@ -29,6 +36,7 @@ JSON also goes to benchmarks/results/pomdp_results.json.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import platform
 import sys
@@ -50,11 +58,12 @@ FRESH = (3, 4, 5)
 # group -> rows of (config name, seeds, note); a config may appear twice on disjoint seeds
 ROWS = {
     "masked_cartpole": [
-        ("masked_cartpole_drqn", SEEDS, "seeds seen when choosing 1 update / 4 steps"),
-        ("masked_cartpole_drqn", FRESH, "fresh seeds"),
-        ("masked_cartpole_drqn_every8", SEEDS, "1 update / 8 steps"),
-        ("masked_cartpole_rpg", SEEDS, "stops at 475"),
+        ("masked_cartpole_drqn", SEEDS, "stops at 500; seeds seen tuning earlier configs"),
+        ("masked_cartpole_drqn", FRESH, "stops at 500; seeds 3-5"),
         ("masked_cartpole_rpg_long", SEEDS, "stops at 490"),
+        # masked_cartpole_rpg.yaml (stop at 475) is the same run as rpg_long up to its first evaluation >= 475,
+        # which the table's "20-ep eval >= 475" columns report; masked_cartpole_drqn_every8.yaml (1 update per 8
+        # steps, the earlier stop-at-475 rule) is left out for compute
         ("masked_cartpole_dqn_window", SEEDS, ""),
         ("masked_cartpole_dqn", SEEDS, ""),
         # masked_cartpole_vae.yaml exists but is left out for compute (about 3x a DRQN update)
@@ -84,15 +93,22 @@ def run_one(name: str, seed: int, runs_dir: Path, reuse: bool, skip_missing: boo
 FRESH_EPISODES = 100
 
 
-def fresh_eval(name: str, seed: int, runs_dir: Path, greedy_policy: bool = False) -> float:
-    """Mean return of a run's best network (best.pt) on FRESH_EPISODES fresh episodes: the policy as it acts
-    (greedy Q; policy agents sample), or with `greedy_policy` a policy agent's most likely action. Re-measured
-    here so that every row uses the same evaluator and episode count, whenever its run was trained."""
+def fresh_eval(name: str, seed: int, runs_dir: Path, greedy_policy: bool = False, which: str = "best",
+               episodes: int = FRESH_EPISODES) -> dict:
+    """A run's best (best.pt) or final (agent.pt) network on `episodes` fresh episodes (seeds unused in training
+    and in its periodic evaluations): the policy as it acts (greedy Q; policy agents sample), or with
+    `greedy_policy` a policy agent's most likely action. Re-measured here so that every row uses the same
+    evaluator and episode count, whenever its run was trained."""
     out = runs_dir / f"{name}-seed{seed}"
     cfg = load_config(PomdpConfig, out / "config.yaml")
     torch.manual_seed(seed)
-    return evaluate_agent(load_agent(cfg, "best"), cfg, FRESH_EPISODES, seed=77_777 + seed,
-                          greedy_policy=greedy_policy)["return_mean"]
+    return evaluate_agent(load_agent(cfg, which), cfg, episodes, seed=77_777 + seed, greedy_policy=greedy_policy)
+
+
+def trained_utc(name: str, seed: int, runs_dir: Path) -> str:
+    """When the run finished training (its metrics.json was written)."""
+    t = (runs_dir / f"{name}-seed{seed}" / "metrics.json").stat().st_mtime
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def corridor_policy(name: str, seed: int, runs_dir: Path) -> dict:
@@ -124,6 +140,12 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def trained_text(e: dict) -> str:
+    """The span of times at which a row's runs finished training (UTC)."""
+    times = sorted(e["trained_utc"])
+    return times[0] if times[0] == times[-1] else f"{times[0]} .. {times[-1][-5:]}"
+
+
 def seeds_text(seeds) -> str:
     return ",".join(str(s) for s in seeds)
 
@@ -151,19 +173,27 @@ def collect(group: str, name: str, seeds, runs_dir: Path, args) -> dict | None:
         "final_return": [r["final_eval"]["return_mean"] for r in runs],
         "best_return": [r["best_eval"]["return_mean"] for r in runs],
         "reached_stop_at_step": [(r["reached_stop_at"] or {}).get("step") for r in runs],
+        "trained_utc": [trained_utc(name, s, runs_dir) for s, _ in done],
     }
-    if "success_rate" in runs[0]["final_eval"]:
-        entry["final_success"] = [r["final_eval"]["success_rate"] for r in runs]
+    if group in ("tmaze", "corridor"):  # the final network, re-measured on fresh episodes
+        episodes = load_config(PomdpConfig, runs_dir / f"{name}-seed{done[0][0]}" / "config.yaml").final_eval_episodes
+        print(f"[pomdp_results] {name}: re-measuring seeds {seeds_text(entry['seeds'])}", file=sys.stderr, flush=True)
+        fresh = [fresh_eval(name, s, runs_dir, which="final", episodes=episodes) for s, _ in done]
+        entry["fresh_episodes"] = episodes
+        entry["final_return"] = [f["return_mean"] for f in fresh]
+        entry["final_success"] = [f["success_rate"] for f in fresh]
+        entry["train_time_final_return"] = [r["final_eval"]["return_mean"] for r in runs]
     if group in CARTPOLE_TITLES:
         print(f"[pomdp_results] {name}: re-measuring seeds {seeds_text(entry['seeds'])}", file=sys.stderr, flush=True)
         # the first 20-episode evaluation >= 475, whatever the config's own stopping return
         entry["first_eval_475_at_step"] = [next((h["step"] for h in r["eval_history"] if h["return_mean"] >= 475),
                                                 None) for r in runs]
         entry["fresh_episodes"] = FRESH_EPISODES
-        entry["fresh_return"] = [fresh_eval(name, s, runs_dir) for s, _ in done]
+        entry["fresh_return"] = [fresh_eval(name, s, runs_dir)["return_mean"] for s, _ in done]
         entry["fresh_ge_475"] = [x >= 475 for x in entry["fresh_return"]]
         if runs[0]["agent"] in ("pg", "rpg"):
-            entry["fresh_return_greedy"] = [fresh_eval(name, s, runs_dir, greedy_policy=True) for s, _ in done]
+            entry["fresh_return_greedy"] = [fresh_eval(name, s, runs_dir, greedy_policy=True)["return_mean"]
+                                            for s, _ in done]
     if group == "corridor" and runs[0]["agent"] in ("pg", "dqn"):
         pol = [corridor_policy(name, s, runs_dir) for s, _ in done]
         entry["p_right_at_ends"] = [p["p_right_at_ends"] for p in pol]
@@ -181,11 +211,12 @@ def cartpole_table(group: str, res: dict, notes: dict) -> str:
                      mean_std(e.get("fresh_return_greedy", []), ".1f"),
                      f"{sum(x is not None for x in e['first_eval_475_at_step'])}/{n}",
                      mean_std([x for x in e["first_eval_475_at_step"] if x is not None], ".0f"),
-                     mean_std(e["env_steps"], ".0f"), mean_std(e["train_seconds"], ".0f")])
+                     mean_std(e["env_steps"], ".0f"), mean_std(e["train_seconds"], ".0f"), trained_text(e)])
     return (f"{CARTPOLE_TITLES[group]}: the network of the best periodic evaluation on {FRESH_EPISODES} fresh "
             "episodes, acting as in training (greedy Q; policy agents sample); mean +- std over seeds\n" + table(
                 ["config", "agent", "seeds", "note", "fresh >= 475", "fresh return per seed", "fresh return",
-                 "same, most likely action", "20-ep eval >= 475", "env steps to it", "env steps run", "train s"],
+                 "same, most likely action", "20-ep eval >= 475", "env steps to it", "env steps run", "train s",
+                 "trained (UTC)"],
                 rows))
 
 
@@ -245,9 +276,10 @@ def main() -> None:
         elif group == "tmaze":
             rows = [[n, e["agent"], seeds_text(e["seeds"]), mean_std(e["final_success"]),
                      ", ".join(f"{x:.2f}" for x in e["final_success"]), mean_std(e["final_return"]),
-                     mean_std(e["train_seconds"], ".0f")] for n, e in res.items()]
-            tables.append("T-maze, corridor 5 (final network, 200 episodes; mean +- std over seeds)\n" + table(
-                ["config", "agent", "seeds", "success rate", "per seed", "return", "train s"], rows))
+                     mean_std(e["train_seconds"], ".0f"), trained_text(e)] for n, e in res.items()]
+            tables.append("T-maze, corridor 5 (final network, 200 fresh episodes; mean +- std over seeds)\n" + table(
+                ["config", "agent", "seeds", "success rate", "per seed", "return", "train s", "trained (UTC)"],
+                rows))
         elif group == "corridor":
             env = AliasedCorridor()
             best = max(env.memoryless_value(p) for p in np.linspace(0, 1, 1001))
@@ -255,13 +287,14 @@ def main() -> None:
                 "best_memoryless_value": best, "deterministic_memoryless_value": env.memoryless_value(1.0)}
             rows = [[n, e["agent"], seeds_text(e["seeds"]), mean_std(e["final_return"]),
                      mean_std(e.get("p_right_at_ends", [])), mean_std(e.get("exact_value", [])),
-                     mean_std(e["final_success"])] for n, e in res.items()]
-            rows.append(["(exact) best memoryless", "p = 0.5", "-", f"{best:.3f}", "0.500", f"{best:.3f}", "1.000"])
+                     mean_std(e["final_success"]), trained_text(e)] for n, e in res.items()]
+            rows.append(["(exact) best memoryless", "p = 0.5", "-", f"{best:.3f}", "0.500", f"{best:.3f}", "1.000",
+                         "-"])
             rows.append(["(exact) deterministic", "p = 0 or 1", "-", f"{env.memoryless_value(1.0):.3f}", "0 or 1",
-                         f"{env.memoryless_value(1.0):.3f}", "0.500"])
-            tables.append("Aliased corridor, 5 cells (final network, 1000 episodes; mean +- std over seeds)\n" +
+                         f"{env.memoryless_value(1.0):.3f}", "0.500", "-"])
+            tables.append("Aliased corridor, 5 cells (final network, 1000 fresh episodes; mean +- std over seeds)\n" +
                           table(["config", "agent", "seeds", "return", "P(right) at the ends",
-                                 "exact value of policy", "success"], rows))
+                                 "exact value of policy", "success", "trained (UTC)"], rows))
 
     results["seconds"] = time.time() - start
     results["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
