@@ -1,34 +1,44 @@
 """Dialogue RL results: BC, filtered BC, MC, ILQL and the utterance-level (CHAI-style) agent, offline on
 scripted data, on the guessing game and the double-T text maze, over several seeds.
 
-    python benchmarks/dialogue_results.py                                  # seeds 1 2 3, the guessing game
+    python benchmarks/dialogue_results.py                                  # seeds 1 2 3, guess and maze
     python benchmarks/dialogue_results.py --seeds 1 --envs guess --episodes 40 --bc_steps 30 \
-        --value_steps 100 --out /tmp/dialogue_smoke.json                  # a smoke run
+        --value_steps 100 --val_episodes 40 --out /tmp/dialogue_smoke.json   # a smoke run
+    python benchmarks/dialogue_results.py --envs guess --seeds 2 3 --out /tmp/b.json   # a share of the work...
+    python benchmarks/dialogue_results.py --merge /tmp/a.json /tmp/b.json   # ...and one results file from all
 
 Per seed and environment: the data set is generated from the seed (`episodes_per_policy` episodes from each
 of the random, greedy-informative and near-optimal scripted policies); one behaviour-cloned LM is trained on
 all of it (BC) and two on the top `filter_fraction` by return (filtered BC: as many optimiser steps as BC,
-so 1 / filter_fraction times its epochs; filtered_bc_epochs: as many epochs as BC, so fewer steps); MC, ILQL and CHAI train value
-heads on the BC LM's frozen hidden states and act through it (ILQL: log pi_bc + beta (Q - V) per token;
-MC and CHAI: the best of k utterances sampled from the BC LM). Every agent then plays `episodes` fresh
-episodes (seeds disjoint from the data's) with sampling at temperature 1.
+so 1 / filter_fraction times its epochs; filtered_bc_epochs: as many epochs as BC, so fewer steps); MC, ILQL
+and CHAI train value heads on the BC LM's frozen hidden states and act through it (ILQL: log pi_bc + beta
+(Q - V) per token, within pi_bc's top-p nucleus, `--ilql_top_p`; MC and CHAI: the best of k utterances
+sampled from the BC LM). `bc_top_p` is the BC LM sampled within the same nucleus and no Q: the share of
+ILQL's result that the nucleus alone gives. ILQL's beta is chosen per seed among `--betas` by success (then
+return) on `--val_episodes` held-out validation episodes (episode seeds 10^6 (seed + 1) + 500000 + i), never
+on the reported ones; its cost is counted in ILQL's training compute. Every agent then plays `episodes` fresh
+test episodes (episode seeds 10^6 (seed + 1) + i, disjoint from the data's) with sampling at temperature 1.
 
-`--agents` runs a subset (the target is then not judged). Intervals: "ci95" over seeds is a t interval of the per-seed means; "pooled" is a normal interval over all
-episodes of all seeds. The target (value-based agents beat BC and filtered BC on success rate) is met for
-a pair when the value agent's success is higher in every seed and the 95% normal interval of the pooled
-difference of success rates lies above 0.
+`--agents` runs a subset (the target is then not judged). `--merge` runs nothing: it joins result files of
+this script (finished or `.partial`, the same settings per environment, each env/seed/agent in one file)
+and recomputes summaries; an agent missing from some seed is left out of the summary (its per-seed rows
+stay). Intervals: "ci95" over seeds is a t interval of the per-seed means; "pooled" is a normal interval
+over all episodes of all seeds. The target (value-based agents beat BC and filtered BC on success rate) is
+met for a pair when the value agent's success is higher in every seed and the 95% normal interval of the
+pooled difference of success rates lies above 0.
 
 Maze score: normalised = 100 * (R - R_random) / (R_optimal - R_random), with R_random the mean return of the
 uniform random mover (the four moves) and R_optimal that of the shortest-path mover, both measured on 2000
 episodes from the same start distribution (0 = random, 100 = optimal). The compute of each design is its
-wall time (LM training, feature extraction and candidate sampling, head training, evaluation), its
-optimiser steps, its parameter counts and its LM token forwards (positions through the LM trunk: training,
-with a backward each; features and candidates; acting, per episode). The behaviour-cloned LM is shared by
-BC, MC, ILQL and CHAI; its cost is listed with each.
+wall time (LM training, feature extraction and candidate sampling, head training, beta selection,
+evaluation), its optimiser steps, its parameter counts and its LM token forwards (positions through the LM
+trunk: training, with a backward each; features and candidates; acting, per episode). The behaviour-cloned
+LM is shared by BC, bc_top_p, MC, ILQL and CHAI; its cost is listed with each.
 
 Settings were chosen on data seed 0 with its own evaluation episodes (seed 0 is never reported): the LM
-(2 x 128, 800 steps; 2 x 64 and 1500 steps gave BC the same success), ILQL's beta (4, 8, 16, 32 tried; 16),
-the conservative weight (0.1; 1.0 halved CHAI's success) and CHAI's k (8 and 16 tied; 8).
+(2 x 128, 800 steps; 2 x 64 and 1500 steps gave BC the same success), the conservative weight (0.1; 1.0
+halved CHAI's success), CHAI's k (8 and 16 tied; 8) and ILQL's nucleus (top-p 1.0 / 0.9 / 0.8 / 0.7 / 0.6
+tried; 0.8) and beta grid (2-16; 32 and 64 were worse within the nucleus).
 """
 
 from __future__ import annotations
@@ -334,34 +344,37 @@ SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "threads"}  # may di
 
 def merge(args) -> dict:
     """One results file from several runs of this script: per-seed results are taken as they are (each
-    seed/agent/env from exactly one file), summaries and comparisons are recomputed over the union."""
+    env/seed/agent from exactly one file), summaries and comparisons are recomputed over the union. The runs
+    of one environment must share every setting but SETTINGS_FREE; each environment keeps its settings."""
     runs = [(f, json.loads(Path(f).read_text())) for f in args.merge]
-    base = runs[0][1]["config"]
-    for f, r in runs[1:]:
-        diff = {k: (base.get(k), v) for k, v in r["config"].items() if k not in SETTINGS_FREE and base.get(k) != v}
-        if diff:
-            raise SystemExit(f"{f}: settings differ from {runs[0][0]}: {diff}")
     envs: dict = {}
     for f, r in runs:
         for env, e in r["envs"].items():
-            slot = envs.setdefault(env, {"references": e["references"], "per_seed": {}})
+            slot = envs.setdefault(env, {"config": r["config"], "config_from": f, "references": e["references"],
+                                         "per_seed": {}})
+            diff = {k: (slot["config"].get(k), v) for k, v in r["config"].items()
+                    if k not in SETTINGS_FREE and slot["config"].get(k) != v}
+            if diff:
+                raise SystemExit(f"{f}: {env} settings differ from {slot['config_from']}: {diff}")
             for seed, res in e["per_seed"].items():
                 row = slot["per_seed"].setdefault(str(seed), {})
                 for name, v in res.items():
                     if name in row and name != "data":
                         raise SystemExit(f"{f}: {env} seed {seed} {name} is in two of the merged files")
                     row[name] = v
-    config = {**base, "seeds": sorted({int(s) for e in envs.values() for s in e["per_seed"]}),
-              "envs": list(envs), "out": args.out}
-    config["agents"] = [a for a in AGENTS if any(a in r for e in envs.values() for r in e["per_seed"].values())]
-    ns = argparse.Namespace(**config)
-    results: dict = {"config": config, "envs": {}, "merged_from": {
-        f: {"seeds": r["config"]["seeds"], "envs": r["config"]["envs"], "agents": r["config"].get("agents"),
+    results: dict = {"config": None, "envs": {}, "merged_from": {
+        f: {"seeds": r["config"]["seeds"], "envs": list(r["envs"]), "agents": r["config"].get("agents"),
             "wall_seconds": r.get("wall_seconds"), "partial": r.get("partial")} for f, r in runs}}
     texts = []
     for env, e in envs.items():
-        summary = summarise(env, {int(k): v for k, v in e["per_seed"].items()}, ns, e["references"])
-        results["envs"][env] = {"references": e["references"], "summary": summary, "per_seed": e["per_seed"]}
+        config = {k: v for k, v in e["config"].items() if k not in SETTINGS_FREE}
+        config["seeds"] = sorted(int(s) for s in e["per_seed"])
+        config["agents"] = [a for a in AGENTS if any(a in r for r in e["per_seed"].values())]
+        summary = summarise(env, {int(k): v for k, v in e["per_seed"].items()}, argparse.Namespace(**config),
+                            e["references"])
+        results["envs"][env] = {"config": config, "references": e["references"], "summary": summary,
+                                "per_seed": e["per_seed"]}
+        results["config"] = results["config"] or {**config, "envs": list(envs), "out": args.out}
         texts.append(table(env, summary, e["references"], e["per_seed"]))
     results["wall_seconds"] = sum(r.get("wall_seconds") or 0.0 for _, r in runs)
     results["machine"] = runs[0][1].get("machine")
