@@ -5,6 +5,7 @@
 Writes, deterministically (same bytes on every run):
     prompts_train.jsonl, prompts_test.jsonl  questions with reference answers
     sft_train.jsonl, sft_test.jsonl          demonstrations (TRL conversational prompt-completion)
+    sft_mixed_train.jsonl                    demonstrations of mixed quality (the quickstart's SFT data)
     pairs_train.jsonl, pairs_test.jsonl      judge-ordered preference pairs (TRL conversational preference)
     README.md                                what the files are and how to regenerate them
 tests/test_tasks.py checks that the committed files match this script byte for byte.
@@ -23,8 +24,10 @@ from rlhf.tasks.qa import (  # noqa: E402
     PAIR_MIX,
     PAIR_TYPES,
     VARIANT_STYLES,
+    UNHELPFUL_SHARE,
     build_examples,
     demonstration,
+    mixed_demonstrations,
     pair_type,
     preference_pairs,
     prompt_messages,
@@ -72,6 +75,15 @@ a short, correct, one-sentence answer that scores 1.0 under the judge.
      "id": "fact-capital-france",
      "prompt": [{{"content": "What is the capital of France?", "role": "user"}}]}}
 
+## sft_mixed_train.jsonl
+
+The train questions' demonstrations of mixed quality, as collected demonstrations often are
+(`rlhf.tasks.qa.mixed_demonstrations`): {unhelpful} of them ({unhelpful_share:.0%}) are replaced by an unhelpful
+answer, evasive ({n_evasive}) or hedging ({n_hedging}) as in the styles below, judged 0 or below; the rest are
+the concise demonstrations of `sft_train.jsonl`. A `style` key says which. The quickstart fine-tunes on
+this file, so that its SFT policy has a flaw that preference pairs can train away and that a reward
+model on a frozen backbone can see (it cannot see whether a sum is right).
+
 ## pairs_train.jsonl, pairs_test.jsonl
 
 Preference pairs for training and evaluating a reward model, {per_example} per question, in TRL's
@@ -105,7 +117,7 @@ that no single phrasing marks a good or a bad answer:
 | paraphrase | a correct answer in another short phrasing (sometimes an alias) | correct, 1.0 |
 | rambling | the correct answer among filler sentences, 40 words or more | correct, length penalty 0.10-0.25 |
 | repetitive | the correct answer repeated or looping (sometimes cut off) | correct, repetition penalty >= 0.06 |
-| wrong | the demonstration with a wrong answer: a number off by a little, or a rival entity | incorrect, 0 |
+| wrong | a wrong answer, a number off by a little or a rival entity, in the demonstration's form or a paraphrase's (half each) | incorrect, 0 |
 | hedging | two candidates, the reference and a wrong one | incorrect, 0 |
 | evasive | a non-answer, sometimes long | incorrect, 0 or below |
 
@@ -151,6 +163,14 @@ def main(argv: list[str] | None = None) -> None:
              "completion": [{"role": "assistant", "content": demonstration(ex)}]}
             for ex in examples
         ])
+        if split == "train":
+            mixed = mixed_demonstrations(examples, seed=args.seed)
+            write_jsonl(args.out / "sft_mixed_train.jsonl", [
+                {"id": ex.id, "prompt": prompt_messages(ex), "style": style,
+                 "completion": [{"role": "assistant", "content": text}]}
+                for ex, (style, text) in zip(examples, mixed)
+            ])
+            styles = Counter(style for style, _ in mixed)
         pairs = preference_pairs(examples, seed=args.seed, pairs_per_example=PAIRS_PER_EXAMPLE)
         write_jsonl(args.out / f"pairs_{split}.jsonl", pairs)
         pair_counts[split] = Counter((p["chosen_style"], p["rejected_style"]) for p in pairs)
@@ -161,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
                       for split, _, _, total, n_pairs in rows
                       for kind, what, n in [("prompts", "questions", total), ("sft", "demonstrations", total),
                                             ("pairs", "preference pairs", n_pairs)])
+    table += (f"\n| sft_mixed_train.jsonl | {rows[0][3]} | train demonstrations of mixed quality: "
+              f"{styles['evasive'] + styles['hedging']} unhelpful |")
     readme = README.format(
-        seed=args.seed, table=table, per_example=PAIRS_PER_EXAMPLE, margin=MIN_MARGIN,
+        seed=args.seed, table=table, unhelpful=styles["evasive"] + styles["hedging"],
+        unhelpful_share=UNHELPFUL_SHARE, n_evasive=styles["evasive"], n_hedging=styles["hedging"], per_example=PAIRS_PER_EXAMPLE, margin=MIN_MARGIN,
         mix=", ".join(f"{PAIR_MIX[kind]:.0%} {kind}" for kind in PAIR_TYPES),
         split_heads=" | ".join(f"{split} pairs" for split in splits),
         split_rules="---:|" * len(splits),

@@ -24,9 +24,11 @@ from rlhf.tasks.qa import (
     FACT_ENTITIES,
     PAIR_MIX,
     PAIR_TYPES,
+    UNHELPFUL_SHARE,
     VARIANT_STYLES,
     _mentions,
     _template_texts,
+    mixed_demonstrations,
     pair_type,
     preference_pairs,
     response_variants,
@@ -185,7 +187,7 @@ def test_make_data_reproduces_committed_files(tmp_path, capsys):
     committed = ROOT / "reward_data"
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["README.md", "pairs_test.jsonl", "pairs_train.jsonl", "prompts_test.jsonl",
-                     "prompts_train.jsonl", "sft_test.jsonl", "sft_train.jsonl"]
+                     "prompts_train.jsonl", "sft_mixed_train.jsonl", "sft_test.jsonl", "sft_train.jsonl"]
     assert sorted(p.name for p in committed.iterdir()) == names
     for name in names:
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
@@ -219,22 +221,34 @@ def test_every_variant_gets_its_judge_outcome(seed):
         for style in ("wrong", "hedging", "evasive"):
             assert not j[style].correct and j[style].score <= 0, (style, context)
         assert j["wrong"].score == 0.0 and j["hedging"].score == 0.0, context
-        _wrong_of(ex, texts["wrong"])  # the wrong answer keeps the demonstration's form
+        _wrong_of(ex, texts["wrong"])  # a right answer to a question whose reference is the wrong value
         assert _mentions(texts["hedging"].lower(), ex.reference), context
         assert len(set(texts.values())) == len(texts), context
 
 
 def _wrong_of(ex, text):
-    """The answer that the wrong variant puts in the demonstration's place of the reference."""
-    demo = demonstration(ex)
-    head, tail = demo[:demo.rindex(ex.reference)], demo[demo.rindex(ex.reference) + len(ex.reference):]
-    assert text.startswith(head) and text.endswith(tail), (demo, text)
-    return text[len(head):len(text) - len(tail)]
+    """The one wrong value the wrong variant names (a number other than the operands, or an entity of the
+    question's category that the question does not name); the text answers that value correctly."""
+    low = " ".join(text.lower().split())
+    if ex.kind == "arithmetic":
+        operands = set(re.findall(r"\d+", ex.question))
+        values = [n for n in re.findall(r"\d+", text) if n not in operands]
+    else:
+        category = ex.id.split("-")[1]
+        values = [e for e in FACT_ENTITIES[category] if _mentions(low, e) and not _mentions(ex.question.lower(), e)]
+    assert len(values) == 1, (ex, text, values)
+    as_reference = TaskExample(ex.id, ex.kind, ex.question, values[0])
+    assert judge(as_reference, text).score == 1.0, (ex, text)
+    return values[0]
 
 
-def test_wrong_answers_are_near_misses():
+def test_wrong_answers_are_near_misses_in_the_right_answers_phrasings():
+    forms = Counter()
     for ex in sum(build_examples(seed=0), []):
-        wrong = _wrong_of(ex, _variants(ex)["wrong"])
+        text = _variants(ex)["wrong"]
+        wrong = _wrong_of(ex, text)
+        demo = demonstration(TaskExample(ex.id, ex.kind, ex.question, wrong))
+        forms["demonstration" if text.lower() == demo.lower() else "paraphrase"] += 1
         if ex.kind == "arithmetic":
             a, b = map(int, re.findall(r"\d+", ex.question))
             off = abs(int(wrong) - int(ex.reference))
@@ -243,6 +257,27 @@ def test_wrong_answers_are_near_misses():
             category = ex.id.split("-")[1]
             assert wrong.lower() in FACT_ENTITIES[category] - {ex.reference.lower()}, (ex, wrong)
             assert not _mentions(ex.question.lower(), wrong), (ex, wrong)
+    # Half in the demonstration's form, half paraphrased, like the correct answers' concise and paraphrase
+    # styles: the phrasing alone says nothing of correctness.
+    assert 0.4 < forms["demonstration"] / sum(forms.values()) < 0.6, forms
+
+
+def test_mixed_demonstrations():
+    train, _ = build_examples(seed=0)
+    mixed = mixed_demonstrations(train, seed=0)
+    assert mixed == mixed_demonstrations(train, seed=0) != mixed_demonstrations(train, seed=1)
+    styles = Counter(style for style, _ in mixed)
+    assert set(styles) == {"concise", "evasive", "hedging"}
+    assert styles["evasive"] + styles["hedging"] == round(UNHELPFUL_SHARE * len(train))
+    assert min(styles["evasive"], styles["hedging"]) > 0.35 * round(UNHELPFUL_SHARE * len(train))
+    for ex, (style, text) in zip(train, mixed):
+        j = judge(ex, text)
+        if style == "concise":
+            assert text == demonstration(ex) and j.score == 1.0
+        else:  # unhelpful: no committed answer
+            assert not j.correct and j.score <= 0, (ex, style, text)
+    lines = (ROOT / "reward_data/sft_mixed_train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [(json.loads(line)["style"], json.loads(line)["completion"][0]["content"]) for line in lines] == mixed
 
 
 def test_variant_templates_hold_no_digit_and_no_entity():

@@ -636,8 +636,8 @@ def response_variants(ex: TaskExample, rng: random.Random) -> list[str]:
     """Plausible responses of graded quality to `ex`, in the styles a small chat model produces: the concise
     correct answer (the demonstration), a correct answer with a different short phrasing, a correct but
     rambling answer (well past the length budget), a correct but repetitive one, a wrong answer in the
-    demonstration's form (an off-by-a-little number for arithmetic, another entity of the same category for
-    facts), a hedging answer naming two candidates, and an evasive non-answer.
+    demonstration's form or another short phrasing, half each (an off-by-a-little number for arithmetic,
+    another entity of the same category for facts), a hedging answer naming two candidates, and an evasive non-answer.
 
     One text per style of `VARIANT_STYLES`, in that order; each style has several templates, picked with
     `rng`. Under `judge`: concise and paraphrase score 1.0; rambling is correct with a length penalty of
@@ -646,9 +646,40 @@ def response_variants(ex: TaskExample, rng: random.Random) -> list[str]:
     long). The wrong and the hedging answer draw their wrong candidate independently.
     """
     s = _slots(ex, rng)
-    wrong = demonstration(dataclasses.replace(ex, reference=_wrong_answer(ex, rng), aliases=()))
+    # The wrong answer takes the correct answers' phrasings, the demonstration's or a paraphrase's, half
+    # each: were it always in the demonstration's form, a reward model would learn "paraphrases are right"
+    # and reward a policy for dropping the worked form ("71 + 76 = 147.") for a bare (wrong) number.
+    wrong_ex = dataclasses.replace(ex, reference=_wrong_answer(ex, rng), aliases=())
+    wrong_slots = _slots(wrong_ex, rng)
+    wrong = wrong_slots["demo"] if rng.random() < 0.5 else _paraphrase(wrong_ex, wrong_slots, rng)
     return [s["demo"], _paraphrase(ex, s, rng), _rambling(ex, s, rng), _repetitive(ex, s, rng), wrong,
             _hedging(ex, s, rng), _evasive(ex, rng)]
+
+
+UNHELPFUL_SHARE = 0.3  # of `mixed_demonstrations`: evasive or hedging answers in place of the concise one
+
+
+def mixed_demonstrations(examples, seed: int, unhelpful_share: float = UNHELPFUL_SHARE) -> list[tuple[str, str]]:
+    """Demonstrations of mixed quality, as collected ones often are: (style, text) per example, in order.
+
+    A seeded round(unhelpful_share * n) of the examples get an unhelpful answer, evasive or hedging (drawn
+    half and half), which the judge scores 0 or below; the others get the concise demonstration (1.0). A
+    policy fine-tuned on these copies the habit, and preference pairs that rank a committed answer above an
+    evasion or a hedge (the "other" pairs of `preference_pairs`) are what can train it away: the
+    quickstart's SFT data, so that the stages after SFT have something to fix that a frozen-backbone
+    reward model can see (it cannot see whether a sum is right). Deterministic in (examples, seed).
+    """
+    examples = list(examples)
+    rng = random.Random(f"mixed:{seed}")
+    unhelpful = set(rng.sample(range(len(examples)), round(unhelpful_share * len(examples))))
+    out = []
+    for i, ex in enumerate(examples):
+        if i not in unhelpful:
+            out.append(("concise", demonstration(ex)))
+            continue
+        style = rng.choice(EVASIVE_STYLES)
+        out.append((style, _hedging(ex, _slots(ex, rng), rng) if style == "hedging" else _evasive(ex, rng)))
+    return out
 
 
 def pair_type(chosen_style: str, rejected_style: str) -> str | None:
