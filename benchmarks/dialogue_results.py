@@ -241,7 +241,8 @@ def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
     lines += [head, "-" * len(head)]
     for a in agents:
         s = summary[a]
-        c = s["compute"]
+        c = {"lm_token_forwards": math.nan, "eval_token_forwards_per_episode": math.nan,
+             **s["compute"]}  # results of earlier code did not count token forwards
         row = (f"{a:<18} {fmt(s['success']):>18} {fmt(s['success_pooled']):>18} {fmt(s['return']):>18} "
                f"{fmt(s['turns'], 2):>14}")
         if env.startswith("maze"):
@@ -304,6 +305,8 @@ def main(argv=None) -> dict:
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="Run nothing: merge results files of this script (the same settings, disjoint seeds or "
                         "agents; a .partial file counts) into --out, recomputing the summaries and tables.")
+    p.add_argument("--prefer_first", action="store_true",
+                   help="--merge: an env/seed/agent in several files is taken from the first listed (else an error).")
     args = p.parse_args(argv)
     if args.merge:
         return merge(args)
@@ -339,7 +342,7 @@ def main(argv=None) -> dict:
     return results
 
 
-SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "threads"}  # may differ between merged runs
+SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "prefer_first", "threads"}  # may differ between merged runs
 
 
 def merge(args) -> dict:
@@ -348,6 +351,7 @@ def merge(args) -> dict:
     of one environment must share every setting but SETTINGS_FREE; each environment keeps its settings."""
     runs = [(f, json.loads(Path(f).read_text())) for f in args.merge]
     envs: dict = {}
+    skipped: dict = {}
     for f, r in runs:
         for env, e in r["envs"].items():
             slot = envs.setdefault(env, {"config": r["config"], "config_from": f, "references": e["references"],
@@ -360,16 +364,23 @@ def merge(args) -> dict:
                 row = slot["per_seed"].setdefault(str(seed), {})
                 for name, v in res.items():
                     if name in row and name != "data":
-                        raise SystemExit(f"{f}: {env} seed {seed} {name} is in two of the merged files")
+                        if not args.prefer_first:
+                            raise SystemExit(f"{f}: {env} seed {seed} {name} is in two of the merged files "
+                                             "(--prefer_first keeps the first file's)")
+                        skipped.setdefault(f, []).append(f"{env} seed {seed} {name}")
+                        continue
                     row[name] = v
     results: dict = {"config": None, "envs": {}, "merged_from": {
         f: {"seeds": r["config"]["seeds"], "envs": list(r["envs"]), "agents": r["config"].get("agents"),
-            "wall_seconds": r.get("wall_seconds"), "partial": r.get("partial")} for f, r in runs}}
+            "wall_seconds": r.get("wall_seconds"), "partial": r.get("partial"),
+            "skipped (an earlier file has them)": skipped.get(f, [])} for f, r in runs}}
     texts = []
     for env, e in envs.items():
         config = {k: v for k, v in e["config"].items() if k not in SETTINGS_FREE}
         config["seeds"] = sorted(int(s) for s in e["per_seed"])
         config["agents"] = [a for a in AGENTS if any(a in r for r in e["per_seed"].values())]
+        # settings this version of the script has and the run's did not: it came from earlier code
+        config["settings_missing"] = sorted(k for k in vars(args) if k not in SETTINGS_FREE and k not in e["config"])
         summary = summarise(env, {int(k): v for k, v in e["per_seed"].items()}, argparse.Namespace(**config),
                             e["references"])
         results["envs"][env] = {"config": config, "references": e["references"], "summary": summary,
