@@ -193,14 +193,19 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
 
 
 def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
-    seeds = sorted(per_seed)
+    """Per agent over the seeds it ran on ("seeds"); each comparison over the seeds both agents ran on. A
+    comparison is "met" only over every seed of the environment; the target is None unless all its pairs
+    were measured on every seed."""
+    all_seeds = sorted(per_seed)
     summary: dict = {}
-    agents = [a for a in args.agents if all(a in per_seed[s] for s in seeds)]
+    agents = [a for a in args.agents if any(a in per_seed[s] for s in all_seeds)]
     for a in agents:
+        seeds = [s for s in all_seeds if a in per_seed[s]]
         rows = [per_seed[s][a] for s in seeds]
         n = args.episodes * len(seeds)
         pooled = sum(r["successes"] for r in rows) / n
         summary[a] = {
+            "seeds": seeds,
             "success": t_interval([r["success"] for r in rows]),
             "success_pooled": {"mean": pooled, "ci95": 1.96 * math.sqrt(pooled * (1 - pooled) / n)},
             "return": t_interval([r["return"] for r in rows]),
@@ -212,18 +217,21 @@ def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
             summary[a]["normalised_score"] = t_interval(
                 [normalised_score(r["return"], refs["random"], refs["optimal"]) for r in rows])
     comparisons = {}
-    n = args.episodes * len(seeds)
     pairs_run = [(v, b) for v in ("ilql", "chai", "mc") for b in BASELINES] + [("ilql", "bc_top_p")]
     for v, b in [(v, b) for v, b in pairs_run if {v, b} <= set(agents)]:
-        p1, p2 = summary[v]["success_pooled"]["mean"], summary[b]["success_pooled"]["mean"]
+        seeds = [s for s in all_seeds if v in per_seed[s] and b in per_seed[s]]
+        if not seeds:
+            continue
+        n = args.episodes * len(seeds)
+        p1, p2 = (sum(per_seed[s][a]["successes"] for s in seeds) / n for a in (v, b))
         half = 1.96 * math.sqrt(p1 * (1 - p1) / n + p2 * (1 - p2) / n)
         every = all(per_seed[s][v]["success"] > per_seed[s][b]["success"] for s in seeds)
         comparisons[f"{v}>{b}"] = {"difference": p1 - p2, "ci95": half, "higher_every_seed": every,
-                                   "met": every and p1 - p2 - half > 0}
+                                   "seeds": seeds, "met": every and p1 - p2 - half > 0 and seeds == all_seeds}
     summary["comparisons"] = comparisons
     pairs = [f"{v}>{b}" for v in ("ilql", "chai") for b in BASELINES]
-    summary["target_met"] = (all(comparisons[p]["met"] for p in pairs) if all(p in comparisons for p in pairs)
-                             else None)  # None: not every agent ran
+    measured = all(p in comparisons and comparisons[p]["seeds"] == all_seeds for p in pairs)
+    summary["target_met"] = all(comparisons[p]["met"] for p in pairs) if measured else None
     return summary
 
 
@@ -256,15 +264,18 @@ def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
     seeds = sorted(per_seed, key=int)
     lines.append(f"success per seed ({', '.join(map(str, seeds))}):")
     for a in agents:
-        lines.append(f"  {a:<20} " + "  ".join(f"{per_seed[s][a]['success']:.3f}" for s in seeds))
+        lines.append(f"  {a:<20} " + "  ".join(f"{per_seed[s][a]['success']:.3f}" if a in per_seed[s] else "  -  "
+                                               for s in seeds))
     chosen = [per_seed[s]["ilql"].get("beta_selection", {}).get("chosen") for s in seeds if "ilql" in per_seed[s]]
     if any(c is not None for c in chosen):
         lines.append(f"  ilql beta chosen per seed on validation episodes: {chosen}")
     lines.append("comparisons on success (pooled difference ± 95%, higher in every seed):")
     for k, v in summary["comparisons"].items():
+        some = "" if len(v["seeds"]) == len(seeds) else f"  (seeds {', '.join(map(str, v['seeds']))} only)"
         lines.append(f"  {k:<24} {v['difference']:+.3f} ± {v['ci95']:.3f}  every seed: {v['higher_every_seed']}"
-                     f"  -> {'met' if v['met'] else 'not met'}")
-    verdict = {True: "MET", False: "NOT MET", None: "not measured (not every agent ran)"}[summary["target_met"]]
+                     f"  -> {'met' if v['met'] else 'not met'}{some}")
+    verdict = {True: "MET", False: "NOT MET",
+               None: "not measured (not every agent ran on every seed)"}[summary["target_met"]]
     lines.append(f"target (ilql and chai beat bc and both filtered_bc): {verdict}")
     return "\n".join(lines)
 
