@@ -384,7 +384,10 @@ def merge(args) -> dict:
     results: dict = {"config": None, "envs": {}, "merged_from": {
         f: {"seeds": r["config"]["seeds"], "envs": list(r["envs"]), "agents": r["config"].get("agents"),
             "wall_seconds": r.get("wall_seconds"), "partial": r.get("partial"),
-            "skipped (an earlier file has them)": skipped.get(f, [])} for f, r in runs}}
+            "skipped (an earlier file has them)": skipped.get(f, []),
+            # settings this version of the script has and that run's did not: it came from earlier code
+            "settings_missing": sorted(k for k in vars(args) if k not in SETTINGS_FREE and k not in r["config"])}
+        for f, r in runs}}
     texts = []
     for env, e in envs.items():
         config = {k: v for k, v in e["config"].items() if k not in SETTINGS_FREE}
