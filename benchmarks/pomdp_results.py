@@ -13,8 +13,9 @@ hyperparameter. Groups:
   the config's `stop_at_return` or when its step budget runs out. The network of the best periodic evaluation
   is then re-measured here on 100 fresh episodes with the policy as it acts (greedy Q; policy-gradient agents
   sampling their actions) -- "fresh >= 475" counts the seeds whose fresh mean is >= 475 -- and, for the
-  policy-gradient agents, again taking their most likely action. DRQN on masked CartPole has two rows: seeds
-  0-2, which were looked at when tuning earlier DRQN configs, and seeds 3-5.
+  policy-gradient agents, again taking their most likely action. DRQN on masked CartPole has three rows: seeds
+  0-2, which were looked at when tuning earlier DRQN configs, seeds 3-5 (run once with the previous config)
+  and seeds 6-8, never run before this config was fixed.
 - tmaze: T-maze with a corridor of 5. Success rate of the final network on 200 fresh episodes, re-measured here.
 - corridor: the aliased corridor. Mean return of the final network on 1000 fresh episodes, re-measured here,
   and, for the memoryless agents, the
@@ -55,11 +56,13 @@ from rlhf.pomdp.train import PomdpConfig, evaluate_agent, load_agent, train  # n
 
 SEEDS = (0, 1, 2)
 FRESH = (3, 4, 5)
+UNSEEN = (6, 7, 8)
 # group -> rows of (config name, seeds, note); a config may appear twice on disjoint seeds
 ROWS = {
     "masked_cartpole": [
         ("masked_cartpole_drqn", SEEDS, "stops at 500; seeds seen tuning earlier configs"),
         ("masked_cartpole_drqn", FRESH, "stops at 500; seeds 3-5"),
+        ("masked_cartpole_drqn", UNSEEN, "stops at 500; seeds never looked at before"),
         ("masked_cartpole_rpg_long", SEEDS, "stops at 490"),
         # masked_cartpole_rpg.yaml (stop at 475) is the same run as rpg_long up to its first evaluation >= 475,
         # which the table's "20-ep eval >= 475" columns report; masked_cartpole_drqn_every8.yaml (1 update per 8
