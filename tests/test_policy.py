@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from rlhf.config import load_config
 from rlhf.stages.policy import PolicyConfig, train
 
@@ -78,3 +80,31 @@ def test_gae_baseline_learns_and_resumes_exactly(tmp_path):
     for ra, rb in zip(a[3:], b[3:]):
         for key in ("objective/scores", "objective/kl", "value/loss", "value/mean", "policy/ratio_mean"):
             assert abs(ra[key] - rb[key]) < 1e-5, (ra["step"], key, ra[key], rb[key])
+
+
+@pytest.mark.parametrize("overrides", [{"baseline": "loo"},
+                                       {"baseline": "gae", "lam": 1.0, "use_peft": True, "lora_r": 4}])
+def test_one_step_per_batch_reuses_its_forward_for_pi_bar_with_the_same_result(tmp_path, overrides):
+    """With ppo_epochs 1 and one minibatch, pi_bar's log-probs (and values) come from the optimiser step's own
+    forward pass; the run must equal the one with a separate pi_bar pass (reuse_step_forward false): same
+    logged figures and the same weights. With LoRA the reference pass (adapters disabled) runs between that
+    forward and its backward, so the adapters must be back on for the gradient."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for reuse in (True, False):
+        cfg = policy_config(tmp_path, f"reuse_{reuse}", num_updates=3, ppo_epochs=1, minibatch_size=32,
+                            reuse_step_forward=reuse, **overrides)
+        train(cfg)
+        runs[reuse] = Path(cfg.output_dir)
+    a, b = log_rows(runs[True]), log_rows(runs[False])
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        for key in ("objective/scores", "objective/kl", "policy/approxkl", "policy/ratio_mean", "policy/entropy"):
+            assert abs(ra[key] - rb[key]) < 1e-5, (ra["step"], key, ra[key], rb[key])
+        assert abs(ra["policy/ratio_max"] - 1.0) < 1e-5  # pi_theta = pi_bar at the one step
+    assert a[-1]["objective/kl"] != 0.0  # the policy moved, so equal logs are not trivially equal
+    wa = {k: v for f in sorted(runs[True].joinpath("model").glob("*.safetensors")) for k, v in load_file(f).items()}
+    wb = {k: v for f in sorted(runs[False].joinpath("model").glob("*.safetensors")) for k, v in load_file(f).items()}
+    assert wa.keys() == wb.keys() and wa
+    assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < 1e-5

@@ -7,7 +7,8 @@
 Objective: E[r(s, a) - beta * KL(pi_theta || pi_ref)], pi_ref the frozen SFT policy. Each update:
     1. sample a batch of completions from pi_theta (k per prompt, KV-cached generation);
     2. score them with the reward model (normalised with the mean/std stored by stage 3) or a reward function;
-    3. set pi_bar = pi_theta: record the sampling and reference log-probabilities once for the batch;
+    3. set pi_bar = pi_theta: record the sampling and reference log-probabilities once for the batch (with
+       one optimiser step per batch, the sampling log-probabilities come from that step's own forward);
        sequence return R = score - beta * sum_t k1_t; advantage = R - baseline (leave-one-out over the k
        samples of a prompt, or the batch mean), optionally whitened; or, with baseline 'gae', per-token
        rewards (-beta * k1_t on every token, the score on the last) and GAE over a learned value head;
@@ -33,7 +34,7 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.distributed import (full_state_dict, gather_padded, gather_rows, gathered_for_generation, global_mean_share,
                                make_accelerator, minibatches, rank_slice, reduce_token_stats, seeded_sampling_kwargs,
-                               split_evenly)
+                               shards_optimizer, split_evenly)
 from rlhf.losses import (
     AdaptiveKLController,
     gae,
@@ -83,6 +84,10 @@ class PolicyConfig(RunConfig):
     vf_coef: float = option(0.1, help="Weight of the value-head loss (baseline gae).")
     value_clip: float = option(0.2, help="PPO-style value clipping around the sampling-time values; 0: off.")
     whiten_advantages: bool = option(False, help="Whiten advantages over the batch.")
+    reuse_step_forward: bool = option(True, help="With one optimiser step per batch (ppo_epochs 1, one "
+                                      "minibatch), take pi_bar's log-probs from that step's own forward pass "
+                                      "instead of a separate one (pi_bar = pi_theta there; not under "
+                                      "DeepSpeed/FSDP).")
     use_peft: bool = option(True, help="Train LoRA adapters (the reference is the model with adapters off).")
     lora_r: int = option(16, help="LoRA rank.")
     lora_alpha: int = option(32, help="LoRA alpha.")
@@ -247,6 +252,10 @@ def train(cfg: PolicyConfig) -> dict:
         with core.disable_adapter():
             return response_logprobs(core, seqs, mask, n_query)
 
+    # One optimiser step per batch: its forward pass doubles as pi_bar's (not under DeepSpeed/FSDP, whose
+    # sharded forward is kept to the plain order: no-grad passes first, then forward and backward at once).
+    single_step = (cfg.reuse_step_forward and cfg.ppo_epochs == 1
+                   and cfg.minibatch_size == cfg.prompts_per_update * cfg.k and not shards_optimizer(accelerator))
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     bar = tqdm(total=cfg.num_updates, initial=start, desc="policy", disable=not accelerator.is_main_process)
     started, history = time.time(), []
@@ -295,10 +304,20 @@ def train(cfg: PolicyConfig) -> dict:
         mask = torch.cat([qmask, rmask], dim=1)
 
         # 3. pi_bar = pi_theta: sampling and reference log-probabilities, once per batch (each rank its rows),
-        #    then returns and advantages over the whole batch, on every rank.
+        #    then returns and advantages over the whole batch, on every rank. With a single optimiser step
+        #    per batch, that step's forward (with gradients, through the wrapped model) is pi_bar's: it runs
+        #    here, and the step below reuses it (each rank stepping on its own rows; one minibatch's gradient
+        #    does not depend on how its rows are split over the ranks).
+        step_forward = None
+        if single_step:
+            core.train()
+            step_forward = response_logprobs_and_values(policy, seqs[own], mask[own], n_query)
+            logp_old, values_old = (None if t is None else t.detach() for t in step_forward)
+        else:
+            with torch.no_grad():
+                logp_old, values_old = response_logprobs_and_values(policy if value_head is not None else core,
+                                                                    seqs[own], mask[own], n_query)  # [n, T_r]
         with torch.no_grad():
-            logp_old, values_old = response_logprobs_and_values(policy if value_head is not None else core,
-                                                                seqs[own], mask[own], n_query)  # [n, T_r] each
             logp_ref = reference_logprobs(seqs[own], mask[own], n_query)
         logp_old, logp_ref = gather_rows(accelerator, logp_old), gather_rows(accelerator, logp_ref)  # [N, T_r]
         if values_old is not None:
@@ -331,9 +350,12 @@ def train(cfg: PolicyConfig) -> dict:
         step_stats, step_tokens = [], []
         for epoch in range(cfg.ppo_epochs):
             for global_mb in minibatches(cfg.seed, update, epoch, len(seqs), cfg.minibatch_size):
-                mb = rank_slice(global_mb, rank, world)
+                mb = own if single_step else rank_slice(global_mb, rank, world)
                 n_tokens, n_global = rmask[mb].sum().item(), rmask[global_mb].sum().item()
-                logp, values = response_logprobs_and_values(policy, seqs[mb], mask[mb], n_query)
+                if single_step:
+                    logp, values = step_forward
+                else:
+                    logp, values = response_logprobs_and_values(policy, seqs[mb], mask[mb], n_query)
                 loss, stats = policy_gradient_loss(logp, logp_old[mb], adv_tokens[mb], rmask[mb],
                                                    cfg.clip_range or None)
                 if values is not None:
