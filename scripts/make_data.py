@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{styles['evasive'] + styles['hedging']} unhelpful |")
     readme = README.format(
         seed=args.seed, table=table, unhelpful=styles["evasive"] + styles["hedging"],
-        unhelpful_share=UNHELPFUL_SHARE, n_evasive=styles["evasive"], n_hedging=styles["hedging"], per_example=PAIRS_PER_EXAMPLE, margin=MIN_MARGIN,
+        unhelpful_share=UNHELPFUL_SHARE, n_evasive=styles["evasive"], n_hedging=styles["hedging"],
+        per_example=PAIRS_PER_EXAMPLE, margin=MIN_MARGIN,
         mix=", ".join(f"{PAIR_MIX[kind]:.0%} {kind}" for kind in PAIR_TYPES),
         split_heads=" | ".join(f"{split} pairs" for split in splits),
         split_rules="---:|" * len(splits),
