@@ -113,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="Seed of the prompt order, LoRA initialisation and sampling.")
     p.add_argument("--trl_first", action="store_true", help="Run TRL's side before the toolkit's.")
     p.add_argument("--skip_trl", action="store_true", help="Run only the toolkit's stage (a quick check).")
+    p.add_argument("--also_unshared", action="store_true", help="Run the toolkit's stage a second time with "
+                   "share_prompts off (each completion's row runs its own copy of the prompt): what sharing gives.")
     p.add_argument("--out", default="benchmarks/results/policy.json", help="Where the JSON goes (a relative "
                    "path: from the repository root).")
     args = p.parse_args(argv)
@@ -201,18 +203,20 @@ def stage_threads(n: int):
         dist.set_cpu_threads = saved
 
 
-def run_rlhf(args, scratch: Path) -> dict:
+def run_rlhf(args, scratch: Path, share_prompts: bool = True) -> dict:
     """The toolkit's policy stage on the gold judge; timed around the whole `train` call."""
     from rlhf.stages.policy import PolicyConfig, train
 
     n = args.prompts_per_update * args.k
-    cfg = PolicyConfig(output_dir=str(scratch / "rlhf"), model_name_or_path=SMOLLM2_ALIAS, reward_fn=REWARD_FN,
+    name = "rlhf" if share_prompts else "rlhf_unshared"
+    cfg = PolicyConfig(output_dir=str(scratch / name), model_name_or_path=SMOLLM2_ALIAS, reward_fn=REWARD_FN,
                        prompts=args.prompts, prompts_per_update=args.prompts_per_update, k=args.k,
                        temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, missing_eos_penalty=0.0,
                        num_updates=args.updates, ppo_epochs=1, minibatch_size=n, clip_range=0.2, beta=args.beta,
                        kl_estimator="k1", target_kl=0.0, baseline="loo", whiten_advantages=False, use_peft=True,
                        lora_r=args.lora_r, lora_alpha=args.lora_alpha, learning_rate=args.learning_rate,
-                       max_grad_norm=1.0, sample_every=0, save_every=0, seed=args.seed, report_to="none")
+                       max_grad_norm=1.0, sample_every=0, save_every=0, seed=args.seed, report_to="none",
+                       share_prompts=share_prompts)
     cfg.validate()
     load = load_average()
     with stage_threads(args.threads):
@@ -220,14 +224,15 @@ def run_rlhf(args, scratch: Path) -> dict:
         metrics = train(cfg)
         wall = time.perf_counter() - t
     threads = torch.get_num_threads()
-    rows = [json.loads(line) for line in (scratch / "rlhf" / "log.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (scratch / name / "log.jsonl").read_text().splitlines() if line.strip()]
     assert [r["step"] for r in rows] == list(range(1, args.updates + 1)), [r["step"] for r in rows]
     result = summarise([r["time/update_seconds"] for r in rows], [r["objective/scores"] for r in rows],
                        [r["objective/kl"] / r["response/length"] for r in rows], n, args.window)
     result.update({"wall_seconds": wall, "stage_seconds": metrics["policy/seconds"], "torch_threads": threads,
                    "sample_seconds_per_update": [r["time/sample_seconds"] for r in rows],
                    "response_length_per_update": [r["response/length"] for r in rows],
-                   "optimizer_steps": args.updates, "load_average_before": load, "load_average_after": load_average()})
+                   "optimizer_steps": args.updates, "share_prompts": share_prompts,
+                   "load_average_before": load, "load_average_after": load_average()})
     return result
 
 
@@ -345,7 +350,8 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
 
 def table(result: dict) -> str:
     c = result["config"]
-    sides = [("rlhf", result["rlhf"])] + ([("TRL", result["trl"])] if result["trl"] else [])
+    sides = [("rlhf", result["rlhf"])] + ([("rlhf unshared", result["rlhf_unshared"])] if result.get("rlhf_unshared")
+                                          else []) + ([("TRL", result["trl"])] if result["trl"] else [])
     rows = [("side", "s/update med", "s/update mean", "warm-up s", "compl/s", "reward first", "reward last",
              "gain/update", "slope +- se", "KL/token last", "wall s")]
     for name, r in sides:
@@ -357,18 +363,24 @@ def table(result: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
              for row in rows]
-    notes = [f"policy optimisation of {c['model']} (fp32, CPU, {result['rlhf']['torch_threads']} torch threads), "
+    device = f"GPU {result['machine']['cuda']}" if result["machine"]["cuda"] else "CPU"
+    notes = [f"policy optimisation of {c['model']} (fp32, {device}, {result['rlhf']['torch_threads']} torch threads), "
              f"LoRA r={c['lora_r']} alpha={c['lora_alpha']}, reward {c['reward']}: {c['updates']} updates x "
              f"{c['prompts_per_update']} prompts x k={c['k']} = {c['completions_per_update']} completions, "
              f"{c['max_new_tokens']} new tokens, beta {c['beta']:g}, lr {c['learning_rate']:g} (constant), "
              f"seed {c['seed']}", "", *lines, "",
              "s/update and compl/s leave out the first (warm-up) update; reward = gold-judge mean per update; "
              f"first/last = mean of the first/last {c['window']} updates; gain/update = (last - first) / "
-             f"{c['updates'] - c['window']}; slope = least-squares slope over all updates, +- its standard error."]
+             f"{c['updates'] - c['window']}; slope = least-squares slope over all updates, +- its standard error."
+             + (" rlhf unshared: the stage with share_prompts off (every row runs its own copy of the prompt)."
+                if result.get("rlhf_unshared") else "")]
     for name, r in sides:
         notes.append(f"{name} per-update s: " + " ".join(f"{s:.1f}" for s in r["seconds_per_update"])
                      + " | reward: " + " ".join(f"{x:.3f}" for x in r["reward_per_update"])
                      + f" | load average before/after: {r['load_average_before']} / {r['load_average_after']}")
+    if result.get("rlhf_unshared"):
+        notes.append("rlhf shared / unshared prompts, completions/s: "
+                     f"{result['shared_over_unshared_completions_per_second']:.2f}x")
     if result["trl"] is not None:
         r, t = result["rlhf"], result["trl"]
         diff = r["reward_slope"] - t["reward_slope"]
@@ -399,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.trl_first and not args.skip_trl:
             trl_result = run_trl(args, scratch, expected)
         rlhf = run_rlhf(args, scratch)
+        unshared = run_rlhf(args, scratch, share_prompts=False) if args.also_unshared else None
         if not args.trl_first and not args.skip_trl:
             trl_result = run_trl(args, scratch, expected)
 
@@ -413,11 +426,15 @@ def main(argv: list[str] | None = None) -> dict:
                    "optimizer_steps_per_update": 1, "warmup_updates_excluded": 1},
         "machine": machine(),
         "rlhf": rlhf,
+        "rlhf_unshared": unshared,
         "trl": trl_result,
         "rlhf_over_trl_completions_per_second": None,
         "target_speedup": TARGET_SPEEDUP,
         "speed_target_met": None, "gain_target_met": None, "target_met": None,
     }
+    if unshared is not None:
+        result["shared_over_unshared_completions_per_second"] = (rlhf["completions_per_second"]
+                                                                  / unshared["completions_per_second"])
     if trl_result is not None:
         ratio = rlhf["completions_per_second"] / trl_result["completions_per_second"]
         result["rlhf_over_trl_completions_per_second"] = ratio

@@ -317,3 +317,76 @@ def model_fingerprint(name: str) -> str:
     except OSError:
         pass  # a read-only cache only costs the re-hash
     return digest
+
+
+# ----------------------------------------------------------------------------------- shared prompts
+# Sampling k completions per prompt puts each prompt in k rows. A decoder's keys and values over the prompt
+# do not depend on what follows it, so the prompt can run once per prompt and its cache be repeated for the
+# k rows: the prompt's share of a forward pass (and of its backward) is divided by k. transformers'
+# `num_return_sequences` repeats the prompt before the prefill, and its log-prob passes have no such option,
+# hence these helpers.
+
+
+def transformers_model(model):
+    """The transformers model inside the wrappers this toolkit uses (DDP's `.module`, the policy stage's
+    value-head wrapper `.policy`, peft's base model)."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "policy"):
+            model = model.policy
+        else:
+            return model
+
+
+def cache_keyword(model) -> str:
+    """The keyword by which `model`'s forward and generate take a KV cache: `cache` in recent transformers,
+    `past_key_values` before (still accepted, with a deprecation warning, by the versions that renamed it)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(transformers_model(model).forward).parameters \
+        else "past_key_values"
+
+
+def check_prompt_groups(input_ids: torch.Tensor, group: int) -> None:
+    """Raise unless the rows of input_ids [N, T] come in runs of `group` identical rows (N a multiple)."""
+    n, t = input_ids.shape
+    if n % group:
+        raise ValueError(f"{n} rows do not split into runs of {group} rows of one prompt")
+    runs = input_ids.view(n // group, group, t)
+    if not torch.equal(runs, runs[:, :1].expand_as(runs)):
+        raise ValueError(f"the rows do not come in runs of {group} identical prompts")
+
+
+def shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                        group: int, **forward_kwargs):
+    """Run the prompts input_ids [N, T] (rows in runs of `group` copies of one prompt; left-padded, with
+    their mask and position ids) once per prompt, and return (the forward's output for the N / group prompts,
+    a DynamicCache with their keys and values repeated `group` times: N rows). Gradients flow through the
+    repeated cache to the prompt's forward. `forward_kwargs` go to the forward (e.g. logits_to_keep=1)."""
+    from transformers import DynamicCache
+
+    check_prompt_groups(input_ids, group)
+    cache = DynamicCache()
+    out = model(input_ids=input_ids[::group], attention_mask=attention_mask[::group],
+                position_ids=position_ids[::group], use_cache=True, **{cache_keyword(model): cache},
+                **forward_kwargs)
+    cache.batch_repeat_interleave(group)
+    return out, cache
+
+
+def generate_shared_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group: int, **kwargs):
+    """`model.generate(input_ids, attention_mask, **kwargs)` for rows in runs of `group` copies of one prompt
+    (k samples per prompt): all but each prompt's last token run once per prompt (`shared_prompt_cache`), and
+    generation continues from that cache. The same distribution as the plain call; tokens can differ only where
+    float rounding (the prefill's batch shape) moves a draw across a boundary. group 1: the plain call."""
+    if group == 1 or input_ids.shape[1] < 2:
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    # position ids as generate computes them (pads at 1; they are masked either way)
+    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    _, cache = shared_prompt_cache(model, input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1], group,
+                                   logits_to_keep=1)
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, **{cache_keyword(model): cache},
+                          **kwargs)

@@ -94,7 +94,7 @@ def test_one_step_per_batch_reuses_its_forward_for_pi_bar_with_the_same_result(t
     runs = {}
     for reuse in (True, False):
         cfg = policy_config(tmp_path, f"reuse_{reuse}", num_updates=3, ppo_epochs=1, minibatch_size=32,
-                            reuse_step_forward=reuse, **overrides)
+                            reuse_step_forward=reuse, share_prompts=False, **overrides)  # (one change at a time)
         train(cfg)
         runs[reuse] = Path(cfg.output_dir)
     a, b = log_rows(runs[True]), log_rows(runs[False])
@@ -108,3 +108,117 @@ def test_one_step_per_batch_reuses_its_forward_for_pi_bar_with_the_same_result(t
     wb = {k: v for f in sorted(runs[False].joinpath("model").glob("*.safetensors")) for k, v in load_file(f).items()}
     assert wa.keys() == wb.keys() and wa
     assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < 1e-5
+
+
+def grouped_batch(tokenizer, k: int = 3, n_prompts: int = 3, n_response: int = 5, seed: int = 0):
+    """Left-padded prompts of different lengths, each repeated k times (adjacent rows), with random responses
+    right-padded to different lengths: (sequences [N, T_q + T_r], mask, T_q)."""
+    import torch
+
+    from rlhf.stages.collect import left_pad
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (4, 7, 2)[:n_prompts]]
+    query, qmask = left_pad(prompts, tokenizer.pad_token_id)
+    query, qmask = query.repeat_interleave(k, 0), qmask.repeat_interleave(k, 0)
+    response = torch.randint(3, 200, (len(query), n_response), generator=g)
+    lengths = torch.randint(1, n_response + 1, (len(query),), generator=g)
+    rmask = (torch.arange(n_response)[None] < lengths[:, None]).long()
+    response = response.masked_fill(rmask == 0, tokenizer.pad_token_id)
+    return torch.cat([query, response], 1), torch.cat([qmask, rmask], 1), query.shape[1]
+
+
+@pytest.mark.parametrize("value_head", [False, True])
+def test_shared_prompt_forward_equals_the_plain_forward_with_its_gradients(value_head):
+    """Running each prompt once for its k rows (its keys and values repeated) must give the plain forward's
+    response log-probs, values and LoRA gradients: left padding, different prompt and response lengths."""
+    import torch
+
+    from rlhf.models import apply_lora, load_model, load_tokenizer
+    from rlhf.stages.policy import PolicyWithValue, response_logprobs_and_values
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer("tiny-llama")
+    model = apply_lora(load_model("tiny-llama"), r=4, alpha=8, dropout=0.0, target_modules=["all-linear"],
+                       base_name="tiny-llama")
+    with torch.no_grad():  # adapters that change the function (B starts at 0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    if value_head:
+        model = PolicyWithValue(model)
+        torch.nn.init.normal_(model.value_head.weight, std=0.1)
+    seqs, mask, n_query = grouped_batch(tokenizer)
+    results = {}
+    for group in (1, 3):
+        model.zero_grad()
+        logp, values = response_logprobs_and_values(model, seqs, mask, n_query, group)
+        rmask = mask[:, n_query:]
+        loss = (logp * rmask).sum() + (0 if values is None else (values * rmask).sum())
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[group] = (logp * rmask, None if values is None else values * rmask, grads)
+    (lp1, v1, g1), (lp3, v3, g3) = results[1], results[3]
+    assert lp1.shape == lp3.shape == (9, 5)
+    assert (lp1 - lp3).abs().max() < 1e-5, (lp1 - lp3).abs().max()
+    assert lp1[mask[:, n_query:].bool()].abs().min() > 0  # a log-prob on every response token
+    if value_head:
+        assert (v1 - v3).abs().max() < 1e-5 and v1.abs().max() > 1e-3
+    assert g1.shape == g3.shape and g1.norm() > 0
+    assert ((g1 - g3).norm() / g1.norm()) < 1e-5, ((g1 - g3).norm() / g1.norm())
+
+
+def test_shared_prompt_generation_samples_what_the_plain_call_samples():
+    """generate_shared_prompts (prefill once per prompt) against model.generate, row-seeded sampling: the
+    same tokens; and rows that are not runs of one prompt are refused."""
+    import torch
+
+    from rlhf.distributed import seeded_sampling_kwargs
+    from rlhf.models import check_prompt_groups, generate_shared_prompts, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("tiny-llama")
+    model = load_model("tiny-llama").eval()
+    seqs, mask, n_query = grouped_batch(tokenizer)
+    query, qmask = seqs[:, :n_query], mask[:, :n_query]
+    kwargs = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, use_cache=True)
+    with torch.no_grad():
+        plain = model.generate(input_ids=query, attention_mask=qmask, **kwargs,
+                               **seeded_sampling_kwargs(0, 1, 0, len(query), 12, 1.0, 1.0))
+        shared = generate_shared_prompts(model, query, qmask, 3, **kwargs,
+                                         **seeded_sampling_kwargs(0, 1, 0, len(query), 12, 1.0, 1.0))
+    assert plain.shape == shared.shape and plain.shape[1] > n_query
+    assert torch.equal(plain, shared)
+    assert len({tuple(r) for r in plain[:3, n_query:].tolist()}) > 1  # the k rows of a prompt differ
+    check_prompt_groups(query, 3)
+    with pytest.raises(ValueError, match="runs of 2 identical prompts"):
+        check_prompt_groups(query[:6], 2)  # rows p0 p0 p0 p1 p1 p1: the second run mixes two prompts
+    with pytest.raises(ValueError, match="9 rows do not split"):
+        check_prompt_groups(query, 2)
+
+
+@pytest.mark.parametrize("overrides", [{"baseline": "loo"},  # full FT: 2 epochs x 2 minibatches, frozen copy
+                                       {"baseline": "gae", "lam": 1.0, "use_peft": True, "lora_r": 4,
+                                        "ppo_epochs": 1, "minibatch_size": 32}])  # LoRA, one step per batch
+def test_shared_prompts_train_as_the_plain_passes(tmp_path, overrides):
+    """share_prompts (each prompt run once for its k rows in sampling and in the old/reference/step passes)
+    must train as share_prompts false: the same samples, logged figures and weights."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for share in (True, False):
+        cfg = policy_config(tmp_path, f"share_{share}", num_updates=3, share_prompts=share, **overrides)
+        train(cfg)
+        runs[share] = Path(cfg.output_dir)
+    a, b = log_rows(runs[True]), log_rows(runs[False])
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        for key in ("objective/scores", "objective/kl", "policy/approxkl", "policy/ratio_mean", "policy/entropy",
+                    "response/length"):
+            assert abs(ra[key] - rb[key]) < 1e-5, (ra["step"], key, ra[key], rb[key])
+    assert a[-1]["objective/kl"] != 0.0
+    wa = {k: v for f in sorted(runs[True].joinpath("model").glob("*.safetensors")) for k, v in load_file(f).items()}
+    wb = {k: v for f in sorted(runs[False].joinpath("model").glob("*.safetensors")) for k, v in load_file(f).items()}
+    assert wa.keys() == wb.keys() and wa
+    # Float rounding differs between the two paths (~1e-7 in log-probs); Adam's normalised steps carry it to
+    # ~1e-5 in the weights after 4-12 steps of size ~lr (2e-3 full FT): a tolerance 20x below one step.
+    assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < 1e-4

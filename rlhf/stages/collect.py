@@ -30,6 +30,7 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.data import DataError, read_records
 from rlhf.distributed import is_main_process, make_accelerator
+from rlhf.models import generate_shared_prompts
 from rlhf.runs import RunLogger, prepare_output_dir
 
 
@@ -162,10 +163,12 @@ def sample_batch(model, tokenizer, prompts: list[dict], cfg: CollectConfig, batc
     input_ids, attention = left_pad([render_prompt_ids(tokenizer, p["prompt"]) for p in prompts], pad)
     width = input_ids.shape[1]
     torch.manual_seed(batch_seed)
-    out = model.generate(
-        input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), do_sample=True,
+    # k rows per prompt, adjacent (as num_return_sequences lays them out); each prompt's prefill runs once
+    out = generate_shared_prompts(
+        model, input_ids.repeat_interleave(cfg.k, 0).to(model.device),
+        attention.repeat_interleave(cfg.k, 0).to(model.device), cfg.k, do_sample=True,
         temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
-        num_return_sequences=cfg.k, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
     )  # [B * k, T_prompt + T_new]
     new = out[:, width:].cpu()
     lengths, ended = completion_lengths(new, tokenizer.eos_token_id)

@@ -110,7 +110,7 @@ class Generations:
     greedy_eos: list[bool]
     sampled_eos: list[bool]
     sampled_logp: list[float]  # log pi(y) of each sampled completion under its own checkpoint
-    batches: list[tuple[torch.Tensor, torch.Tensor, int]]  # (sequences, mask, n_query) per sampled batch
+    batches: list[tuple[torch.Tensor, torch.Tensor, int, int]]  # (sequences, mask, n_query, samples per prompt)
 
 
 @torch.no_grad()
@@ -118,6 +118,7 @@ def generate_all(model, tokenizer, prompts: list[dict], cfg: EvaluateConfig, dev
                  disable_bar: bool) -> Generations:
     from tqdm.auto import tqdm
 
+    from rlhf.models import generate_shared_prompts
     from rlhf.stages.collect import eos_lengths, left_pad, render_prompt_ids
     from rlhf.stages.policy import response_logprobs
 
@@ -136,8 +137,8 @@ def generate_all(model, tokenizer, prompts: list[dict], cfg: EvaluateConfig, dev
             torch.manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + b)
             kwargs = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0) \
                 if mode == "sampled" else dict(do_sample=False)
-            seqs = model.generate(input_ids=q, attention_mask=m, max_new_tokens=cfg.max_new_tokens,
-                                  pad_token_id=pad, eos_token_id=eos, use_cache=True, **kwargs)
+            seqs = generate_shared_prompts(model, q, m, n, max_new_tokens=cfg.max_new_tokens, pad_token_id=pad,
+                                           eos_token_id=eos, use_cache=True, **kwargs)  # prefill once per prompt
             response = seqs[:, q.shape[1]:]
             lengths, ended = eos_lengths(response, eos)
             texts = [tokenizer.decode(r[:k], skip_special_tokens=True).strip() for r, k in zip(response, lengths)]
@@ -147,9 +148,9 @@ def generate_all(model, tokenizer, prompts: list[dict], cfg: EvaluateConfig, dev
             if mode == "sampled":
                 rmask = (torch.arange(response.shape[1], device=device)[None] < lengths[:, None]).long()
                 mask = torch.cat([m, rmask], dim=1)
-                logp = (response_logprobs(model, seqs, mask, q.shape[1]) * rmask).sum(1)
+                logp = (response_logprobs(model, seqs, mask, q.shape[1], n) * rmask).sum(1)
                 g.sampled_logp.extend(logp.tolist())
-                g.batches.append((seqs.cpu(), mask.cpu(), q.shape[1]))
+                g.batches.append((seqs.cpu(), mask.cpu(), q.shape[1], n))
     return g
 
 
@@ -159,10 +160,10 @@ def reference_logp(ref_model, gens: Generations, device) -> list[float]:
     from rlhf.stages.policy import response_logprobs
 
     out = []
-    for seqs, mask, n_query in gens.batches:
+    for seqs, mask, n_query, group in gens.batches:
         seqs, mask = seqs.to(device), mask.to(device)
         rmask = mask[:, n_query:]
-        out.extend((response_logprobs(ref_model, seqs, mask, n_query) * rmask).sum(1).tolist())
+        out.extend((response_logprobs(ref_model, seqs, mask, n_query, group) * rmask).sum(1).tolist())
     return out
 
 

@@ -47,6 +47,7 @@ from rlhf.losses import (
     value_loss,
     whiten,
 )
+from rlhf.models import cache_keyword, generate_shared_prompts, shared_prompt_cache
 
 
 @dataclass
@@ -88,6 +89,10 @@ class PolicyConfig(RunConfig):
                                       "minibatch), take pi_bar's log-probs from that step's own forward pass "
                                       "instead of a separate one (pi_bar = pi_theta there; not under "
                                       "DeepSpeed/FSDP).")
+    share_prompts: bool = option(True, help="Run each prompt once for its k completions, its keys and values "
+                                 "repeated for the k rows, in generation's prefill and in the log-prob passes "
+                                 "over whole prompt groups (not under DeepSpeed/FSDP). Off: each row runs its "
+                                 "own copy of the prompt. Same values up to float rounding.")
     use_peft: bool = option(True, help="Train LoRA adapters (the reference is the model with adapters off).")
     lora_r: int = option(16, help="LoRA rank.")
     lora_alpha: int = option(32, help="LoRA alpha.")
@@ -132,25 +137,51 @@ def load_reward(cfg: PolicyConfig, device):
         rm.score(prompts, completions, normalize=cfg.normalize_rewards), dtype=torch.float32)
 
 
-def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, n_query: int) -> torch.Tensor:
+def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, n_query: int,
+                      group: int = 1) -> torch.Tensor:
     """log pi(response tokens): sequences [N, T_q + T_r] (left-padded query, response after), mask alike ->
-    [N, T_r]. Position ids follow the mask, as in generation."""
-    return response_logprobs_and_values(model, sequences, attention_mask, n_query)[0]
+    [N, T_r]. Position ids follow the mask, as in generation. group > 1: the rows come in runs of `group`
+    completions of one prompt, whose query then runs once (see `response_logprobs_and_values`)."""
+    return response_logprobs_and_values(model, sequences, attention_mask, n_query, group)[0]
 
 
-def response_logprobs_and_values(model, sequences, attention_mask, n_query: int):
+def response_logprobs_and_values(model, sequences, attention_mask, n_query: int, group: int = 1):
     """As `response_logprobs`, plus the value of each response token's state when `model` is a
-    `PolicyWithValue` (one forward pass for both): ([N, T_r], [N, T_r] or None)."""
+    `PolicyWithValue` (one forward pass for both): ([N, T_r], [N, T_r] or None).
+
+    group > 1 (rows in runs of `group` completions of one prompt, as sampled): the query runs once per prompt
+    and its keys and values are repeated for the run's rows, then the responses run on that cache, so the
+    query's share of the forward and backward work is divided by `group`. Same values up to float rounding."""
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     n_response = sequences.shape[1] - n_query
-    # The LM head only over the positions that predict response tokens (the last T_r + 1; the very last
-    # predicts nothing): the prompt's logits are never needed.
-    out = model(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=n_response + 1)
-    logits, values = out if isinstance(out, tuple) else (out.logits, None)
-    logp = token_logprobs(logits[:, :-1], sequences[:, n_query:])  # [N, T_r]
+    if group == 1:
+        # The LM head only over the positions that predict response tokens (the last T_r + 1; the very last
+        # predicts nothing): the prompt's logits are never needed.
+        logits, values = _logits_values(model(input_ids=sequences, attention_mask=attention_mask,
+                                              position_ids=position_ids, logits_to_keep=n_response + 1))
+        logits, values = logits[:, :-1], None if values is None else values[:, n_query - 1:-1]
+    else:
+        # 1. The queries, once per prompt: the logits (and value) at the last query position predict the
+        #    first response token; the cache holds the query's keys and values, repeated for the run's rows.
+        out, cache = shared_prompt_cache(model, sequences[:, :n_query], attention_mask[:, :n_query],
+                                         position_ids[:, :n_query], group, logits_to_keep=1)
+        logits, values = _logits_values(out)
+        logits = logits.repeat_interleave(group, 0)  # [N, 1, V]
+        values = None if values is None else values[:, -1:].repeat_interleave(group, 0)  # [N, 1]
+        # 2. Every row's response tokens but the last, on that cache: logits for response tokens 1..T_r-1.
+        if n_response > 1:
+            more, more_values = _logits_values(model(
+                input_ids=sequences[:, n_query:-1], attention_mask=attention_mask[:, :-1],
+                position_ids=position_ids[:, n_query:-1], use_cache=True, **{cache_keyword(model): cache}))
+            logits = torch.cat([logits, more], dim=1)  # [N, T_r, V]
+            values = None if values is None else torch.cat([values, more_values], dim=1)
     # V(s_t) for the state before response token t, read at the position that predicts it.
-    return logp, None if values is None else values[:, n_query - 1:-1]
+    return token_logprobs(logits, sequences[:, n_query:]), values
+
+
+def _logits_values(out):
+    """(logits, values or None) from the output of a model or of a `PolicyWithValue`."""
+    return out if isinstance(out, tuple) else (out.logits, None)
 
 
 class PolicyWithValue(torch.nn.Module):
@@ -165,9 +196,9 @@ class PolicyWithValue(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0):
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, **kwargs):
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=True, logits_to_keep=logits_to_keep)
+                          output_hidden_states=True, logits_to_keep=logits_to_keep, **kwargs)
         values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # [N, T]
         return out.logits, values
 
@@ -246,11 +277,16 @@ def train(cfg: PolicyConfig) -> dict:
         start = load_checkpoint(accelerator, ckpt, optimizer, _NoScheduler())["step"]
     logger = RunLogger(accelerator, cfg, "rlhf-policy", resume_step=start if ckpt is not None else None)
 
-    def reference_logprobs(seqs, mask, n_query):
+    def reference_logprobs(seqs, mask, n_query, group):
         if ref is not None:
-            return response_logprobs(ref, seqs, mask, n_query)
+            return response_logprobs(ref, seqs, mask, n_query, group)
         with core.disable_adapter():
-            return response_logprobs(core, seqs, mask, n_query)
+            return response_logprobs(core, seqs, mask, n_query, group)
+
+    # Each rank's rows are whole prompt groups (k completions of one prompt, adjacent) in sampling and in
+    # the passes over all its rows: the prompt runs once per group there (not under DeepSpeed/FSDP, whose
+    # sharded forward is kept to one plain pass per phase).
+    group = cfg.k if cfg.share_prompts and not shards_optimizer(accelerator) else 1
 
     # One optimiser step per batch: its forward pass doubles as pi_bar's (not under DeepSpeed/FSDP, whose
     # sharded forward is kept to the plain order: no-grad passes first, then forward and backward at once).
@@ -274,10 +310,10 @@ def train(cfg: PolicyConfig) -> dict:
         #    Weights gathered once for the phase under ZeRO-3/FSDP2; row r samples from seed (seed, update,
         #    global row), so any number of processes draws the same completions.
         with torch.no_grad(), gathered_for_generation(accelerator, policy):
-            seqs = core.generate(input_ids=query, attention_mask=qmask,
-                                 **seeded_sampling_kwargs(cfg.seed, update, rank * len(query), len(query),
-                                                          cfg.max_new_tokens, cfg.temperature, cfg.top_p),
-                                 pad_token_id=pad, eos_token_id=eos, use_cache=True)  # [n, T_q + T_r]
+            seqs = generate_shared_prompts(
+                core, query, qmask, group, pad_token_id=pad, eos_token_id=eos, use_cache=True,
+                **seeded_sampling_kwargs(cfg.seed, update, rank * len(query), len(query), cfg.max_new_tokens,
+                                         cfg.temperature, cfg.top_p))  # [n, T_q + T_r]
         response = seqs[:, n_query:]
         lengths, ended = eos_lengths(response, eos)  # from the first EOS, never by matching the pad token
         texts = [tokenizer.decode(r[:n], skip_special_tokens=True).strip() for r, n in zip(response, lengths)]
@@ -311,14 +347,14 @@ def train(cfg: PolicyConfig) -> dict:
         step_forward = None
         if single_step:
             core.train()
-            step_forward = response_logprobs_and_values(policy, seqs[own], mask[own], n_query)
+            step_forward = response_logprobs_and_values(policy, seqs[own], mask[own], n_query, group)
             logp_old, values_old = (None if t is None else t.detach() for t in step_forward)
         else:
             with torch.no_grad():
                 logp_old, values_old = response_logprobs_and_values(policy if value_head is not None else core,
-                                                                    seqs[own], mask[own], n_query)  # [n, T_r]
+                                                                    seqs[own], mask[own], n_query, group)  # [n, T_r]
         with torch.no_grad():
-            logp_ref = reference_logprobs(seqs[own], mask[own], n_query)
+            logp_ref = reference_logprobs(seqs[own], mask[own], n_query, group)
         logp_old, logp_ref = gather_rows(accelerator, logp_old), gather_rows(accelerator, logp_ref)  # [N, T_r]
         if values_old is not None:
             values_old = gather_rows(accelerator, values_old)
