@@ -2,12 +2,12 @@
 steps and wall time to a mean return of 475.
 
     pip install -e .[bench]                 # sb3-contrib (RecurrentPPO)
-    python benchmarks/pomdp.py              # rpg, drqn and RecurrentPPO, 2 seeds each, at most 200k steps
+    python benchmarks/pomdp.py              # rpg, drqn and RecurrentPPO, seeds 0-2 each, one run at a time
     python benchmarks/pomdp.py --agents rpg,sb3 --seeds 1 --max_steps 100000
 
 What runs, on the same environment (`rlhf.pomdp.envs.make_env("masked-cartpole")`: CartPole-v1 observing
 (x, theta) only):
-- **rpg**, **drqn**: `rlhf pomdp train` with configs/pomdp/masked_cartpole_{rpg_long,drqn}.yaml (CONFIGS below;
+- **rpg**, **drqn**: `rlhf pomdp train` with configs/pomdp/masked_cartpole_{rpg_decay,drqn}.yaml (CONFIGS below;
   8 environments, observation normalisation), evaluated every `--eval_every` steps;
 - **sb3**: `sb3_contrib.RecurrentPPO` with the RL Zoo's settings for CartPoleNoVel-v1 (as published with its
   model, which reaches 500 within 100k steps): MlpLstmPolicy, 8 environments, n_steps 32, batch 256, 20 epochs,
@@ -17,11 +17,15 @@ What runs, on the same environment (`rlhf.pomdp.envs.make_env("masked-cartpole")
 
 The same stopping rule for all: every `--eval_every` environment steps, 20 evaluation episodes with the
 policy's own sampling (sb3: deterministic=False; its observations normalised by the training statistics);
-training stops at the first evaluation whose mean return is >= 475. Reported per seed: the environment steps
-at that evaluation (or "not reached" within `--max_steps`) and the wall time of the whole training call,
-evaluations included (`--from_results`: the toolkit's time at its first evaluation >= 475, from the run's
-metrics). Both sides use one torch thread. Times depend on the machine's load: run it on a quiet
-machine, and compare the two sides from the same run only.
+training stops at the first evaluation whose mean return is >= 475. The toolkit's runs use their YAML as it is
+(total_steps, learning-rate schedule) with only `stop_at_return` set to 475, so each is the run that
+benchmarks/pomdp_results.py makes with that config and seed, up to its first evaluation >= 475; `--max_steps`
+bounds RecurrentPPO. Reported per seed: the environment steps at that evaluation (or "not reached"), the wall
+time and the process CPU time of the whole training call, evaluations included, and the 1-minute load average
+just before and after it (`--from_results`: the toolkit's wall time at its first evaluation >= 475, from the
+run's metrics, no CPU time). Every side uses one torch thread. Wall times depend on the machine's load: run it
+on a quiet machine, one run at a time, with CPU priority (e.g. `echo -10 > /proc/<pid>/autogroup`; the JSON
+records the autogroup's nice value), and compare the sides from the same run only.
 
 Prints a table and, as the last line, one JSON object; the JSON also goes to benchmarks/results/pomdp.json.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -49,7 +54,7 @@ from rlhf.pomdp.train import PomdpConfig, train  # noqa: E402
 TARGET = 475.0
 # the toolkit's configs, as in benchmarks/pomdp_results.py (rpg_long is masked_cartpole_rpg.yaml trained on to 490;
 # the two are the same run up to the first evaluation >= 475)
-CONFIGS = {"rpg": "masked_cartpole_rpg_long", "drqn": "masked_cartpole_drqn"}
+CONFIGS = {"rpg": "masked_cartpole_rpg_decay", "drqn": "masked_cartpole_drqn"}
 
 
 def from_results(agent: str, seed: int, args) -> dict:
@@ -79,15 +84,34 @@ def from_results(agent: str, seed: int, args) -> dict:
 def run_toolkit(agent: str, seed: int, args) -> dict:
     cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"{CONFIGS[agent]}.yaml", {
         "seed": str(seed), "output_dir": f"{args.runs_dir}/{agent}-seed{seed}", "overwrite": "true",
-        "total_steps": str(args.max_steps), "eval_every": str(args.eval_every), "eval_episodes": "20",
         "stop_at_return": str(TARGET), "final_eval_episodes": "0"})
-    start = time.time()
-    m = train(cfg)
-    seconds = time.time() - start
+    if cfg.eval_every != args.eval_every or cfg.eval_episodes != 20:
+        raise SystemExit(f"{CONFIGS[agent]}.yaml: evaluates every {cfg.eval_every} steps on {cfg.eval_episodes} "
+                         f"episodes, not every {args.eval_every} on 20")
+    m = timed(lambda: train(cfg))
     reached = m["reached_stop_at"]
     return {"side": agent, "seed": seed, "reached": reached is not None,
-            "env_steps": reached["step"] if reached else None, "wall_seconds": seconds,
-            "steps_run": m["env_steps"], "best_eval_return": m["best_periodic"]["return_mean"]}
+            "env_steps": reached["step"] if reached else None, "steps_run": m["env_steps"],
+            "best_eval_return": m["best_periodic"]["return_mean"], **m["timing"]}
+
+
+def timed(fn):
+    """fn()'s result (a dict) with a "timing" entry: wall and process CPU seconds of the call, and the 1-minute
+    load average just before and after it."""
+    load_before, wall, cpu = os.getloadavg()[0], time.time(), time.process_time()
+    result = fn()
+    timing = {"wall_seconds": time.time() - wall, "cpu_seconds": time.process_time() - cpu,
+              "load_before": load_before, "load_after": os.getloadavg()[0]}
+    print(f"[pomdp bench] {timing}", file=sys.stderr, flush=True)
+    return {**result, "timing": timing}
+
+
+def autogroup_nice() -> int | None:
+    """The nice value of this process's autogroup (Linux; None elsewhere)."""
+    try:
+        return int(Path("/proc/self/autogroup").read_text().split("nice")[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def run_sb3(seed: int, args) -> dict:
@@ -132,18 +156,16 @@ def run_sb3(seed: int, args) -> dict:
                            net_arch=dict(pi=[64], vf=[64])),
         seed=seed, device="cpu", verbose=0)
     callback = StopAtTarget()
-    start = time.time()
-    model.learn(total_timesteps=args.max_steps, callback=callback)
-    seconds = time.time() - start
+    timing = timed(lambda: {"model": model.learn(total_timesteps=args.max_steps, callback=callback)})["timing"]
     return {"side": "sb3", "seed": seed, "reached": callback.reached is not None, "env_steps": callback.reached,
-            "wall_seconds": seconds, "steps_run": int(model.num_timesteps),
-            "best_eval_return": max((h["return_mean"] for h in history), default=float("nan"))}
+            "steps_run": int(model.num_timesteps),
+            "best_eval_return": max((h["return_mean"] for h in history), default=float("nan")), **timing}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="rpg,drqn,sb3", help="Comma-separated: rpg, drqn, sb3.")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first_seed", type=int, default=0, help="Seeds are first_seed .. first_seed + seeds - 1.")
     parser.add_argument("--max_steps", type=int, default=200_000)
     parser.add_argument("--eval_every", type=int, default=5000)
@@ -170,28 +192,37 @@ def main() -> None:
             else:
                 rows.append(run_toolkit(agent, seed, args))
 
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
     summary = {}
-    lines = [f"{'side':<6} {'seed':>4} {'reached 475':>11} {'env steps':>10} {'wall s':>8} {'best eval':>9}"]
+    lines = [f"{'side':<6} {'seed':>4} {'reached 475':>11} {'env steps':>10} {'wall s':>8} {'cpu s':>8} "
+             f"{'load before/after':>17} {'best eval':>9}"]
     for r in rows:
+        load = f"{fmt(r.get('load_before'), '.2f')} / {fmt(r.get('load_after'), '.2f')}"
         lines.append(f"{r['side']:<6} {r['seed']:>4} {str(r['reached']):>11} {str(r['env_steps'] or '-'):>10} "
-                     f"{r['wall_seconds']:>8.1f} {r['best_eval_return']:>9.1f}")
+                     f"{r['wall_seconds']:>8.1f} {fmt(r.get('cpu_seconds'), '8.1f'):>8} {load:>17} "
+                     f"{r['best_eval_return']:>9.1f}")
     for side in dict.fromkeys(r["side"] for r in rows):
         mine = [r for r in rows if r["side"] == side]
         hit = [r for r in mine if r["reached"]]
+        cpu = [r["cpu_seconds"] for r in hit if r.get("cpu_seconds") is not None]
         summary[side] = {"reached": f"{len(hit)}/{len(mine)}",
                          "env_steps_mean": float(np.mean([r["env_steps"] for r in hit])) if hit else None,
-                         "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in hit])) if hit else None}
+                         "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in hit])) if hit else None,
+                         "cpu_seconds_mean": float(np.mean(cpu)) if hit and len(cpu) == len(hit) else None}
     lines.append("")
     lines.append("mean over the seeds that reached 475:")
     for side, s in summary.items():
-        steps = f"{s['env_steps_mean']:.0f}" if s["env_steps_mean"] is not None else "-"
-        secs = f"{s['wall_seconds_mean']:.1f}" if s["wall_seconds_mean"] is not None else "-"
-        lines.append(f"  {side:<6} reached {s['reached']}, env steps {steps}, wall s {secs}")
+        lines.append(f"  {side:<6} reached {s['reached']}, env steps {fmt(s['env_steps_mean'], '.0f')}, "
+                     f"wall s {fmt(s['wall_seconds_mean'], '.1f')}, cpu s {fmt(s['cpu_seconds_mean'], '.1f')}")
     print("\n".join(lines))
     import sb3_contrib
     result = {"target": TARGET, "eval_every": args.eval_every, "max_steps": args.max_steps, "runs": rows,
               "summary": summary, "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                                              "sb3_contrib": sb3_contrib.__version__, "threads": 1}}
+                                              "sb3_contrib": sb3_contrib.__version__, "threads": 1,
+                                              "cpus": os.cpu_count(), "autogroup_nice": autogroup_nice()},
+              "configs": {side: f"configs/pomdp/{CONFIGS[side]}.yaml" for side in CONFIGS}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -226,6 +226,23 @@ def discounted_reward_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: fl
     return ((rewards * m).double() @ discount).to(rewards.dtype) * m
 
 
+def lambda_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                      lam: float) -> torch.Tensor:
+    """GAE(lambda) advantages of whole episodes: rewards, values, mask [B, T] (one episode per row, padding after
+    its end where mask is 0; the value after an episode's last step is 0) -> [B, T], zero on padding.
+
+        delta_t = r_t + gamma V_{t+1} - V_t,    A_t = sum_{k >= 0} (gamma lam)^k delta_{t+k}
+
+    lam = 1 gives the reward-to-go minus the baseline, G_t - V_t; lam = 0 the one-step delta_t. No loop over
+    time: the sum is `discounted_reward_to_go` of the deltas with discount gamma * lam.
+    """
+    m = mask.to(values.dtype)
+    v = values * m
+    next_v = torch.cat([v[:, 1:], v.new_zeros(v.shape[0], 1)], dim=1)  # [B, T]: V_{t+1}, 0 after the end
+    delta = (rewards + gamma * next_v - v) * m
+    return discounted_reward_to_go(delta, mask, gamma * lam)
+
+
 def n_step_td_targets(rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
                       mask: torch.Tensor, gamma: float, n: int = 1) -> torch.Tensor:
     """n-step TD targets along sequences, cut at episode ends and at the end of each row's valid steps.

@@ -13,7 +13,7 @@ import torch
 
 from rlhf.config import ConfigError, load_config
 from rlhf.losses import (diagonal_gaussian_kl, diagonal_gaussian_log_prob, discounted_reward_to_go,
-                         double_q_values, n_step_td_targets, sequence_elbo)
+                         double_q_values, lambda_advantages, n_step_td_targets, sequence_elbo)
 from rlhf.pomdp.agents import Episode, SequenceReplay
 from rlhf.pomdp.envs import ENV_NAMES, AliasedCorridor, TMaze, TwoDoors, make_env
 
@@ -139,6 +139,57 @@ def test_discounted_reward_to_go_by_hand():
     for t in reversed(range(7)):
         ref[:, t] = r[:, t] + (0.9 * ref[:, t + 1] if t + 1 < 7 else 0)
     torch.testing.assert_close(discounted_reward_to_go(r, m, 0.9), ref)
+
+
+def test_lambda_advantages_by_hand():
+    r = torch.tensor([[1.0, 2.0, 3.0, 9.0], [1.0, 1.0, 9.0, 9.0]])
+    v = torch.tensor([[4.0, 2.0, 1.0, 7.0], [1.0, 3.0, 7.0, 7.0]])
+    m = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    # gamma 0.5: row 0 deltas 1 + 0.5*2 - 4 = -2, 2 + 0.5*1 - 2 = 0.5, 3 + 0 - 1 = 2 (no value after the end);
+    # row 1: 1 + 1.5 - 1 = 1.5, 1 + 0 - 3 = -2
+    torch.testing.assert_close(lambda_advantages(r, v, m, gamma=0.5, lam=0.0),
+                               torch.tensor([[-2.0, 0.5, 2.0, 0.0], [1.5, -2.0, 0.0, 0.0]]))
+    # lam 0.5 (discount 0.25): 2; 0.5 + 0.25*2 = 1; -2 + 0.25*1 = -1.75; row 1: -2; 1.5 - 0.5 = 1
+    torch.testing.assert_close(lambda_advantages(r, v, m, gamma=0.5, lam=0.5),
+                               torch.tensor([[-1.75, 1.0, 2.0, 0.0], [1.0, -2.0, 0.0, 0.0]]))
+    # lam 1: reward-to-go minus the baseline (2.75 - 4, 3.5 - 2, 3 - 1; 1.5 - 1, 1 - 3)
+    torch.testing.assert_close(lambda_advantages(r, v, m, gamma=0.5, lam=1.0),
+                               torch.tensor([[-1.25, 1.5, 2.0, 0.0], [0.5, -2.0, 0.0, 0.0]]))
+    # against a plain backward loop on random data with ragged episodes
+    r, v = torch.randn(3, 6), torch.randn(3, 6)
+    lengths = [6, 4, 1]
+    m = torch.tensor([[t < L for t in range(6)] for L in lengths])
+    ref = torch.zeros(3, 6)
+    for i, L in enumerate(lengths):
+        last = 0.0
+        for t in reversed(range(L)):
+            delta = r[i, t] + 0.9 * (v[i, t + 1] if t + 1 < L else 0.0) - v[i, t]
+            last = delta + 0.9 * 0.7 * last
+            ref[i, t] = last
+    torch.testing.assert_close(lambda_advantages(r, v, m, 0.9, 0.7), ref)
+
+
+def test_policy_update_with_gae_lambda_one_matches_reward_to_go():
+    """The rpg update with gae_lambda 1 takes the same step as the default (reward-to-go minus the baseline);
+    lambda 0.5 takes a different one."""
+    from rlhf.pomdp.agents import build_agent
+    from rlhf.pomdp.train import PomdpConfig
+
+    rng = np.random.default_rng(0)
+    episodes = [Episode(rng.normal(size=(L, 2)).astype(np.float32), rng.normal(size=(L, 2)).astype(np.float32),
+                        rng.integers(0, 2, L), np.ones(L, np.float32), L < 9, None) for L in (9, 5, 3)]
+    after = {}
+    for lam in (None, 1.0, 0.5):
+        torch.manual_seed(0)
+        cfg = load_config(PomdpConfig, overrides={"agent": "rpg", "hidden_size": "8", "gamma": "0.9",
+                                                  "gae_lambda": "null" if lam is None else str(lam)})
+        agent = build_agent("rpg", 2, 2, cfg, np.random.default_rng(0))
+        agent.update(episodes)
+        after[lam] = torch.cat([p.detach().flatten() for p in agent.net.parameters()])
+    torch.testing.assert_close(after[1.0], after[None], rtol=0, atol=1e-6)
+    assert (after[0.5] - after[None]).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match="gae_lambda"):
+        load_config(PomdpConfig, overrides={"gae_lambda": "1.5"})
 
 
 def test_n_step_td_targets_by_hand():
@@ -388,6 +439,7 @@ def test_best_checkpoint_is_the_best_periodic_evaluation(tmp_path, monkeypatch):
     ("vae", []),
     ("dqn-window", []),
     ("rpg", []),
+    ("rpg", ["--gae_lambda", "0.9", "--lr_end", "1e-4"]),
 ])
 def test_cli_train_and_evaluate_smoke(tmp_path, agent, extra):
     from rlhf.cli import main

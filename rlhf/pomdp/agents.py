@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rlhf.losses import (diagonal_gaussian_kl, diagonal_gaussian_log_prob, discounted_reward_to_go,
-                         double_q_values, masked_mean, n_step_td_targets, sequence_elbo, whiten)
+                         double_q_values, lambda_advantages, masked_mean, n_step_td_targets, sequence_elbo, whiten)
 
 VALUE_AGENTS = ("dqn", "dqn-window", "drqn", "vae")
 POLICY_AGENTS = ("pg", "rpg")
@@ -509,7 +509,10 @@ class PolicyAgent:
         logp = logp_all.gather(2, actions.unsqueeze(2)).squeeze(2)  # [B, T]
         # 2. reward-to-go and advantages against the history-conditioned baseline
         returns = discounted_reward_to_go(rewards, mask, cfg.gamma)  # [B, T]
-        advantages = (returns - baseline.detach())
+        if cfg.gae_lambda is None:
+            advantages = returns - baseline.detach()
+        else:  # GAE(lambda) on the baseline's values (lambda 1: the line above)
+            advantages = lambda_advantages(rewards, baseline.detach(), mask, cfg.gamma, cfg.gae_lambda)
         if cfg.normalize_advantages:
             advantages = whiten(advantages, mask)
         # 3. losses

@@ -73,6 +73,8 @@ class PomdpConfig(RunConfig):
     normalize_advantages: bool = option(True, help="pg, rpg: whiten advantages over each batch.")
     value_coef: float = option(0.5, help="pg, rpg: weight of the baseline's regression loss.")
     entropy_coef: float = option(0.0, help="pg, rpg: entropy bonus.")
+    gae_lambda: float | None = option(None, help="pg, rpg: advantages by GAE(lambda) on the baseline's values "
+                                      "(null: reward-to-go minus the baseline, which lambda 1 equals).")
     # evaluation
     eval_every: int = option(10_000, help="Evaluate every this many environment steps.")
     eval_episodes: int = option(20, help="Episodes per periodic evaluation.")
@@ -91,6 +93,8 @@ class PomdpConfig(RunConfig):
         require_at_least(self, 0, "burn_in", "learning_starts", "final_eval_episodes")
         if not 0.0 < self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.gae_lambda is not None and not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError(f"gae_lambda must be in [0, 1] or null, got {self.gae_lambda}")
         if self.n_cells < 3 or self.n_cells % 2 == 0:
             raise ConfigError(f"n_cells must be odd and >= 3, got {self.n_cells}")
 
