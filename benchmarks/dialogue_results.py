@@ -6,14 +6,19 @@ scripted data, on the guessing game and the double-T text maze, over several see
         --value_steps 100 --val_episodes 40 --out /tmp/dialogue_smoke.json   # a smoke run
     python benchmarks/dialogue_results.py --envs guess --seeds 2 3 --out /tmp/b.json   # a share of the work...
     python benchmarks/dialogue_results.py --merge /tmp/a.json /tmp/b.json   # ...and one results file from all
+    python benchmarks/dialogue_results.py --agents bc bc_top_p ilql --lm_cache runs/dialogue/lm_cache \
+        --out /tmp/ilql.json   # BC LMs saved (and reused by later runs of the same settings)
 
 Per seed and environment: the data set is generated from the seed (`episodes_per_policy` episodes from each
 of the random, greedy-informative and near-optimal scripted policies); one behaviour-cloned LM is trained on
 all of it (BC) and two on the top `filter_fraction` by return (filtered BC: as many optimiser steps as BC,
 so 1 / filter_fraction times its epochs; filtered_bc_epochs: as many epochs as BC, so fewer steps); MC, ILQL
 and CHAI train value heads on the BC LM's frozen hidden states and act through it (ILQL: log pi_bc + beta
-(Q - V) per token, within pi_bc's top-p nucleus, `--ilql_top_p`; MC and CHAI: the best of k utterances
-sampled from the BC LM). `bc_top_p` is the BC LM sampled within the same nucleus and no Q: the share of
+(Q - V) per token, within pi_bc's top-p nucleus, `--ilql_top_p`, the Q of every token of an utterance
+regressed onto that utterance's lambda-return, `--ilql_bootstrap utterance --ilql_lambda 1` = its Monte-Carlo
+return-to-go; `--ilql_bootstrap token` is the one-step per-token target r + gamma V(s') of the earlier runs,
+`--ilql_trunk_layers n` puts the heads on a copy of the LM whose top n layers train with them; MC and CHAI:
+the best of k utterances sampled from the BC LM). `bc_top_p` is the BC LM sampled within the same nucleus and no Q: the share of
 ILQL's result that the nucleus alone gives. ILQL's beta is chosen per seed among `--betas` by success (then
 return) on `--val_episodes` held-out validation episodes (episode seeds 10^6 (seed + 1) + 500000 + i), never
 on the reported ones; its cost is counted in ILQL's training compute. Every agent then plays `episodes` fresh
@@ -38,12 +43,17 @@ LM is shared by BC, bc_top_p, MC, ILQL and CHAI; its cost is listed with each.
 Settings were chosen on data seed 0 with its own evaluation episodes (seed 0 is never reported): the LM
 (2 x 128, 800 steps; 2 x 64 and 1500 steps gave BC the same success), the conservative weight (0.1; 1.0
 halved CHAI's success), CHAI's k (8 and 16 tied; 8) and ILQL's nucleus (top-p 1.0 / 0.9 / 0.8 / 0.7 / 0.6
-tried; 0.8) and beta grid (2-16; 32 and 64 were worse within the nucleus).
+tried; 0.8), and ILQL's targets: the one-step per-token target (`--ilql_bootstrap token`, with CQL 0.1 or
+0.01, 1500-6000 steps, tau 0.5-0.9, frozen features or a trained copy of the trunk) and the one-step utterance
+target (lambda 0) all made a larger beta guess names earlier; the utterance's Monte-Carlo return (lambda 1,
+CQL 0.01, 6000 steps, Polyak 0.05) made it ask more and guess right more, rising to beta 32 (hence the grid
+2-64).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -62,11 +72,14 @@ sys.path.insert(0, str(ROOT))
 from rlhf.dialogue.agents import Agent, evaluate, scripted_return  # noqa: E402
 from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q  # noqa: E402
 from rlhf.dialogue.data import Encoder, generate, top_fraction  # noqa: E402
+from rlhf.dialogue.models import build_lm  # noqa: E402
 from rlhf.dialogue.envs import normalised_score  # noqa: E402
 from rlhf.models import build_tiny_tokenizer  # noqa: E402
 
 AGENTS = ("bc", "filtered_bc", "filtered_bc_epochs", "bc_top_p", "mc", "ilql", "chai")
 BASELINES = ("bc", "filtered_bc", "filtered_bc_epochs")
+ILQL_DEFAULTS = {"trunk_layers": 0, "steps": 6000, "cql_weight": 0.01, "polyak": 0.05, "bootstrap": "utterance",
+                 "lambda": 1.0}
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
@@ -113,11 +126,28 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
                    gamma=args.gamma, width=args.head_width)
 
     def bc_run(data, name, steps):
+        kw = {**bc_kw, "steps": steps}
+        cache = None
+        if args.lm_cache:  # the LM and the cost of training it, keyed by everything that determines it
+            key = json.dumps({"env": env, "name": name, "episodes_per_policy": args.episodes_per_policy,
+                              "filter_fraction": args.filter_fraction, **kw}, sort_keys=True)
+            cache = Path(args.lm_cache) / hashlib.sha256(key.encode()).hexdigest()[:16]
+            if (cache / "lm.pt").is_file():
+                model = build_lm(tok, args.hidden, args.layers, seed)
+                model.load_state_dict(torch.load(cache / "lm.pt", weights_only=True))
+                print(f"[{env} seed {seed}] {name}: LM from {cache}", file=sys.stderr, flush=True)
+                return model.eval(), {**json.loads((cache / "cost.json").read_text()), "lm_from_cache": True}
         cpu = time.process_time()
         with TokenForwards() as count:
-            model, st = train_bc(data, tok, desc=f"{env} s{seed} {name}", **{**bc_kw, "steps": steps})
-        return model, {"lm_seconds": st.seconds, "lm_steps": st.steps, "lm_parameters": st.parameters,
-                       "lm_cpu_seconds": time.process_time() - cpu, "lm_token_forwards": count.tokens}
+            model, st = train_bc(data, tok, desc=f"{env} s{seed} {name}", **kw)
+        cost = {"lm_seconds": st.seconds, "lm_steps": st.steps, "lm_parameters": st.parameters,
+                "lm_cpu_seconds": time.process_time() - cpu, "lm_token_forwards": count.tokens}
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), cache / "lm.pt")
+            (cache / "cost.json").write_text(json.dumps(cost) + "\n")
+            (cache / "key.json").write_text(key + "\n")
+        return model, cost
 
     wanted = set(args.agents)
     agents: dict = {}
@@ -136,8 +166,11 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
         cpu = time.process_time()
         with TokenForwards() as count:
             if name == "ilql":
-                heads[name] = train_ilql(records, tok, lm, tau=args.expectile, cql_weight=args.cql_weight,
-                                         polyak=args.polyak, **head_kw)
+                heads[name] = train_ilql(records, tok, lm, tau=args.expectile, cql_weight=args.ilql_cql_weight,
+                                         polyak=args.ilql_polyak, trunk_layers=args.ilql_trunk_layers,
+                                         trunk_batch_size=args.ilql_trunk_batch_size, bootstrap=args.ilql_bootstrap,
+                                         lam=args.ilql_lambda,
+                                         **{**head_kw, "steps": args.ilql_steps or args.value_steps})
             else:
                 heads[name] = train_utterance_q(records, tok, lm, mode=name, cql_weight=args.cql_weight,
                                                 polyak=args.polyak, num_candidates=args.num_candidates, **head_kw)
@@ -304,14 +337,33 @@ def main(argv=None) -> dict:
     p.add_argument("--polyak", type=float, default=0.005)
     p.add_argument("--num_candidates", type=int, default=4)
     p.add_argument("--beta", type=float, default=16.0, help="ILQL's beta when --betas has fewer than 2 values.")
-    p.add_argument("--betas", type=float, nargs="*", default=[2.0, 4.0, 8.0, 16.0],
+    p.add_argument("--betas", type=float, nargs="*", default=[2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
                    help="ILQL: choose beta per seed among these on --val_episodes held-out validation episodes.")
     p.add_argument("--val_episodes", type=int, default=500)
     p.add_argument("--ilql_top_p", type=float, default=0.8,
                    help="ILQL acts within the BC policy's top-p nucleus (bc_top_p: BC sampled the same way).")
     p.add_argument("--ilql_adv_clip", type=float, default=0.0, help="ILQL: clamp Q - V to +-this (0: no clamp).")
+    p.add_argument("--ilql_trunk_layers", type=int, default=ILQL_DEFAULTS["trunk_layers"],
+                   help="ILQL: 0 = heads on the BC LM's frozen hidden states; n = heads on a copy of the LM's trunk "
+                        "whose top n layers train with them.")
+    p.add_argument("--ilql_steps", type=int, default=ILQL_DEFAULTS["steps"],
+                   help="ILQL optimiser steps (0: --value_steps).")
+    p.add_argument("--ilql_trunk_batch_size", type=int, default=16,
+                   help="ILQL with a trunk: trajectories per step (every agent token of them a transition).")
+    p.add_argument("--ilql_cql_weight", type=float, default=ILQL_DEFAULTS["cql_weight"],
+                   help="ILQL's CQL weight (--cql_weight is CHAI's).")
+    p.add_argument("--ilql_polyak", type=float, default=ILQL_DEFAULTS["polyak"],
+                   help="ILQL's target-network rate (--polyak is CHAI's).")
+    p.add_argument("--ilql_bootstrap", default=ILQL_DEFAULTS["bootstrap"], choices=["token", "utterance"],
+                   help="ILQL: bootstrap each token from the next token's state, or from the state after the "
+                        "environment's reply to its utterance.")
+    p.add_argument("--ilql_lambda", type=float, default=ILQL_DEFAULTS["lambda"],
+                   help="ILQL with --ilql_bootstrap utterance: lambda of the utterance-level lambda-returns.")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lm_cache", default="", help="A folder where each behaviour-cloned LM is saved with the cost "
+                   "of training it, and loaded from by later runs of the same settings (the compute columns then "
+                   "report the first run's training).")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dialogue_results.json"))
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="Run nothing: merge results files of this script (the same settings, disjoint seeds or "
@@ -353,7 +405,7 @@ def main(argv=None) -> dict:
     return results
 
 
-SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "prefer_first", "threads"}  # may differ between merged runs
+SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "prefer_first", "threads", "lm_cache"}  # may differ between merged runs
 
 
 def merge(args) -> dict:

@@ -445,3 +445,16 @@ def ilql_acting_logits(bc_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor
     if adv_clip is not None:
         adv = adv.clamp(-adv_clip, adv_clip)
     return (logp + beta * adv).masked_fill(~top_p_support(logp, top_p), float("-inf"))
+
+
+def action_run_end(action_mask: torch.Tensor) -> torch.Tensor:
+    """For each position t of action_mask [B, T] (1 where the token is an agent action), the index of the last
+    position of the run of consecutive actions that holds t (an utterance's last token: its end-of-line); t
+    itself where action_mask is 0. [B, T] long. Used to bootstrap every token of an utterance from the state
+    after the environment's reply (`next_action_index` at the run's end) rather than from the next token."""
+    B, T = action_mask.shape
+    out = torch.arange(T, device=action_mask.device).repeat(B, 1)
+    on = action_mask.bool()
+    for t in reversed(range(T - 1)):
+        out[:, t] = torch.where(on[:, t] & on[:, t + 1], out[:, t + 1], out[:, t])
+    return out

@@ -2,7 +2,9 @@
 
 - `train_bc`: behaviour cloning, next-token likelihood of the agent's tokens (filtered BC: the same on the
   top fraction of trajectories by return, see `rlhf.dialogue.data.top_fraction`).
-- `train_ilql`: per-token implicit language Q-learning (Snell et al., 2022): one time step per token.
+- `train_ilql`: per-token implicit language Q-learning (Snell et al., 2022): one time step per token; Q of a
+  token regressed onto r + gamma V(next token's state), or onto its utterance's lambda-return (V read at the
+  state after each reply; lambda 1: the Monte-Carlo return-to-go).
 - `train_utterance_q`: per-utterance Q over candidate utterances; mode "chai" (Bellman targets with the max
   over candidates sampled from a fixed LM, a CQL term over those candidates; Verma et al., 2022) or "mc"
   (regression onto Monte-Carlo returns-to-go).
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from rlhf.dialogue.data import Encoder, transitions
+from rlhf.dialogue.data import Encoder, TokenBatch, transitions
 from rlhf.dialogue.models import (
     ValueHeads,
     build_lm,
@@ -29,9 +31,11 @@ from rlhf.dialogue.models import (
 )
 from rlhf.losses import (
     IGNORE_INDEX,
+    action_run_end,
     bellman_targets,
     cql_term,
     expectile_loss,
+    gae,
     next_action_index,
     place_utterance_rewards,
     token_discounts,
@@ -101,29 +105,59 @@ def train_bc(records: list[dict], tokenizer, *, hidden: int, layers: int, steps:
 # ---------------------------------------------------------------------------------------------- ILQL
 
 
-def token_transitions(b, gamma: float) -> dict[str, torch.Tensor]:
+def token_transitions(b, gamma: float, bootstrap: str = "token") -> dict[str, torch.Tensor]:
     """Every agent token of a TokenBatch as one ILQL transition, flat [N_tokens] tensors:
 
     row, col: where its state's hidden state is (the position before the token); action: the token;
     reward: the utterance's reward on its last token, else 0; gamma: the discount to the next action (gamma
     between utterances, 1 inside one); next_col: the next agent token's state position; done: 1.0 after the
     episode's last token. Environment tokens are part of the transition, not states.
+
+    bootstrap "utterance": every token of an utterance gets the transition of the utterance's last token
+    (the utterance's reward, gamma, the state after the environment's reply, done): the Q of a token is the
+    value of finishing the utterance as logged, so that values propagate through one bootstrap per turn
+    instead of one per token.
     """
+    if bootstrap not in ("token", "utterance"):
+        raise ValueError(f"unknown bootstrap '{bootstrap}' (token or utterance)")
     T = b.tokens.shape[1]
     acts = b.action_mask[:, 1:] * b.attention_mask[:, 1:]  # [B, T-1]: token t+1 is the agent's
     rewards = place_utterance_rewards(b.utt_rewards, b.utt_last, b.utt_mask, T)[:, 1:]  # [B, T-1]
     gammas = token_discounts(b.utt_last, b.utt_mask, T, gamma)[:, 1:]  # [B, T-1]
     nxt = next_action_index(acts)  # [B, T-1]; T-1 where none follows
     row, col = acts.nonzero(as_tuple=True)
-    return {"row": row, "col": col, "action": b.tokens[row, col + 1], "reward": rewards[row, col],
-            "gamma": gammas[row, col], "next_col": nxt[row, col].clamp(max=T - 2),
-            "done": (nxt[row, col] == T - 1).float()}
+    end = action_run_end(acts)[row, col] if bootstrap == "utterance" else col
+    starts = acts.bool() & ~torch.nn.functional.pad(acts, (1, 0))[:, :-1].bool()  # [B, T-1]: first tokens
+    return {"row": row, "col": col, "action": b.tokens[row, col + 1], "reward": rewards[row, end],
+            "gamma": gammas[row, end], "next_col": nxt[row, end].clamp(max=T - 2),
+            "done": (nxt[row, end] == T - 1).float(), "utt": (starts.cumsum(1) - 1)[row, col]}
+
+
+def utterance_start_cols(b) -> torch.Tensor:
+    """[B, U] long: for each utterance of a TokenBatch, the position of its state (the one before its first
+    token: the intro's or the previous reply's end-of-line); 0 where utt_mask is 0."""
+    acts = b.action_mask[:, 1:] * b.attention_mask[:, 1:]
+    starts = acts.bool() & ~torch.nn.functional.pad(acts, (1, 0))[:, :-1].bool()
+    out = torch.zeros(b.utt_mask.shape, dtype=torch.long)
+    row, col = starts.nonzero(as_tuple=True)
+    out[row, (starts.cumsum(1) - 1)[row, col]] = col
+    return out
+
+
+def utterance_lambda_targets(b, v_start: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """lambda-returns per utterance, [B, U]: G_u = r_u + gamma ((1 - lam) V(s_{u+1}) + lam G_{u+1}), 0 after
+    the episode's last utterance (GAE's returns with the values V(s_u) at the utterances' states, v_start
+    [B, U]). lam 0: r_u + gamma V(s_{u+1}); lam 1: the Monte-Carlo return-to-go."""
+    return gae(b.utt_rewards, v_start, b.utt_mask, gamma, lam)[1]
 
 
 def ilql_losses(heads: ValueHeads, target: ValueHeads, h: torch.Tensor, h_next: torch.Tensor, tr: dict, *,
-                tau: float, cql_weight: float):
+                tau: float, cql_weight: float, h_target: torch.Tensor | None = None,
+                y: torch.Tensor | None = None):
     """ILQL losses (Snell et al., 2022) on a batch of token transitions: states h [B, d], next states
-    h_next [B, d] (the LM's hidden states), and the flat fields of `token_transitions` [B]:
+    h_next [B, d] (hidden states), and the flat fields of `token_transitions` [B]; `h_target` [B, d]: the
+    states as the target network sees them (its own trunk's; default h); `y` [B]: Q targets given (lambda-
+    returns) instead of step 2's:
 
         1. Q(s, a) from the q head for the logged token, V(s) from the v head;
         2. Q target r + gamma_t V(s') (V detached; 0 after the episode's last token), gamma_t = gamma at an
@@ -135,9 +169,11 @@ def ilql_losses(heads: ValueHeads, target: ValueHeads, h: torch.Tensor, h_next: 
     q = q_all.gather(-1, tr["action"][:, None]).squeeze(-1)  # [B]
     v = heads.v_values(h)  # [B]
     with torch.no_grad():
-        q_target = target.q_values(h).gather(-1, tr["action"][:, None]).squeeze(-1)
+        h_t = h if h_target is None else h_target
+        q_target = target.q_values(h_t).gather(-1, tr["action"][:, None]).squeeze(-1)
         v_next = heads.v_values(h_next)
-    y = bellman_targets(tr["reward"], v_next, tr["done"], tr["gamma"])
+    if y is None:
+        y = bellman_targets(tr["reward"], v_next, tr["done"], tr["gamma"])
     q_loss = ((q - y) ** 2).mean()
     v_loss = expectile_loss(q_target - v, tau).mean()
     cql = cql_term(q_all, q).mean()
@@ -149,30 +185,75 @@ def ilql_losses(heads: ValueHeads, target: ValueHeads, h: torch.Tensor, h_next: 
 
 def train_ilql(records: list[dict], tokenizer, lm, *, steps: int, batch_size: int, lr: float, seed: int,
                gamma: float, tau: float, cql_weight: float, polyak: float, width: int = 256,
-               log_every: int = 100):
-    """ILQL heads on the frozen LM `lm` (the behaviour-cloned policy whose logits the agent perturbs).
-    A batch is `batch_size` agent tokens drawn from the whole data set."""
+               trunk_layers: int = 0, trunk_batch_size: int = 16, bootstrap: str = "token",
+               lam: float = 0.0, log_every: int = 100):
+    """ILQL heads for the frozen LM `lm` (the behaviour-cloned policy whose logits the agent perturbs).
+
+    trunk_layers 0: the heads read `lm`'s hidden states, computed once; a batch is `batch_size` agent tokens
+    drawn from the whole data set. trunk_layers n > 0: the heads read a copy of `lm`'s trunk whose top n
+    layers train with them (`ValueHeads.with_trunk`; the target network is a soft copy of trunk and heads);
+    a batch is `trunk_batch_size` whole trajectories, every agent token of them a transition. `bootstrap`:
+    see `token_transitions`; with "utterance", `lam` > 0 regresses Q onto the utterance-level lambda-returns
+    (`utterance_lambda_targets`, V(s_u) from the current V heads, not differentiated)."""
+    if bootstrap == "token" and lam:
+        raise ValueError("lam applies to bootstrap 'utterance' only")
     enc = Encoder(tokenizer)
     stats = TrainStats()
     t0 = time.time()
     data = enc.batch(records)  # [N, T] for the whole data set
-    hidden = lm_features(lm, data.tokens, data.attention_mask)  # [N, T, d], once
-    tr = token_transitions(data, gamma)
+    if trunk_layers:
+        heads = ValueHeads.with_trunk(lm, trunk_layers, width, seed)
+        hidden = None
+    else:
+        hidden = lm_features(lm, data.tokens, data.attention_mask)  # [N, T, d], once
+        tr_all = token_transitions(data, gamma, bootstrap)
+        start_cols = utterance_start_cols(data)  # [N, U]
+        heads = ValueHeads("token", hidden.shape[-1], len(tokenizer), width, seed)
     stats.extra_seconds = time.time() - t0
-    heads = ValueHeads("token", hidden.shape[-1], len(tokenizer), width, seed)
     target = copy.deepcopy(heads).requires_grad_(False)
-    opt = _optimizer(heads, lr)
-    stats.parameters = sum(p.numel() for p in heads.parameters())
+    params = [p for p in heads.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    stats.parameters = sum(p.numel() for p in params)
     start = time.time()
-    n = len(tr["row"])
-    for step, idx in enumerate(tqdm(_batches(n, batch_size, steps, seed), total=steps, desc="ilql",
-                                    leave=False), 1):
+    if trunk_layers:
+        n, size = len(records), trunk_batch_size
+    else:
+        n, size = len(tr_all["row"]), batch_size
+    for step, idx in enumerate(tqdm(_batches(n, size, steps, seed), total=steps, desc="ilql", leave=False), 1):
         idx = torch.tensor(idx)
-        sub = {k: v[idx] for k, v in tr.items()}
-        h, h_next = hidden[sub["row"], sub["col"]], hidden[sub["row"], sub["next_col"]]
-        loss, s = ilql_losses(heads, target, h, h_next, sub, tau=tau, cql_weight=cql_weight)
+        if trunk_layers:
+            b = data.select(idx)
+            T = int(b.attention_mask.sum(1).max())  # drop the columns that are padding in every row
+            b = TokenBatch(b.tokens[:, :T], b.attention_mask[:, :T], b.action_mask[:, :T], b.utt_rewards,
+                           b.utt_mask, b.utt_last)
+            sub = token_transitions(b, gamma, bootstrap)
+            hid = heads.features(b.tokens, b.attention_mask)  # [B, T, d], with gradients into the top layers
+            with torch.no_grad():
+                hid_t = target.features(b.tokens, b.attention_mask)
+            h, h_next = hid[sub["row"], sub["col"]], hid[sub["row"], sub["next_col"]].detach()
+            h_target = hid_t[sub["row"], sub["col"]]
+            y = None
+            if lam:
+                cols = utterance_start_cols(b)
+                with torch.no_grad():
+                    v_start = heads.v_values(hid.detach()[torch.arange(len(idx))[:, None], cols])  # [B, U]
+                y = utterance_lambda_targets(b, v_start, gamma, lam)[sub["row"], sub["utt"]]
+        else:
+            sub = {k: v[idx] for k, v in tr_all.items()}
+            h, h_next = hidden[sub["row"], sub["col"]], hidden[sub["row"], sub["next_col"]]
+            h_target = None
+            y = None
+            if lam:
+                rows, inv = sub["row"].unique(return_inverse=True)
+                with torch.no_grad():
+                    v_start = heads.v_values(hidden[rows[:, None], start_cols[rows]])  # [R, U]
+                y = utterance_lambda_targets(data.select(rows), v_start, gamma, lam)[inv, sub["utt"]]
+        loss, s = ilql_losses(heads, target, h, h_next, sub, tau=tau, cql_weight=cql_weight, h_target=h_target,
+                              y=y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if trunk_layers:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         polyak_update(target, heads, polyak)
         if step % log_every == 0 or step == steps:

@@ -33,21 +33,30 @@ def build_lm(tokenizer, hidden: int, layers: int, seed: int):
 
 
 class ValueHeads(nn.Module):
-    """Value heads on the hidden states of a frozen language model (the behaviour-cloned LM).
+    """Value heads on the hidden states of a language model (the behaviour-cloned LM, frozen).
 
     kind "token" (ILQL): q [hidden -> vocab] gives Q(s, a) for every next token a, v [hidden -> 1] gives V(s);
-    the state of a token is the LM's last hidden state at the position before it. kind "utterance"
-    (CHAI-style, MC): q [hidden -> 1] on `utterance_features` (the end-of-line hidden state of history +
-    utterance and the utterance's log-likelihood under the LM, so `hidden` is the LM width + 2) gives
-    Q(history, utterance). Each head is a two-layer MLP. The trunk stays frozen, so its hidden states are
-    computed once per data set and training the heads costs little.
+    the state of a token is the hidden state at the position before it. kind "utterance" (CHAI-style, MC):
+    q [hidden -> 1] on `utterance_features` (the end-of-line hidden state of history + utterance and the
+    utterance's log-likelihood under the LM, so `hidden` is the LM width + 2) gives Q(history, utterance).
+    Each head is a two-layer MLP.
+
+    Without a trunk the heads read the frozen LM's own hidden states (computed once per data set, so training
+    costs little). With one (`with_trunk`, token kind only) they read the hidden states of their own copy of
+    the LM's trunk, whose top `trunk_layers` layers train with the heads (ILQL as in Snell et al., 2022, where
+    the transformer learns with its value heads) while the LM that proposes tokens stays as it was.
     """
 
-    def __init__(self, kind: str, hidden: int = 64, vocab: int = 258, width: int = 256, seed: int = 0):
+    def __init__(self, kind: str, hidden: int = 64, vocab: int = 258, width: int = 256, seed: int = 0,
+                 trunk_config: dict | None = None, trunk_layers: int = 0):
         super().__init__()
         if kind not in ("token", "utterance"):
             raise ValueError(f"unknown value head kind '{kind}'")
+        if trunk_config is not None and kind != "token":
+            raise ValueError("only token-level (ILQL) heads take a trunk of their own")
         self.spec = {"kind": kind, "hidden": hidden, "vocab": vocab, "width": width, "seed": seed}
+        if trunk_config is not None:
+            self.spec.update(trunk_config=trunk_config, trunk_layers=trunk_layers)
 
         def mlp(out: int) -> nn.Sequential:
             return nn.Sequential(nn.Linear(hidden, width), nn.GELU(), nn.Linear(width, out))
@@ -56,6 +65,41 @@ class ValueHeads(nn.Module):
             torch.manual_seed(seed)
             self.q = mlp(vocab if kind == "token" else 1)
             self.v = mlp(1) if kind == "token" else None
+        self.trunk = None
+        if trunk_config is not None:
+            from transformers import LlamaConfig, LlamaModel
+
+            self.trunk = LlamaModel(LlamaConfig(**trunk_config))
+            self._freeze_below(trunk_layers)
+
+    @classmethod
+    def with_trunk(cls, lm, trunk_layers: int, width: int = 256, seed: int = 0) -> "ValueHeads":
+        """Token heads on a copy of `lm`'s trunk (weights included) whose top `trunk_layers` layers (and final
+        norm) are trainable; the embeddings and the layers below stay frozen."""
+        n = lm.config.num_hidden_layers
+        if not 1 <= trunk_layers <= n:
+            raise ValueError(f"trunk_layers must be in 1..{n} (the LM's layers), got {trunk_layers}")
+        heads = cls("token", lm.config.hidden_size, lm.config.vocab_size, width, seed,
+                    trunk_config=lm.config.to_dict(), trunk_layers=trunk_layers)
+        heads.trunk.load_state_dict(lm.model.state_dict())
+        heads._freeze_below(trunk_layers)
+        return heads
+
+    def _freeze_below(self, trunk_layers: int) -> None:
+        self.trunk.requires_grad_(False)
+        for layer in self.trunk.layers[len(self.trunk.layers) - trunk_layers:]:
+            layer.requires_grad_(True)
+        self.trunk.norm.requires_grad_(True)
+
+    def features(self, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """The heads' own trunk's last hidden states: ids, mask [N, T] (right-padded) -> [N, T, d]."""
+        out = []
+        for i in range(0, len(ids), batch_size):
+            m = mask[i:i + batch_size]
+            pos = (m.cumsum(1) - 1).clamp(min=0)
+            out.append(self.trunk(input_ids=ids[i:i + batch_size], attention_mask=m,
+                                  position_ids=pos).last_hidden_state)
+        return torch.cat(out)
 
     def q_values(self, h: torch.Tensor) -> torch.Tensor:
         """[..., hidden] -> [..., vocab] (token) or [...] (utterance)."""
@@ -126,14 +170,20 @@ def sample_utterances(lm, encoder, histories: list[list[int]], *, temperature: f
     """One utterance per history (token ids, BOS first), sampled token by token until end-of-line.
 
     With `heads` (kind "token") each token is drawn from log pi_bc + beta * (Q - V) (ILQL acting), Q and V
-    read from the LM's own hidden state, Q - V clamped to +-`adv_clip` when given; `top_p` < 1 keeps only
-    the BC policy's top-p nucleus (with or without heads). Temperature 0 takes the arg-max. The LM keeps a
-    KV cache.
+    read from the LM's own hidden state (or from the heads' own trunk, run alongside with a KV cache of its
+    own), Q - V clamped to +-`adv_clip` when given; `top_p` < 1 keeps only the BC policy's top-p nucleus (with
+    or without heads). Temperature 0 takes the arg-max. The LM keeps a KV cache.
     """
     ids, mask = _left_pad(histories, encoder.pad)  # [N, L]
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     h, cache = out.last_hidden_state[:, -1], out.cache  # [N, d]
+    trunk = heads.trunk if heads is not None else None
+    if trunk is not None:
+        v_out = trunk(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        hv, v_cache = v_out.last_hidden_state[:, -1], v_out.cache
+    else:
+        hv = h
     N = len(histories)
     generated = torch.zeros(N, 0, dtype=torch.long)
     finished = torch.zeros(N, dtype=torch.bool)
@@ -141,7 +191,7 @@ def sample_utterances(lm, encoder, histories: list[list[int]], *, temperature: f
     for _ in range(max_tokens):
         logits = lm.lm_head(h)  # [N, V]
         if heads is not None:
-            scores = ilql_acting_logits(logits, heads.q_values(h), heads.v_values(h), beta, top_p, adv_clip)
+            scores = ilql_acting_logits(logits, heads.q_values(hv), heads.v_values(hv), beta, top_p, adv_clip)
         else:
             scores = torch.log_softmax(logits.float(), dim=-1)
             scores = scores.masked_fill(~top_p_support(scores, top_p), float("-inf"))
@@ -160,6 +210,12 @@ def sample_utterances(lm, encoder, histories: list[list[int]], *, temperature: f
         out = lm.model(input_ids=tok[:, None], attention_mask=mask, position_ids=last_pos[:, None],
                        cache=cache, use_cache=True)
         h, cache = out.last_hidden_state[:, -1], out.cache
+        if trunk is not None:
+            v_out = trunk(input_ids=tok[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                          cache=v_cache, use_cache=True)
+            hv, v_cache = v_out.last_hidden_state[:, -1], v_out.cache
+        else:
+            hv = h
     texts = []
     for row in generated.tolist():
         cut = row.index(encoder.newline) if encoder.newline in row else len(row)

@@ -65,6 +65,15 @@ class DialogueTrainConfig(RunConfig):
     filter_fraction: float = option(0.2, help="filtered_bc: the top fraction of trajectories by return.")
     value_steps: int = option(1500, help="Optimiser steps of the value heads.")
     value_batch_size: int = option(128, help="Agent tokens (ilql) or utterance transitions (mc, chai) per step.")
+    value_trunk_layers: int = option(0, help="ilql: 0 = heads on the frozen LM's hidden states; n > 0 = heads on "
+                                     "a copy of the LM's trunk whose top n layers train with them.")
+    value_trunk_batch_size: int = option(16, help="ilql with value_trunk_layers > 0: trajectories per step "
+                                         "(every agent token of them a transition).")
+    value_bootstrap: str = option("token", help="ilql: each token's Q target bootstraps from the next token's "
+                                  "state (token) or from the state after the reply to its utterance (utterance).",
+                                  choices=("token", "utterance"))
+    value_lambda: float = option(0.0, help="ilql with value_bootstrap utterance: lambda of the utterance-level "
+                                 "lambda-returns (0: one-step targets; 1: Monte-Carlo returns).")
     value_lr: float = option(1e-3, help="Value-head learning rate (AdamW).")
     head_width: int = option(256, help="Width of the two-layer value heads.")
     gamma: float = option(0.99, help="Discount per utterance (1 inside an utterance for ilql).")
@@ -80,7 +89,13 @@ class DialogueTrainConfig(RunConfig):
         super().validate()
         require_at_least(self, 1, "hidden", "layers", "bc_steps", "bc_batch_size", "value_steps",
                          "value_batch_size", "head_width", "num_candidates")
-        require_at_least(self, 0, "threads")
+        require_at_least(self, 0, "threads", "value_trunk_layers")
+        require_at_least(self, 1, "value_trunk_batch_size")
+        if not 0 <= self.value_lambda <= 1 or (self.value_lambda and self.value_bootstrap == "token"):
+            raise ConfigError("value_lambda must be in [0, 1] and needs value_bootstrap 'utterance' when > 0")
+        if self.value_trunk_layers > self.layers:
+            raise ConfigError(f"value_trunk_layers ({self.value_trunk_layers}) is more than the LM's layers "
+                              f"({self.layers})")
         if not 0 < self.filter_fraction <= 1:
             raise ConfigError("filter_fraction must be in (0, 1]")
         if not (0 <= self.gamma <= 1 and 0 < self.expectile < 1 and 0 < self.polyak <= 1 and self.cql_weight >= 0):
@@ -183,7 +198,9 @@ def train(cfg: DialogueTrainConfig) -> dict:
                       gamma=cfg.gamma, width=cfg.head_width, log_every=cfg.log_every)
         if cfg.algorithm == "ilql":
             heads, st = train_ilql(records, tokenizer, lm, tau=cfg.expectile, cql_weight=cfg.cql_weight,
-                                   polyak=cfg.polyak, **common)
+                                   polyak=cfg.polyak, trunk_layers=cfg.value_trunk_layers,
+                                   trunk_batch_size=cfg.value_trunk_batch_size, bootstrap=cfg.value_bootstrap,
+                                   lam=cfg.value_lambda, **common)
         else:
             heads, st = train_utterance_q(records, tokenizer, lm, mode=cfg.algorithm, cql_weight=cfg.cql_weight,
                                           polyak=cfg.polyak, num_candidates=cfg.num_candidates, **common)
