@@ -36,7 +36,12 @@ What differs, unavoidably:
   from different draws too (B = 0, so both start as the same function).
 - Work per update. TRL computes log-probabilities through its fused, chunked LM head (no full [N, T, V]
   logits), and logs its metrics each step (`logging_steps=1`, needed for a per-update reward); the stage
-  computes full logits and writes its log.jsonl line. Both are what each library does by default.
+  computes the LM head over the response positions only and writes its log.jsonl line. The stage runs each
+  prompt once for its k completions (`share_prompts`, its default: generation's prefill, the reference
+  pass and the optimiser step's forward and backward), TRL runs every completion's own copy of the prompt;
+  with one optimiser step per batch the stage takes pi_bar from that step's forward (`reuse_step_forward`),
+  TRL runs a separate pass. All of these are what each library does by default. `--also_unshared` runs the
+  stage a second time with share_prompts off, to show what sharing gives on the machine at hand.
 
 Timing. Seconds per update: for the stage its own `time/update_seconds` (sampling, scoring, the old and
 reference log-prob passes, the optimiser step); for TRL the time between consecutive `on_step_end` callbacks
@@ -46,10 +51,12 @@ completions/s (it is recorded); completions/s = completions per update / mean se
 time of the whole `train()` call (model load, LoRA wrap, save) and of TRL's construction + `train()` (model
 loaded before the clock) is recorded too. Both sides run one after the other in this process: other work on
 the same cores changes the times, so the machine's load average before and after each side is recorded.
-One update is about 5 forward-pass equivalents over 32 x ~70 tokens of a 135M model plus 32 sampling steps
-(a few TFLOP): on two quiet cores the default run should take roughly 10-15 minutes; on cores shared with
-other work it is far slower (about 5 minutes per update and side were measured at a load average of ~12 on 2
-cores, one thread each).
+An update is a few forward-pass equivalents over 32 x ~70 tokens of a 135M model (the prompt is ~40 of them)
+plus 32 sampling steps, a few TFLOP: on two quiet cores about 25 s for the stage and 55 s for TRL with one
+thread each, so the default 8 updates take about 12 minutes; on cores shared with other work it is far slower
+(about 5 minutes per update and side were measured at a load average of ~12). On a GPU both sides are bound
+by kernel launches at this size (~1.7 s per update on one H100), and sharing the prompts, which saves FLOPs
+at the cost of more, smaller launches, is slower there.
 
 Reward. The gold judge's mean score per update (before the KL term) on the completions sampled in that update
 (the stage's `objective/scores`, TRL's `rewards/gold_judge/mean`). Reported: the mean over the first and last

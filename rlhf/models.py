@@ -332,13 +332,13 @@ def transformers_model(model):
     value-head wrapper `.policy`, peft's base model)."""
     while True:
         if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "policy"):
-            model = model.policy
+            inner = model.get_base_model()
         else:
+            inner = getattr(model, "module", None)
+            inner = getattr(model, "policy", None) if inner is None else inner
+        if inner is None or inner is model:
             return model
+        model = inner
 
 
 def cache_keyword(model) -> str:

@@ -17,7 +17,6 @@ over the training responses (for normalisation in policy optimisation).
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from rlhf.losses import last_token_index
+from rlhf.models import cache_keyword
 
 REWARD_CONFIG = "reward_config.json"
 
@@ -143,8 +143,7 @@ class RewardModel(nn.Module):
         prefix = min(prefix, int(lengths.min()) - 1)  # every row keeps >= 1 token to read its feature from
         if prefix < min_prefix:
             return self.features(input_ids, attention_mask), 0
-        # transformers >= 5.2x names the key/value cache `cache`; earlier versions `past_key_values`
-        key = "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
+        key = cache_keyword(self.backbone)  # `cache` in transformers >= 5.2x, `past_key_values` before
         out = self.backbone(input_ids=input_ids[:1, :prefix], use_cache=True)
         cache = out[key] if key in out else out["past_key_values"]
         cache.batch_repeat_interleave(input_ids.shape[0])
