@@ -63,7 +63,9 @@ ROWS = {
         ("masked_cartpole_drqn", SEEDS, "stops at 500; seeds seen tuning earlier configs"),
         ("masked_cartpole_drqn", FRESH, "stops at 500; seeds 3-5"),
         ("masked_cartpole_drqn", UNSEEN, "stops at 500; seeds never looked at before"),
-        ("masked_cartpole_rpg_long", SEEDS, "stops at 490"),
+        ("masked_cartpole_rpg_gae_boot", SEEDS, "GAE(0.95), time limit bootstrapped, lr decay; stops at 500"),
+        ("masked_cartpole_rpg_gae", SEEDS, "GAE(0.95), lr decay; stops at 500"),
+        ("masked_cartpole_rpg_long", SEEDS, "reward-to-go; stops at 490"),
         # masked_cartpole_rpg.yaml (stop at 475) is the same run as rpg_long up to its first evaluation >= 475,
         # which the table's "20-ep eval >= 475" columns report; masked_cartpole_drqn_every8.yaml (1 update per 8
         # steps, the earlier stop-at-475 rule) is left out for compute

@@ -192,6 +192,55 @@ def test_policy_update_with_gae_lambda_one_matches_reward_to_go():
         load_config(PomdpConfig, overrides={"gae_lambda": "1.5"})
 
 
+def test_policy_update_bootstraps_truncated_episodes():
+    """bootstrap_truncated: an episode cut by the time limit ends with gamma V(o_L) added to its last reward (V
+    from the baseline on the history up to the observation after the end); terminated episodes are unchanged."""
+    from rlhf.pomdp.agents import build_agent
+    from rlhf.pomdp.train import PomdpConfig
+
+    rng = np.random.default_rng(1)
+
+    def episode(L, terminated):
+        return Episode(rng.normal(size=(L, 2)).astype(np.float32), rng.normal(size=(L, 2)).astype(np.float32),
+                       rng.integers(0, 2, L), np.ones(L, np.float32), terminated, None)
+
+    def run(episodes, bootstrap):
+        torch.manual_seed(0)
+        cfg = load_config(PomdpConfig, overrides={"agent": "rpg", "hidden_size": "8", "gamma": "0.5",
+                                                  "bootstrap_truncated": str(bootstrap).lower()})
+        agent = build_agent("rpg", 2, 2, cfg, np.random.default_rng(0))
+        return agent, agent.update(episodes)
+
+    ended = [episode(4, True), episode(2, True)]
+    a, stats = run(ended, False)
+    b, stats_b = run(ended, True)  # nothing was cut: the same step
+    assert stats_b["policy/value_loss"] == pytest.approx(stats["policy/value_loss"], rel=1e-6)
+    for p, q in zip(a.net.parameters(), b.net.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+    mixed = [episode(3, False), episode(2, True)]
+    torch.manual_seed(0)
+    cfg = load_config(PomdpConfig, overrides={"agent": "rpg", "hidden_size": "8", "gamma": "0.5"})
+    fresh = build_agent("rpg", 2, 2, cfg, np.random.default_rng(0))  # the same initial weights as run()'s
+    with torch.no_grad():
+        e = mixed[0]
+        obs = torch.from_numpy(np.concatenate([e.obs, e.next_obs[-1:]]))[None]  # [1, 4, 2]: o_0 .. o_3
+        prev = torch.tensor([[-1, *e.actions]])
+        _, v0, _ = fresh.net(fresh.net.obs_norm(obs), prev)  # [1, 4]
+        _, v1, _ = fresh.net(fresh.net.obs_norm(torch.from_numpy(mixed[1].obs)[None]),
+                             torch.tensor([[-1, mixed[1].actions[0]]]))
+    g3 = v0[0, 3].item()
+    returns0 = [1 + 0.5 * (1 + 0.5 * (1 + 0.5 * g3)), 1 + 0.5 * (1 + 0.5 * g3), 1 + 0.5 * g3]
+    returns1 = [1.5, 1.0]
+    scale = max(1.0, float(np.mean(np.abs(returns0 + returns1))))
+    expected = np.mean([((v - r) / scale) ** 2 for v, r in zip(v0[0, :3].tolist() + v1[0].tolist(),
+                                                              returns0 + returns1)])
+    _, stats = run(mixed, True)
+    assert stats["policy/value_loss"] == pytest.approx(expected, rel=1e-5)
+    _, stats_off = run(mixed, False)
+    assert abs(stats_off["policy/value_loss"] - expected) > 1e-3
+
+
 def test_n_step_td_targets_by_hand():
     r = torch.tensor([[1.0, 2.0, 3.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
     v = torch.tensor([[10.0, 20.0, 30.0, 40.0], [10.0, 20.0, 30.0, 40.0]])  # V(o_{t+1})

@@ -492,19 +492,30 @@ class PolicyAgent:
         return actions.numpy(), {"rnn": rnn, "prev": actions}
 
     def update(self, episodes: list[Episode]) -> dict:
-        """One REINFORCE step on whole episodes padded to [B, T]."""
+        """One REINFORCE step on whole episodes padded to [B, T]. With `bootstrap_truncated`, an episode cut by
+        the time limit (not terminated) ends with the baseline's value of its last observation: gamma V(o_L) is
+        added to its last reward, so the returns and advantages see the episode as going on."""
         cfg = self.cfg
         B, T = len(episodes), max(len(e.actions) for e in episodes)
-        obs = torch.zeros(B, T, episodes[0].obs.shape[1])
-        actions = torch.zeros(B, T, dtype=torch.long)
+        extra = 1 if cfg.bootstrap_truncated else 0  # one more column for o_L, the observation after the end
+        obs = torch.zeros(B, T + extra, episodes[0].obs.shape[1])
+        actions = torch.zeros(B, T + extra, dtype=torch.long)
         rewards, mask = torch.zeros(B, T), torch.zeros(B, T, dtype=torch.bool)
+        lengths, cut = torch.zeros(B, dtype=torch.long), torch.zeros(B)
         for i, e in enumerate(episodes):  # batch assembly, one copy per episode
             L = len(e.actions)
             obs[i, :L], actions[i, :L] = torch.from_numpy(e.obs), torch.from_numpy(e.actions)
             rewards[i, :L], mask[i, :L] = torch.from_numpy(e.rewards), True
+            lengths[i], cut[i] = L, float(not e.terminated)
+            if extra:
+                obs[i, L] = torch.from_numpy(e.next_obs[-1])
         prev = torch.cat([torch.full((B, 1), -1, dtype=torch.long), actions[:, :-1]], dim=1)
         # 1. the policy and the baseline over whole episodes, one call each
-        logits, baseline, _ = self.net(self.net.obs_norm(obs), prev)  # [B, T, A], [B, T]
+        logits, baseline, _ = self.net(self.net.obs_norm(obs), prev)  # [B, T (+1), A], [B, T (+1)]
+        if extra:
+            last_value = baseline.detach().gather(1, lengths.view(B, 1)).squeeze(1) * cut  # [B]: V(o_L), 0 if ended
+            rewards = rewards.scatter_add(1, (lengths - 1).view(B, 1), (cfg.gamma * last_value).view(B, 1))
+            logits, baseline, actions = logits[:, :T], baseline[:, :T], actions[:, :T]
         logp_all = F.log_softmax(logits, dim=-1)
         logp = logp_all.gather(2, actions.unsqueeze(2)).squeeze(2)  # [B, T]
         # 2. reward-to-go and advantages against the history-conditioned baseline

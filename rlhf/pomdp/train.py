@@ -73,6 +73,8 @@ class PomdpConfig(RunConfig):
     normalize_advantages: bool = option(True, help="pg, rpg: whiten advantages over each batch.")
     value_coef: float = option(0.5, help="pg, rpg: weight of the baseline's regression loss.")
     entropy_coef: float = option(0.0, help="pg, rpg: entropy bonus.")
+    bootstrap_truncated: bool = option(False, help="pg, rpg: end an episode cut by the time limit with the "
+                                       "baseline's value of its last observation instead of treating it as ended.")
     gae_lambda: float | None = option(None, help="pg, rpg: advantages by GAE(lambda) on the baseline's values "
                                       "(null: reward-to-go minus the baseline, which lambda 1 equals).")
     # evaluation
