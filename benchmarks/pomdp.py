@@ -167,7 +167,8 @@ def main() -> None:
     parser.add_argument("--agents", default="rpg,drqn,sb3", help="Comma-separated: rpg, drqn, sb3.")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first_seed", type=int, default=0, help="Seeds are first_seed .. first_seed + seeds - 1.")
-    parser.add_argument("--max_steps", type=int, default=200_000)
+    parser.add_argument("--max_steps", type=int, default=200_000, help="RecurrentPPO's step budget (the toolkit's "
+                        "runs take theirs from their YAML).")
     parser.add_argument("--eval_every", type=int, default=5000)
     parser.add_argument("--runs_dir", default="runs/pomdp_bench")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp.json"))
