@@ -405,13 +405,16 @@ def main(argv=None) -> dict:
     return results
 
 
-SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "prefer_first", "threads", "lm_cache"}  # may differ between merged runs
+SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "prefer_first", "threads", "lm_cache"}
+ILQL_ONLY = {"betas", "beta", "val_episodes", "expectile", "ilql_adv_clip", "ilql_trunk_layers", "ilql_steps",
+             "ilql_trunk_batch_size", "ilql_cql_weight", "ilql_polyak", "ilql_bootstrap", "ilql_lambda"}  # may differ between merged runs
 
 
 def merge(args) -> dict:
     """One results file from several runs of this script: per-seed results are taken as they are (each
     env/seed/agent from exactly one file), summaries and comparisons are recomputed over the union. The runs
-    of one environment must share every setting but SETTINGS_FREE; each environment keeps its settings."""
+    of one environment must share every setting but SETTINGS_FREE, and ILQL_ONLY where both give ILQL rows;
+    each environment keeps its settings."""
     runs = [(f, json.loads(Path(f).read_text())) for f in args.merge]
     envs: dict = {}
     skipped: dict = {}
@@ -419,8 +422,14 @@ def merge(args) -> dict:
         for env, e in r["envs"].items():
             slot = envs.setdefault(env, {"config": r["config"], "config_from": f, "references": e["references"],
                                          "per_seed": {}})
+            # ILQL's own settings only matter between files whose ILQL rows are taken
+            gives_ilql = any("ilql" in res and "ilql" not in slot["per_seed"].get(str(seed), {})
+                             for seed, res in e["per_seed"].items())
+            if gives_ilql and "ilql_from" not in slot:
+                slot["ilql_from"] = f
+                slot["config"] = {**slot["config"], **{k: v for k, v in r["config"].items() if k in ILQL_ONLY}}
             diff = {k: (slot["config"].get(k), v) for k, v in r["config"].items()
-                    if k not in SETTINGS_FREE and slot["config"].get(k) != v}
+                    if k not in SETTINGS_FREE and (gives_ilql or k not in ILQL_ONLY) and slot["config"].get(k) != v}
             if diff:
                 raise SystemExit(f"{f}: {env} settings differ from {slot['config_from']}: {diff}")
             for seed, res in e["per_seed"].items():
