@@ -405,9 +405,10 @@ def main(argv=None) -> dict:
     return results
 
 
+# settings that may differ between merged runs; ILQL's own, between runs whose ILQL rows are not both taken
 SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "prefer_first", "threads", "lm_cache"}
 ILQL_ONLY = {"betas", "beta", "val_episodes", "expectile", "ilql_adv_clip", "ilql_trunk_layers", "ilql_steps",
-             "ilql_trunk_batch_size", "ilql_cql_weight", "ilql_polyak", "ilql_bootstrap", "ilql_lambda"}  # may differ between merged runs
+             "ilql_trunk_batch_size", "ilql_cql_weight", "ilql_polyak", "ilql_bootstrap", "ilql_lambda"}
 
 
 def merge(args) -> dict:
