@@ -65,6 +65,7 @@ ROWS = {
         ("masked_cartpole_drqn", UNSEEN, "stops at 500; seeds never looked at before"),
         ("masked_cartpole_rpg_gae_boot", SEEDS, "GAE(0.95), time limit bootstrapped, lr decay; stops at 500"),
         ("masked_cartpole_rpg_gae", SEEDS, "GAE(0.95), lr decay; stops at 500"),
+        ("masked_cartpole_rpg_gae_lr1e3", SEEDS, "as rpg_gae, lr 1e-3 -> 1e-4; stops at 500"),
         ("masked_cartpole_rpg_long", SEEDS, "reward-to-go; stops at 490"),
         # masked_cartpole_rpg.yaml (stop at 475) is the same run as rpg_long up to its first evaluation >= 475,
         # which the table's "20-ep eval >= 475" columns report; masked_cartpole_drqn_every8.yaml (1 update per 8
