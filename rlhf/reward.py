@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rlhf.losses import last_token_index
-from rlhf.models import cache_keyword
+from rlhf.models import cache_keyword, shared_prompt_cache
 
 REWARD_CONFIG = "reward_config.json"
 
@@ -143,12 +143,11 @@ class RewardModel(nn.Module):
         prefix = min(prefix, int(lengths.min()) - 1)  # every row keeps >= 1 token to read its feature from
         if prefix < min_prefix:
             return self.features(input_ids, attention_mask), 0
-        key = cache_keyword(self.backbone)  # `cache` in transformers >= 5.2x, `past_key_values` before
-        out = self.backbone(input_ids=input_ids[:1, :prefix], use_cache=True)
-        cache = out[key] if key in out else out["past_key_values"]
-        cache.batch_repeat_interleave(input_ids.shape[0])
-        hidden = self.backbone(input_ids=input_ids[:, prefix:], attention_mask=attention_mask,
-                               use_cache=True, **{key: cache}).last_hidden_state  # [B, T - P, H]
+        positions = torch.arange(prefix, device=input_ids.device).expand(input_ids.shape[0], prefix)
+        _, cache = shared_prompt_cache(self.backbone, input_ids[:, :prefix], attention_mask[:, :prefix], positions,
+                                       group=input_ids.shape[0])  # the prefix once, its cache for every row
+        hidden = self.backbone(input_ids=input_ids[:, prefix:], attention_mask=attention_mask, use_cache=True,
+                               **{cache_keyword(self.backbone): cache}).last_hidden_state  # [B, T - P, H]
         last = last_token_index(attention_mask) - prefix  # [B]
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last], prefix
 
