@@ -122,18 +122,11 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     """Generalised advantage estimation (Schulman et al., 2016) over token time steps.
 
     rewards, values, mask: [B, T] (mask 1 on response tokens, which come first in each row). The value after
-    the last real token is 0. Returns (advantages, returns), both [B, T], zero where mask is 0.
+    the last real token is 0. Returns (advantages, returns), both [B, T], zero where mask is 0. The
+    advantages are `lambda_advantages` (no loop over time).
     """
-    B, T = rewards.shape
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
-    mask = mask.to(rewards.dtype)
-    for t in reversed(range(T)):
-        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = (delta + gamma * lam * last * (mask[:, t + 1] if t + 1 < T else 0.0)) * mask[:, t]
-        advantages[:, t] = last
-    return advantages, (advantages + values) * mask
+    advantages = lambda_advantages(rewards, values, mask, gamma, lam)
+    return advantages, (advantages + values) * mask.to(rewards.dtype)
 
 
 def policy_gradient_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,

@@ -105,6 +105,13 @@ def train_bc(records: list[dict], tokenizer, *, hidden: int, layers: int, steps:
 # ---------------------------------------------------------------------------------------------- ILQL
 
 
+def _agent_tokens(b) -> tuple[torch.Tensor, torch.Tensor]:
+    """(acts, starts) [B, T-1] of a TokenBatch: acts 1 where token t+1 is the agent's, starts True where it
+    is an utterance's first token."""
+    acts = b.action_mask[:, 1:] * b.attention_mask[:, 1:]
+    return acts, acts.bool() & ~torch.nn.functional.pad(acts, (1, 0))[:, :-1].bool()
+
+
 def token_transitions(b, gamma: float, bootstrap: str = "token") -> dict[str, torch.Tensor]:
     """Every agent token of a TokenBatch as one ILQL transition, flat [N_tokens] tensors:
 
@@ -121,13 +128,12 @@ def token_transitions(b, gamma: float, bootstrap: str = "token") -> dict[str, to
     if bootstrap not in ("token", "utterance"):
         raise ValueError(f"unknown bootstrap '{bootstrap}' (token or utterance)")
     T = b.tokens.shape[1]
-    acts = b.action_mask[:, 1:] * b.attention_mask[:, 1:]  # [B, T-1]: token t+1 is the agent's
+    acts, starts = _agent_tokens(b)
     rewards = place_utterance_rewards(b.utt_rewards, b.utt_last, b.utt_mask, T)[:, 1:]  # [B, T-1]
     gammas = token_discounts(b.utt_last, b.utt_mask, T, gamma)[:, 1:]  # [B, T-1]
     nxt = next_action_index(acts)  # [B, T-1]; T-1 where none follows
     row, col = acts.nonzero(as_tuple=True)
     end = action_run_end(acts)[row, col] if bootstrap == "utterance" else col
-    starts = acts.bool() & ~torch.nn.functional.pad(acts, (1, 0))[:, :-1].bool()  # [B, T-1]: first tokens
     return {"row": row, "col": col, "action": b.tokens[row, col + 1], "reward": rewards[row, end],
             "gamma": gammas[row, end], "next_col": nxt[row, end].clamp(max=T - 2),
             "done": (nxt[row, end] == T - 1).float(), "utt": (starts.cumsum(1) - 1)[row, col]}
@@ -136,8 +142,7 @@ def token_transitions(b, gamma: float, bootstrap: str = "token") -> dict[str, to
 def utterance_start_cols(b) -> torch.Tensor:
     """[B, U] long: for each utterance of a TokenBatch, the position of its state (the one before its first
     token: the intro's or the previous reply's end-of-line); 0 where utt_mask is 0."""
-    acts = b.action_mask[:, 1:] * b.attention_mask[:, 1:]
-    starts = acts.bool() & ~torch.nn.functional.pad(acts, (1, 0))[:, :-1].bool()
+    _, starts = _agent_tokens(b)
     out = torch.zeros(b.utt_mask.shape, dtype=torch.long)
     row, col = starts.nonzero(as_tuple=True)
     out[row, (starts.cumsum(1) - 1)[row, col]] = col
