@@ -56,5 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry(argv: list[str] | None = None) -> int:
+    """The process's entry point (the `rlhf` command, scripts/*.py): `main`, then, after a success, every rank
+    of a launched run leaves its process group together (`rlhf.distributed.leave_process_group`). `main`
+    alone leaves the group as it is, so one process can run several commands (the tests' workers do)."""
+    code = main(argv)
+    if code == 0:
+        from rlhf.distributed import leave_process_group
+
+        leave_process_group()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -112,6 +112,21 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def leave_process_group() -> None:
+    """End a launched run's process group on every rank together: a barrier, then destroy_process_group.
+
+    Called once a command has finished without an error (`rlhf.cli.entry`), never after one: a rank that
+    waits at the barrier for a peer that has failed would hang instead of exiting. Without it each process
+    tears its group down at interpreter exit, which NCCL reports with a warning on every rank and which, with
+    gloo, can abort a rank whose peer has already closed its connections. A no-op on one plain process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather_rows(accelerator, rows: torch.Tensor) -> torch.Tensor:
     """Every rank's rows [n_rank, ...] concatenated in rank order [sum n_rank, ...], for metrics over shards of
     different sizes (`gather` and `gather_for_metrics` need equal shapes unless a prepared DataLoader padded

@@ -6,7 +6,7 @@
 
 import sys
 
-from rlhf.cli import main
+from rlhf.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main(["policy", *sys.argv[1:]]))
+    sys.exit(entry(["policy", *sys.argv[1:]]))

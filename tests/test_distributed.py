@@ -380,9 +380,11 @@ def policy_worker(out_root: str) -> None:
     """Under `accelerate launch` with 2 processes: every policy case in turn, in the same processes (one
     launch instead of one per case: starting the processes is most of the time)."""
     from rlhf.cli import main as rlhf_main
+    from rlhf.distributed import leave_process_group
 
     for case in sorted(POLICY_CASES):
         assert rlhf_main(["policy", *policy_args(case), "--output_dir", str(Path(out_root) / case)]) == 0
+    leave_process_group()  # what rlhf.cli.entry does at the end of a launched command
 
 
 @pytest.mark.slow

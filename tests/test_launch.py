@@ -211,3 +211,30 @@ def test_each_training_stage_refuses_an_uneven_split_before_any_work(stage, args
     err = capsys.readouterr().err
     assert code == 2 and "does not split evenly over 2 processes" in err, err
     assert not out.exists()  # failed before writing anything
+
+
+def test_a_command_leaves_its_process_group_after_success_only(tmp_path):
+    """The process entry point (rlhf.cli.entry: the `rlhf` command, scripts/*.py) ends a launched run's
+    process group (barrier, destroy) once the command has succeeded, so no rank tears gloo/NCCL down at
+    interpreter exit (with gloo that aborted 3 of 25 two-process collect runs); after an error it leaves the
+    group alone (a barrier there could wait for a peer that has failed), and `main` alone never touches it (one
+    process may run several commands). A one-process gloo group stands in for a launch."""
+    import torch.distributed as dist
+
+    from rlhf.cli import entry
+
+    def join(name: str) -> None:
+        store = dist.FileStore(str(tmp_path / name), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+
+    join("main")
+    try:
+        assert rlhf_main(["launch", "--list"]) == 0
+        assert dist.is_initialized()
+        assert entry(["launch", "no_such_preset", "sft"]) == 2
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+    join("entry")
+    assert entry(["launch", "--list"]) == 0
+    assert not dist.is_initialized()
