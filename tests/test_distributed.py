@@ -221,7 +221,7 @@ def fsdp2_worker() -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather
 
-    from rlhf.distributed import gathered_for_generation
+    from rlhf.distributed import gathered_for_generation, leave_process_group
     from rlhf.models import load_model
 
     torch.set_num_threads(1)
@@ -262,11 +262,10 @@ def fsdp2_worker() -> None:
               "same_tokens": torch.equal(plain, gathered), "local_after": sum(sharded_after), "total": total}
     (Path(os.environ["FSDP2_TEST_OUT"]) / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
     # Leave together, with the FSDP state (and its gloo work objects) gone first: destroy_process_group does not
-    # wait for the peer, and without this 2 of 36 runs aborted at teardown ("terminate called without an active
-    # exception"), one of them in CI; with it 0 of 44, half of them beside a busy loop on the same cores.
+    # wait for the peer, and without the barrier 2 of 36 runs aborted at teardown ("terminate called without an
+    # active exception"), one of them in CI; with it 0 of 44, half of them beside a busy loop on the same cores.
     del model
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 @pytest.mark.slow
