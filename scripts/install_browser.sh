@@ -31,8 +31,8 @@ else
 fi
 
 if ! "$PY" -c "import selenium" >/dev/null 2>&1; then
-  echo "[install_browser] pip install selenium into $PY"
-  "$PY" -m pip install --disable-pip-version-check -q selenium
+  echo "[install_browser] pip install selenium into $PY (the version of constraints.txt)"
+  "$PY" -m pip install --disable-pip-version-check -q -c "$(dirname "${BASH_SOURCE[0]}")/../constraints.txt" selenium
 else
   echo "[install_browser] selenium already installed in $PY"
 fi
