@@ -65,8 +65,11 @@ class EvaluateConfig(RunConfig):
     batch_size: int = option(16, help="Prompts per generate call, per process.")
     bootstrap_samples: int = option(1000, help="Bootstrap resamples for the intervals.")
     confidence: float = option(0.95, help="Confidence level of the intervals.")
-    metrics: list[str] = option(["exact_match", "rouge"], help="Reference-based `evaluate` metrics, used where "
-                                "the prompts carry a reference and the metric loads.")
+    metrics: list[str] = option(["exact_match", "token_f1", "contains_reference"],
+                                help="Reference-based metrics of the greedy completions, used where the prompts "
+                                "carry a reference: exact_match, token_f1 and contains_reference are computed "
+                                "here (rlhf/text_metrics.py); any other name (rouge, bleu, ...) is loaded with "
+                                "`evaluate.load`, which downloads it on first use (opt-in).")
     plots: bool = option(True, help="Write PNG plots.")
 
     def validate(self) -> None:
@@ -172,10 +175,20 @@ def per_prompt(values: list[float], n: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1, n).mean(axis=1)
 
 
-def reference_metrics(names: list[str], predictions: list[str], references: list[str]) -> tuple[dict, list[str]]:
-    """`evaluate` metrics of predictions against references; a metric that cannot be loaded is skipped."""
+def reference_metrics(names: list[str], predictions: list[str], references: list[str],
+                      aliases: list[list[str]] | None = None) -> tuple[dict, list[str]]:
+    """Reference metrics of predictions: the built-in ones (rlhf.text_metrics, best over the reference and its
+    aliases) as `name/name`, any other through `evaluate` as `name/key`; one that cannot be loaded is skipped
+    with a notice."""
+    from rlhf.text_metrics import BUILTIN, builtin_metric
+
+    aliases = aliases or [[] for _ in references]
     scores, notices = {}, []
     for name in names:
+        if name in BUILTIN:
+            answers = [[ref, *alt] for ref, alt in zip(references, aliases)]
+            scores[f"{name}/{name}"] = builtin_metric(name, predictions, answers)
+            continue
         metric = _load_metric(name)
         if isinstance(metric, str):
             notices.append(f"metric '{name}' skipped: could not be loaded ({metric})")
@@ -339,6 +352,7 @@ def build_report(cfg, names, rows, prompts, baseline, reference, scorers, notice
               "temperature": cfg.temperature, "confidence": cfg.confidence, "notices": notices,
               "generation_seconds": timing}
     references = [str(p["task"].get("reference", "")) for p in prompts]
+    aliases = [[str(a) for a in p["task"].get("aliases", ())] for p in prompts]
     metric_names = cfg.metrics if all(references) else []
     if cfg.metrics and not metric_names:
         notices.append("the prompts carry no references: reference-based metrics are left out")
@@ -366,7 +380,7 @@ def build_report(cfg, names, rows, prompts, baseline, reference, scorers, notice
                 m["kl_k1"] = mean_and_ci(per_prompt(lr, per), **boot)
                 m["kl_k3"] = mean_and_ci(per_prompt(np.expm1(-lr) + lr, per), **boot)
             if metric_names and mode == "greedy":
-                scores, metric_notices = reference_metrics(metric_names, texts, references)
+                scores, metric_notices = reference_metrics(metric_names, texts, references, aliases)
                 m["reference_metrics"] = scores
                 if not metric_notices_done:
                     notices.extend(metric_notices)
