@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,7 +252,11 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: lis
     targets = target_modules[0] if target_modules == ["all-linear"] else target_modules
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft (0.21) reads the model's `is_gradient_checkpointing`, which transformers 5 deprecated in favour
+        # of `is_activation_checkpointing`: a FutureWarning about peft's code, not the user's, on every run.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        model = get_peft_model(model, config)
     model.rlhf_base_name = base_name  # written into adapter_config.json by save_pretrained below
     return model
 

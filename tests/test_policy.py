@@ -23,14 +23,32 @@ def log_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
+# The learning bounds below are on the mean over sampling seeds 0-2, with margins measured by
+# `python benchmarks/test_margins.py [--threads 2]` (seeds 0-9, 1 and 2 torch threads; results in
+# benchmarks/results/test_margins*.json): one run's curve depends on float summation order (thread count,
+# library release), so a single-seed bound that held on one release failed on the next (KL 6.78 against a bound
+# of 6). Over the 20 measured runs per baseline: first fifth <= 0.0113; last fifth >= 0.0119 (loo) and >= 0.0203
+# (gae); last/first >= 2.47; KL of the last fifth <= 6.25 (loo) and <= 5.12 (gae). The mean of three runs
+# falls below the bounds (last > 0.02 and > 3x first, KL < 8) only if all three land in the bottom ~15% of runs;
+# a policy that does not learn stays at ~0.005 (1/256 per byte) with last/first ~1.
+LEARN_SEEDS = (0, 1, 2)
+
+
+def learning_means(tmp_path: Path, name: str, **overrides) -> dict:
+    """Train the toy task on LEARN_SEEDS; the mean over seeds of first/last-fifth score and last-fifth KL."""
+    runs = [train(policy_config(tmp_path, f"{name}{seed}", seed=seed, **overrides)) for seed in LEARN_SEEDS]
+    return {key: sum(m[f"objective/{key}"] for m in runs) / len(runs) for key in ("scores_first", "scores_last",
+                                                                                  "kl_last")}
+
+
 def test_toy_reward_rises_while_kl_stays_bounded(tmp_path):
     """The frequency of "e" in 16-token completions of a random byte-level model starts near 1/256; 30 updates
-    must raise it at least fivefold, with the sequence KL to the reference under 6 nats."""
-    cfg = policy_config(tmp_path, "run")
-    metrics = train(cfg)
-    first, last = metrics["objective/scores_first"], metrics["objective/scores_last"]
-    assert first < 0.02 and last > 5 * first and last > 0.03, (first, last)
-    assert metrics["objective/kl_last"] < 6.0
+    must raise it at least threefold on the mean over three seeds, with the sequence KL to the reference
+    bounded."""
+    m = learning_means(tmp_path, "seed")
+    assert m["scores_first"] < 0.015 and m["scores_last"] > 3 * m["scores_first"] and m["scores_last"] > 0.02, m
+    assert m["kl_last"] < 8.0, m
+    cfg = policy_config(tmp_path, "seed0", seed=0)
     rows = log_rows(Path(cfg.output_dir))
     assert len(rows) == 30
     for key in ("objective/scores", "objective/kl", "objective/non_score_reward", "policy/approxkl",
@@ -40,6 +58,8 @@ def test_toy_reward_rises_while_kl_stays_bounded(tmp_path):
     for r in rows:
         assert abs(r["objective/non_score_reward"] + cfg.beta * r["objective/kl"]) < 1e-6
     assert (Path(cfg.output_dir) / "model" / "model.safetensors").is_file()
+    metrics = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    assert metrics["memory/rss_scope"] == "stage" and metrics["memory/peak_rss_mb"] > 0  # tests/test_memory.py
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
@@ -61,11 +81,10 @@ def test_gae_baseline_learns_and_resumes_exactly(tmp_path):
     # lam = 1: Monte-Carlo returns with the value head as baseline. With lam < 1 the advantages bootstrap
     # from a value head that starts at 0 and knows little after 30 updates of a random model; seed by seed
     # that learns too slowly to test reliably on this toy (0.95 misses the bar on some seeds).
-    cfg = policy_config(tmp_path, "gae", baseline="gae", lam=1.0)
-    metrics = train(cfg)
-    first, last = metrics["objective/scores_first"], metrics["objective/scores_last"]
-    assert first < 0.02 and last > 2.5 * first and last > 0.012, (first, last)
-    assert metrics["objective/kl_last"] < 6.0
+    m = learning_means(tmp_path, "gae", baseline="gae", lam=1.0)
+    assert m["scores_first"] < 0.015 and m["scores_last"] > 3 * m["scores_first"] and m["scores_last"] > 0.02, m
+    assert m["kl_last"] < 8.0, m
+    cfg = policy_config(tmp_path, "gae0", baseline="gae", lam=1.0, seed=0)
     rows = log_rows(Path(cfg.output_dir))
     assert all("value/loss" in r and "value/clipfrac" in r for r in rows)
     assert any(abs(r["value/mean"]) > 1e-4 for r in rows[1:])  # the zero-initialised head moved
