@@ -212,7 +212,10 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
             (out / DONE).write_text(json.dumps({"config_hash": hashes[name], "seconds": seconds,
                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
             record["stages"][name] = {"status": "ran", "seconds": round(seconds, 1), "output_dir": str(out),
+                                      "peak_rss_mb": metrics.get("memory/peak_rss_mb"),
                                       "headline": headline(name, metrics)}
+            if "memory/peak_gpu_mb" in metrics:
+                record["stages"][name]["peak_gpu_mb"] = metrics["memory/peak_gpu_mb"]
         say(f"[run] {name} finished in {seconds:.0f} s {headline(name, metrics)}")
         gc.collect()
     record["last_invocation_seconds"] = round(time.time() - started, 1)
@@ -259,11 +262,12 @@ def improvement(root: Path) -> dict | None:
 
 def print_summary(root: Path, cfgs: dict, record: dict) -> None:
     print(f"\n[run] summary ({root})")
-    print(f"{'stage':<10} {'status':<8} {'seconds':>8}  {'result':<48} where")
+    print(f"{'stage':<10} {'status':<8} {'seconds':>8} {'peak MB':>8}  {'result':<48} where")
     for name, cfg in cfgs.items():
         r = record["stages"].get(name, {})
-        print(f"{name:<10} {r.get('status', '-'):<8} {r.get('seconds', 0):>8.0f}  {r.get('headline', ''):<48} "
-              f"{cfg.output_dir}")
+        mb = f"{r['peak_rss_mb']:.0f}" if isinstance(r.get("peak_rss_mb"), (int, float)) else "-"
+        print(f"{name:<10} {r.get('status', '-'):<8} {r.get('seconds', 0):>8.0f} {mb:>8}  "
+              f"{r.get('headline', ''):<48} {cfg.output_dir}")
     imp = record.get("improvement")
     if imp:
         fmt = lambda m: f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"

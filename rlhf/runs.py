@@ -2,7 +2,8 @@
 
     <output_dir>/config.yaml     the resolved config
     <output_dir>/log.jsonl       one JSON object per logging step, namespaced keys ("train/loss", "eval/loss")
-    <output_dir>/metrics.json    final metrics (with the number of processes that produced them)
+    <output_dir>/metrics.json    final metrics (with the number of processes that produced them and the stage's
+                                 own peak memory, memory/peak_rss_mb: rlhf.memory)
     <output_dir>/checkpoints/step-NNNNNN/   model or adapter, optimizer, scheduler, RNG, trainer state
     <output_dir>/<artefact>      the stage's product (for SFT: model/)
 
@@ -25,6 +26,7 @@ import torch
 import yaml
 
 from rlhf.config import ConfigError, save_config, to_dict
+from rlhf.memory import peak, reset_peak
 
 CHECKPOINTS = "checkpoints"
 SHARDED_STATE = "sharded_state"  # in a checkpoint under DeepSpeed/FSDP: every rank's model and optimiser shards
@@ -37,8 +39,10 @@ class RunExistsError(RuntimeError):
 def prepare_output_dir(cfg, accelerator) -> Path:
     """Create output_dir; refuse to mix a fresh run into an old one unless `resume` or `overwrite`.
 
-    Resuming checks that the config is the one the run started with, except RESUMABLE_CHANGES.
+    Resuming checks that the config is the one the run started with, except RESUMABLE_CHANGES. Every stage
+    calls it first, so it also starts the stage's own peak-memory span (rlhf.memory).
     """
+    reset_peak()
     out = Path(cfg.output_dir)
     has_run = (out / "config.yaml").exists() or (out / CHECKPOINTS).exists()
     if has_run and not cfg.resume and not cfg.overwrite:
@@ -102,7 +106,7 @@ class RunLogger:
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         metrics = {**{k: _jsonable(v) for k, v in metrics.items()},
-                   "num_processes": self.accelerator.num_processes}
+                   "num_processes": self.accelerator.num_processes, **peak()}
         if self.accelerator.is_main_process:
             (self.path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if self.tracking:

@@ -41,6 +41,11 @@ def test_tiny_pipeline_end_to_end_then_skips_then_reruns_what_changed(tmp_path):
     assert statuses(record) == {"sft": "skipped", "collect": "skipped", "label": "skipped", "reward": "skipped",
                                 "policy": "ran", "evaluate": "ran"}
     assert "policy: resuming (interrupted)" in stdout
+    # each stage that ran records its own peak memory (rlhf.memory), in pipeline.json and the summary table
+    for name in ("policy", "evaluate"):
+        assert record["stages"][name]["peak_rss_mb"] == \
+            json.loads((out / name / "metrics.json").read_text())["memory/peak_rss_mb"] > 0
+    assert "peak MB" in stdout
     rows = [json.loads(x) for x in (out / "policy" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     report = json.loads((out / "evaluate" / "report.json").read_text())
