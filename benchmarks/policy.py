@@ -110,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=0.05, help="KL penalty coefficient (both sides).")
     p.add_argument("--learning_rate", type=float, default=1e-4, help="AdamW learning rate, constant "
                    "(configs/policy.yaml's).")
+    p.add_argument("--micro_batch_size", type=int, default=0, help="Completions per forward/backward piece, "
+                   "gradients accumulated into the one step per batch (the stage's micro_batch_size; TRL's "
+                   "per_device_train_batch_size with gradient_accumulation_steps = batch / this). 0: one piece.")
     p.add_argument("--lora_r", type=int, default=16, help="LoRA rank (both sides).")
     p.add_argument("--lora_alpha", type=int, default=32, help="LoRA alpha (both sides).")
     p.add_argument("--window", type=int, default=0, help="Updates in the first and last reward windows "
@@ -134,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1")
     if args.k < 2:
         p.error("--k must be >= 2 (leave-one-out baseline)")
+    if args.micro_batch_size < 0 or (args.micro_batch_size and (args.prompts_per_update * args.k) % args.micro_batch_size):
+        p.error("--micro_batch_size must be 0 or divide --prompts_per_update x --k")
     if args.window < 0 or args.threads < 0:
         p.error("--window and --threads must be >= 0")
     args.window = args.window or max(1, args.updates // 4)
@@ -223,7 +228,7 @@ def run_rlhf(args, scratch: Path, share_prompts: bool = True) -> dict:
                        kl_estimator="k1", target_kl=0.0, baseline="loo", whiten_advantages=False, use_peft=True,
                        lora_r=args.lora_r, lora_alpha=args.lora_alpha, learning_rate=args.learning_rate,
                        max_grad_norm=1.0, sample_every=0, save_every=0, seed=args.seed, report_to="none",
-                       share_prompts=share_prompts)
+                       share_prompts=share_prompts, micro_batch_size=args.micro_batch_size)
     cfg.validate()
     load = load_average()
     with stage_threads(args.threads):
@@ -309,7 +314,9 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     config = RLOOConfig(
         output_dir=str(scratch / "trl"), max_steps=args.updates, seed=args.seed,
-        per_device_train_batch_size=n, gradient_accumulation_steps=1,  # one optimiser step per batch of n
+        # one optimiser step per batch of n (in pieces of micro_batch_size, as the stage's)
+        per_device_train_batch_size=args.micro_batch_size or n,
+        gradient_accumulation_steps=n // (args.micro_batch_size or n),
         num_generations=args.k, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         beta=args.beta, num_iterations=1, epsilon=0.2, normalize_advantages=False, mask_truncated_completions=False,
         learning_rate=args.learning_rate, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
@@ -319,8 +326,8 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
         dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
     )
     assert config.bf16 is False and config.gradient_checkpointing is False
-    assert config.generation_batch_size == n and config.steps_per_generation == 1, (config.generation_batch_size,
-                                                                                   config.steps_per_generation)
+    assert config.generation_batch_size == n and config.steps_per_generation == config.gradient_accumulation_steps, (
+        config.generation_batch_size, config.steps_per_generation)  # one generation per optimiser step
     clock = Clock()
     JUDGED_PROMPT_IDS.clear()
 
@@ -430,7 +437,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "beta": args.beta, "learning_rate": args.learning_rate, "lr_schedule": "constant",
                    "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "reward": REWARD_FN, "window": args.window,
                    "threads": args.threads, "seed": args.seed, "order": "trl-first" if args.trl_first else "rlhf-first",
-                   "optimizer_steps_per_update": 1, "warmup_updates_excluded": 1},
+                   "optimizer_steps_per_update": 1, "warmup_updates_excluded": 1,
+                   "micro_batch_size": args.micro_batch_size},
         "machine": machine(),
         "rlhf": rlhf,
         "rlhf_unshared": unshared,

@@ -12,11 +12,38 @@ the main process's figure.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import re
 import resource
 import sys
 
 _SCOPE = "process"
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def return_freed_memory(threshold: int = 128 << 10) -> bool:
+    """Have glibc serve allocations of `threshold` bytes and more with their own mmap, so that a freed
+    activation or logits tensor goes back to the operating system at once.
+
+    By default glibc raises that threshold to the largest block freed so far (up to 32 MB), after which the
+    per-layer tensors of a forward pass (a few MB each) come from its heap, and freed heap memory mostly stays
+    with the process. Measured on the policy stage (SmolLM2-135M, configs/policy.yaml, one update, the gold
+    judge as reward, one torch thread): resident memory climbed by ~0.5 GB with every minibatch although
+    each one's tensors were freed, to a 3954 MB peak; with the threshold fixed it fell back after each backward
+    pass (3307 MB at 1 MB), and with micro_batch_size 4 at 128 KB the peak was 1433 MB. SFT (configs/sft.yaml,
+    3 steps): 3182-3219 MB peak with glibc's defaults, 2790 MB with this, about 10% slower (page faults of
+    fresh mappings; 18.7 vs 16.8 s). Fixing the threshold also turns off glibc's adjustment, which is what
+    keeps the effect. No-op (False) off glibc, or with RLHF_MALLOC_DEFAULTS=1 in the environment.
+    """
+    if os.environ.get("RLHF_MALLOC_DEFAULTS") == "1" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):  # another C library (musl has no mallopt)
+        return False
 
 
 def _vm(field: str) -> int | None:
@@ -30,8 +57,10 @@ def _vm(field: str) -> int | None:
 
 
 def reset_peak() -> None:
-    """Start a new measuring span: reset the kernel's peak RSS (and torch's peak GPU memory)."""
+    """Start a new measuring span: reset the kernel's peak RSS (and torch's peak GPU memory). Called when a
+    stage starts, which is also where freed memory starts going back to the system (`return_freed_memory`)."""
     global _SCOPE
+    return_freed_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

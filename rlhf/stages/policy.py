@@ -33,8 +33,8 @@ import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.distributed import (full_state_dict, gather_padded, gather_rows, gathered_for_generation, global_mean_share,
-                               make_accelerator, minibatches, rank_slice, reduce_token_stats, seeded_sampling_kwargs,
-                               shards_optimizer, split_evenly)
+                               make_accelerator, micro_batch, minibatches, rank_slice, reduce_token_stats,
+                               seeded_sampling_kwargs, shards_optimizer, split_evenly)
 from rlhf.losses import (
     AdaptiveKLController,
     gae,
@@ -89,6 +89,13 @@ class PolicyConfig(RunConfig):
                                       "minibatch), take pi_bar's log-probs from that step's own forward pass "
                                       "instead of a separate one (pi_bar = pi_theta there; not under "
                                       "DeepSpeed/FSDP).")
+    micro_batch_size: int = option(0, help="Completions per forward/backward pass, per process: a minibatch "
+                                   "runs in pieces of this many rows, their gradients accumulated into one "
+                                   "optimiser step, and the no-grad log-prob passes run in pieces of as many "
+                                   "whole prompt groups. Bounds the activation memory (about proportionally) "
+                                   "for the same update up to float rounding; below the rows of a one-step "
+                                   "batch it turns reuse_step_forward off (pi_bar then takes a no-grad pass). "
+                                   "0: each minibatch in one piece.")
     share_prompts: bool = option(True, help="Run each prompt once for its k completions, its keys and values "
                                  "repeated for the k rows, in generation's prefill and in the log-prob passes "
                                  "over whole prompt groups (not under DeepSpeed/FSDP). Off: each row runs its "
@@ -109,6 +116,7 @@ class PolicyConfig(RunConfig):
         super().validate()
         require_at_least(self, 1, "prompts_per_update", "k", "max_new_tokens", "num_updates", "ppo_epochs",
                          "minibatch_size")
+        require_at_least(self, 0, "micro_batch_size")
         if self.baseline == "loo" and self.k < 2:
             raise ConfigError("baseline 'loo' needs k >= 2")
         if (self.prompts_per_update * self.k) % self.minibatch_size:
@@ -203,6 +211,33 @@ class PolicyWithValue(torch.nn.Module):
         return out.logits, values
 
 
+def in_pieces(fn, n_rows: int, piece: int):
+    """fn(rows) over consecutive row ranges of at most `piece` rows (one range when piece is 0), the results
+    (a tensor, or a tuple of tensors or Nones) concatenated along rows: the same values as fn over all rows,
+    up to float rounding, in a fraction of the memory."""
+    if not piece or piece >= n_rows:
+        return fn(slice(0, n_rows))
+    parts = [fn(slice(i, min(i + piece, n_rows))) for i in range(0, n_rows, piece)]
+    if not isinstance(parts[0], tuple):
+        return torch.cat(parts)
+    return tuple(None if column[0] is None else torch.cat(column) for column in zip(*parts))
+
+
+def combine_token_stats(stats: list[dict], counts: list[float], maxima: tuple[str, ...] = ()) -> dict:
+    """One step's statistics from those of its pieces: token-weighted means (the keys in `maxima`: the
+    largest), as if the step's rows had run in one piece. A piece without tokens counts for nothing."""
+    if len(stats) == 1:
+        return stats[0]
+    total = sum(counts)
+    out = {}
+    for key in stats[0]:
+        if key in maxima:
+            out[key] = max(s[key] for s, c in zip(stats, counts) if c) if total else stats[0][key]
+        else:
+            out[key] = sum(s[key] * c for s, c in zip(stats, counts)) / total if total else stats[0][key]
+    return out
+
+
 def prompt_batch(update: int, n_prompts: int, per_update: int, seed: int) -> list[int]:
     """Prompt indices of one update: a seeded permutation per pass over the prompts (pure of (seed, update))."""
     per_pass = n_prompts // per_update
@@ -291,7 +326,11 @@ def train(cfg: PolicyConfig) -> dict:
     # One optimiser step per batch: its forward pass doubles as pi_bar's (not under DeepSpeed/FSDP, whose
     # sharded forward is kept to the plain order: no-grad passes first, then forward and backward at once).
     single_step = (cfg.reuse_step_forward and cfg.ppo_epochs == 1
-                   and cfg.minibatch_size == cfg.prompts_per_update * cfg.k and not shards_optimizer(accelerator))
+                   and cfg.minibatch_size == cfg.prompts_per_update * cfg.k and not shards_optimizer(accelerator)
+                   and not 0 < cfg.micro_batch_size < local_prompts * cfg.k)
+    # Memory: the no-grad log-prob passes run in pieces of whole prompt groups, the grad passes in pieces of
+    # micro_batch_size rows (gradients accumulated); 0 runs each in one piece.
+    nograd_piece = max(group, cfg.micro_batch_size // group * group) if cfg.micro_batch_size else 0
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     bar = tqdm(total=cfg.num_updates, initial=start, desc="policy", disable=not accelerator.is_main_process)
     started, history = time.time(), []
@@ -351,10 +390,13 @@ def train(cfg: PolicyConfig) -> dict:
             logp_old, values_old = (None if t is None else t.detach() for t in step_forward)
         else:
             with torch.no_grad():
-                logp_old, values_old = response_logprobs_and_values(policy if value_head is not None else core,
-                                                                    seqs[own], mask[own], n_query, group)  # [n, T_r]
+                scorer = policy if value_head is not None else core
+                logp_old, values_old = in_pieces(
+                    lambda rows: response_logprobs_and_values(scorer, seqs[own][rows], mask[own][rows], n_query,
+                                                              group), len(seqs[own]), nograd_piece)  # [n, T_r]
         with torch.no_grad():
-            logp_ref = reference_logprobs(seqs[own], mask[own], n_query, group)
+            logp_ref = in_pieces(lambda rows: reference_logprobs(seqs[own][rows], mask[own][rows], n_query, group),
+                                 len(seqs[own]), nograd_piece)
         logp_old, logp_ref = gather_rows(accelerator, logp_old), gather_rows(accelerator, logp_ref)  # [N, T_r]
         if values_old is not None:
             values_old = gather_rows(accelerator, values_old)
@@ -388,24 +430,33 @@ def train(cfg: PolicyConfig) -> dict:
             for global_mb in minibatches(cfg.seed, update, epoch, len(seqs), cfg.minibatch_size):
                 mb = own if single_step else rank_slice(global_mb, rank, world)
                 n_tokens, n_global = rmask[mb].sum().item(), rmask[global_mb].sum().item()
-                if single_step:
-                    logp, values = step_forward
-                else:
-                    logp, values = response_logprobs_and_values(policy, seqs[mb], mask[mb], n_query)
-                loss, stats = policy_gradient_loss(logp, logp_old[mb], adv_tokens[mb], rmask[mb],
-                                                   cfg.clip_range or None)
-                if values is not None:
-                    v_loss, v_stats = value_loss(values, values_old[mb], value_targets[mb], rmask[mb],
-                                                 cfg.value_clip or None)
-                    loss = loss + cfg.vf_coef * v_loss
-                    stats = {**stats, **v_stats}
-                if cfg.kl_estimator == "k3":
-                    loss = loss + beta * masked_mean(kl_k3(logp, logp_ref[mb]), rmask[mb])
-                accelerator.backward(global_mean_share(loss, n_tokens, n_global, world))
+                #    This rank's rows of the minibatch in pieces of micro_batch_size (one piece by default),
+                #    each piece's share of the minibatch's token mean backpropagated, then one step.
+                pieces = [mb] if single_step or not cfg.micro_batch_size else \
+                    list(torch.as_tensor(mb).split(cfg.micro_batch_size))
+                piece_stats, piece_tokens = [], []
+                for j, rows in enumerate(pieces):
+                    with micro_batch(accelerator, policy, last=j == len(pieces) - 1):
+                        if single_step:
+                            logp, values = step_forward
+                        else:
+                            logp, values = response_logprobs_and_values(policy, seqs[rows], mask[rows], n_query)
+                        loss, stats = policy_gradient_loss(logp, logp_old[rows], adv_tokens[rows], rmask[rows],
+                                                           cfg.clip_range or None)
+                        if values is not None:
+                            v_loss, v_stats = value_loss(values, values_old[rows], value_targets[rows],
+                                                         rmask[rows], cfg.value_clip or None)
+                            loss = loss + cfg.vf_coef * v_loss
+                            stats = {**stats, **v_stats}
+                        if cfg.kl_estimator == "k3":
+                            loss = loss + beta * masked_mean(kl_k3(logp, logp_ref[rows]), rmask[rows])
+                        piece_tokens.append(rmask[rows].sum().item())
+                        accelerator.backward(global_mean_share(loss, piece_tokens[-1], n_global, world))
+                    piece_stats.append(stats)
                 accelerator.clip_grad_norm_(list(policy.parameters()), cfg.max_grad_norm)  # (FSDP2: DTensors)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                step_stats.append(stats)
+                step_stats.append(combine_token_stats(piece_stats, piece_tokens, maxima=("policy/ratio_max",)))
                 step_tokens.append(n_tokens)
         if kl_ctl:
             kl_ctl.update(seq_kl.mean().item(), cfg.prompts_per_update * cfg.k)
