@@ -29,9 +29,25 @@ class FeatureCache:
         tag = backbone_id.replace(":", "-").replace("/", "_")
         self.dir = Path(root) / (f"{tag}-{str(dtype).removeprefix('torch.')}-L{max_length}-v{FORMAT}"
                                  + (f"-{variant}" if variant else ""))
+        self.variant = variant
         self.index: dict[str, tuple[str, int]] = {}
         self._shards: dict[str, torch.Tensor] = {}
         self.reload()
+
+    @classmethod
+    def at(cls, directory: Path) -> "FeatureCache":
+        """The cache in an existing directory (a sibling found by `siblings`)."""
+        cache = cls.__new__(cls)
+        cache.dir, cache.variant, cache.index, cache._shards = Path(directory), "", {}, {}
+        cache.reload()
+        return cache
+
+    def siblings(self) -> list[Path]:
+        """Other feature variants of the same backbone, precision, length limit and format."""
+        if not self.variant:
+            return []
+        base = self.dir.name.removesuffix(f"-{self.variant}")
+        return sorted(d for d in self.dir.parent.glob(f"{base}-*") if d.is_dir() and d != self.dir)
 
     def reload(self) -> None:
         """(Re)read the keys of every complete shard."""

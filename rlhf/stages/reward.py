@@ -192,6 +192,39 @@ def load_pair_set(path: str, cfg: RewardConfig, tokenizer, texts: list[str], ind
     return PairSet(texts, ids[0], ids[1], smoothing, prompt_chars, groups)
 
 
+def feature_keys(texts: list[str], prompt_chars: list[int] | None, spec) -> list[str]:
+    """Cache keys of the texts: where a response starts is part of what is pooled, so part of the key."""
+    from rlhf.feature_cache import text_key
+
+    if not spec.needs_response_mask:
+        return [text_key(t) for t in texts]
+    return [text_key(f"{t}\0{prompt_chars[i]}") for i, t in enumerate(texts)]
+
+
+def reuse_superset_features(cache, spec, texts, prompt_chars, keys, hidden: int) -> None:
+    """Fill `cache` from a sibling cache of more features (say every third layer with both poolings, from an
+    earlier run or sweep) where it holds the missing texts: a subset of features costs no backbone pass."""
+    from rlhf.feature_cache import FeatureCache
+    from rlhf.reward import FeatureSpec
+
+    want = set(cache.missing(keys))
+    for directory in cache.siblings():
+        if not want or not (directory / "spec.json").is_file():
+            continue
+        other_spec = FeatureSpec.from_dict(json.loads((directory / "spec.json").read_text()))
+        try:
+            cols = other_spec.columns(spec, hidden)
+        except ValueError:
+            continue
+        other = FeatureCache.at(directory)
+        other_keys = feature_keys(texts, prompt_chars, other_spec)
+        pick = {k: ok for k, ok in zip(keys, other_keys) if k in want and ok in other.index}
+        if pick:
+            cache.put(list(pick), other.get(list(pick.values()))[:, cols])
+            want -= set(pick)
+            print(f"[reward] features: {len(pick)} taken from the cache of {other_spec.tag()} ({directory})")
+
+
 @torch.no_grad()
 def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator,
                      prompt_chars: list[int] | None = None) -> torch.Tensor:
@@ -200,17 +233,22 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator,
     shard. Each missing text goes through the backbone once, whatever the features."""
     from tqdm.auto import tqdm
 
-    from rlhf.feature_cache import FeatureCache, text_key
+    from rlhf.feature_cache import FeatureCache
     from rlhf.models import cache_root, model_fingerprint
 
     dtype = torch.bfloat16 if cfg.feature_dtype == "bfloat16" else torch.float32
     root = os.environ.get("RLHF_FEATURE_CACHE") or cache_root() / "features"
     cache = FeatureCache(root, model_fingerprint(cfg.model_name_or_path), dtype, cfg.max_length, model.spec.tag())
     chars = prompt_chars if model.spec.needs_response_mask else None
-    # the response's start is part of what is pooled, so part of the key
-    keys = [text_key(t if chars is None else f"{t}\0{chars[i]}") for i, t in enumerate(texts)]
+    keys = feature_keys(texts, prompt_chars, model.spec)
     if not cfg.cache_features:
         cache.index.clear()  # recompute everything (results still written, for later runs)
+    elif cache.missing(keys) and accelerator.is_main_process:
+        reuse_superset_features(cache, model.spec, texts, prompt_chars, keys, model.backbone.config.hidden_size)
+        accelerator.wait_for_everyone()
+    elif cache.missing(keys):
+        accelerator.wait_for_everyone()
+        cache.reload()
     missing = cache.missing(keys)
     accelerator.wait_for_everyone()  # every rank has its list before any rank writes a shard
     text_of = dict(zip(keys, texts))
@@ -253,6 +291,8 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator,
               + f"), features {model.spec.tag()} ({model.spec.dim(model.backbone.config.hidden_size)} values)")
     accelerator.wait_for_everyone()
     cache.reload()
+    if accelerator.is_main_process and not (cache.dir / "spec.json").is_file() and cache.dir.is_dir():
+        (cache.dir / "spec.json").write_text(json.dumps(model.spec.to_dict()))  # for reuse by subsets
     accelerator.print(f"[reward] features: {len(set(keys)) - len(missing)} cached, {len(missing)} computed "
                       f"({cache.dir})")
     return cache.get(keys), len(missing)
@@ -301,6 +341,19 @@ def pair_metrics(model, pairs: PairSet, features, cfg: RewardConfig, accelerator
                 torch.cat([torch.ones(int(decided.sum())), torch.zeros(int(decided.sum()))]))
             if decided.any() else float("nan"),
             f"{prefix}/pairs": len(d)}
+
+
+@torch.no_grad()
+def write_eval_margins(model, pairs: PairSet, features, path: Path, device) -> None:
+    """r(chosen) - r(rejected) of every held-out pair, in file order, as a JSON list (for per-pair analysis)."""
+    model.eval()
+    margins = []
+    for i in range(0, len(pairs), 64):
+        idx = list(range(i, min(i + 64, len(pairs))))
+        rc, rr = pair_rewards(pairs, idx, device, head=model.head, features=features, model=model,
+                              encode=model.encode)
+        margins += (rc - rr).float().tolist()
+    path.write_text(json.dumps(margins) + "\n")
 
 
 def train(cfg: RewardConfig) -> dict:
@@ -411,6 +464,8 @@ def train(cfg: RewardConfig) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         core.save(out / "model")
+        if eval_set is not None:
+            write_eval_margins(core, eval_set, features, out / "eval_margins.json", accelerator.device)
     accelerator.wait_for_everyone()
     elapsed = time.time() - started
     metrics = logger.finish({
@@ -510,6 +565,8 @@ def finish_validated(cfg: RewardConfig, model, train_set: PairSet, eval_set: Pai
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model.save(out / "model")
+        if eval_set is not None:
+            write_eval_margins(model, eval_set, features, out / "eval_margins.json", accelerator.device)
     accelerator.wait_for_everyone()
     elapsed = time.time() - started
     metrics = logger.finish({
