@@ -103,10 +103,13 @@ def choose_head(features: torch.Tensor, chosen: torch.Tensor, rejected: torch.Te
             acc, loss = pair_accuracy_and_loss(diff[val_idx], smoothing[val_idx], w)
             table.append({"features": name, "l2": l2, "fit_accuracy": fit_acc, "val_accuracy": acc,
                           "val_loss": loss})
+    def acc(r):  # a validation part of ties only has no accuracy: the loss decides
+        return r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else 0.0
+
     if select_by == "accuracy":
-        best = max(table, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+        best = max(table, key=lambda r: (acc(r), -r["val_loss"]))
     elif select_by == "loss":
-        best = min(table, key=lambda r: (r["val_loss"], -r["val_accuracy"]))
+        best = min(table, key=lambda r: (r["val_loss"], -acc(r)))
     else:
         raise ValueError(f"unknown select_by {select_by!r} (accuracy or loss)")
     return {"features": best["features"], "l2": best["l2"], "val_accuracy": best["val_accuracy"],

@@ -525,6 +525,9 @@ def finish_validated(cfg: RewardConfig, model, train_set: PairSet, eval_set: Pai
     from rlhf.head_fit import choose_head, fit_members
 
     hidden = model.backbone.config.hidden_size
+    if len(torch.unique(train_set.groups)) < 2:
+        raise ConfigError("head_fit 'validated' needs training pairs from at least 2 prompts (a validation part "
+                          "holds whole prompts); with fewer use head_fit 'sgd'")
     sets = candidate_sets(model.spec, hidden, cfg.feature_sets)
     grid = [float(x) for x in cfg.l2_grid.split(",") if x.strip()]
     fit_started = time.time()
