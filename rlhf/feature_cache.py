@@ -1,10 +1,12 @@
 """Frozen means cached: features of a frozen backbone, computed once per unique text (one entry per text
 holding every feature read from its one backbone pass: the chosen layers' pooled states, log-prob statistics).
 
-Features live under `$RLHF_CACHE/features/<backbone hash>-<dtype>-L<max_length>-v<format>-<features>/`, keyed by
-the SHA-256 of the rendered text (and where its response starts), so they are reused across epochs, runs and
-sweeps, and a different backbone, precision, length limit, feature set or text is a miss. Each extraction appends a shard (`shard-*.safetensors` with its keys in
-`shard-*.json`, written atomically), so concurrent processes never write the same file.
+Features live under `$RLHF_CACHE/features/<backbone hash>-<dtype>-L<max_length>-v<format>-<features>/`, keyed
+by the SHA-256 of the rendered text (and where its response starts), so they are reused across epochs, runs
+and sweeps, and a different backbone, precision, length limit, feature set or text is a miss. Each extraction
+appends a shard (`shard-*.safetensors` with its keys in `shard-*.json`, written atomically), so concurrent
+processes never write the same file. `spec.json` names a directory's features, so that a run reading a subset
+of them takes them from there (`rlhf.stages.reward.reuse_superset_features`) instead of running the backbone.
 """
 
 from __future__ import annotations
