@@ -285,6 +285,8 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator,
     if mine and cfg.share_prefix:
         accelerator.print(f"[reward] shared prefixes saved {shared} of {tokens} backbone tokens "
                           f"({100 * shared / max(tokens, 1):.0f}%)")
+    if not missing:
+        accelerator.print("[reward] backbone passes: 0 (every feature cached)")
     if mine:
         print(f"[reward] backbone passes: {rows} texts, one pass each ({calls} forward calls"
               + (", shared prefixes run once per batch" if cfg.share_prefix else "")
