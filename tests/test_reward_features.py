@@ -343,3 +343,39 @@ def test_bad_feature_settings_are_one_line_errors(tmp_path):
         config(tmp_path, unfreeze_top_layers=1)
     with pytest.raises(ConfigError, match="layers '7'"):
         train(config(tmp_path, layers="7"))  # the tiny backbone has 2 layers
+
+
+@pytest.mark.slow
+def test_two_processes_choose_and_fit_the_same_validated_head(tmp_path):
+    """Features extracted by 2 gloo processes (each its share), the validated fit on every rank: the same
+    choice, metrics and head as one process."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    write_pairs(tmp_path)
+    common = ["--config", str(ROOT / "configs/tiny/reward.yaml"), "--train_pairs", str(tmp_path / "train.jsonl"),
+              "--eval_pairs", str(tmp_path / "test.jsonl"), "--ensemble_size", "2", "--layers", "all",
+              "--per_device_batch_size", "16"]
+    runs = {
+        "one": [sys.executable, str(ROOT / "scripts/reward.py"), *common],
+        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", "29537", str(ROOT / "scripts/reward.py"), *common],
+    }
+    for name, cmd in runs.items():
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RLHF_FEATURE_CACHE": str(tmp_path / f"features-{name}")}
+        proc = subprocess.run([*cmd, "--output_dir", str(tmp_path / name)], env=env, cwd=ROOT, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    m1, m2 = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
+    assert m1["reward/head_features"] == m2["reward/head_features"] and m1["reward/head_l2"] == m2["reward/head_l2"]
+    for key in ("train/accuracy", "eval/accuracy", "reward/val_accuracy"):
+        assert m1[key] == m2[key], (key, m1[key], m2[key])
+    for key in ("reward/mean", "reward/std"):  # features from other batch compositions: float rounding only
+        assert abs(m1[key] - m2[key]) < 1e-5 * max(1.0, abs(m1[key])), (key, m1[key], m2[key])
+    w1, w2 = (load_file(tmp_path / n / "model" / "head.safetensors")["weight"] for n in ("one", "two"))
+    torch.testing.assert_close(w1, w2, atol=1e-4 * w1.abs().max().item(), rtol=0)
