@@ -285,11 +285,14 @@ class RewardModel(nn.Module):
             else:  # log p(token t | < t) for the response tokens, from the final state one position before
                 final = hidden_states[-1][:, :-1]  # [B, T-1, H] predicts tokens 1..T-1
                 target = resp[:, 1:].bool()  # [B, T-1]
+                states, tokens = final[target], input_ids[:, 1:][target]  # [K, H], [K]
+                picked = []
+                for i in range(0, len(tokens), 1024):  # [1024, V] logits at a time, whatever the vocabulary
+                    logits = self.lm_head(states[i:i + 1024].to(self.lm_head.weight.dtype)).float()
+                    picked.append(torch.log_softmax(logits, -1).gather(1, tokens[i:i + 1024, None])[:, 0])
                 logp = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device)
-                if target.any():
-                    logits = self.lm_head(final[target].to(self.lm_head.weight.dtype)).float()  # [K, V]
-                    logp[target] = torch.log_softmax(logits, -1).gather(
-                        1, input_ids[:, 1:][target].unsqueeze(1)).squeeze(1)
+                if picked:
+                    logp = logp.masked_scatter(target, torch.cat(picked))
                 parts.append(logprob_stats(logp, target).to(hidden_states[-1].dtype))
         return torch.cat(parts, dim=-1)
 
