@@ -379,3 +379,29 @@ def test_two_processes_choose_and_fit_the_same_validated_head(tmp_path):
         assert abs(m1[key] - m2[key]) < 1e-5 * max(1.0, abs(m1[key])), (key, m1[key], m2[key])
     w1, w2 = (load_file(tmp_path / n / "model" / "head.safetensors")["weight"] for n in ("one", "two"))
     torch.testing.assert_close(w1, w2, atol=1e-4 * w1.abs().max().item(), rtol=0)
+
+
+def test_models_saved_by_the_earlier_layout_still_load(tmp_path):
+    """A directory as the earlier save wrote it for an MLP head (config.json, model.safetensors with an all-zero
+    score.weight, head.safetensors, reward_config.json without "features") loads with the MLP's scores."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForSequenceClassification
+
+    rm = RewardModel.from_backbone("tiny-llama", head="mlp", mlp_hidden=8, max_length=128, seed=1)
+    config = rm.backbone.config.__class__.from_dict(rm.backbone.config.to_dict())
+    config.num_labels, config.pad_token_id, config.architectures = 1, rm.tokenizer.pad_token_id, None
+    seq = AutoModelForSequenceClassification.from_config(config)
+    seq.model.load_state_dict(rm.backbone.state_dict())
+    with torch.no_grad():
+        seq.score.weight.zero_()
+    seq.save_pretrained(tmp_path)
+    rm.tokenizer.save_pretrained(tmp_path)
+    save_file({k: v.contiguous() for k, v in rm.head.state_dict().items()}, tmp_path / "head.safetensors")
+    (tmp_path / "reward_config.json").write_text(json.dumps({"head": "mlp", "mlp_hidden": 8, "max_length": 128,
+                                                             "mean": 0.5, "std": 2.0, "backbone": "tiny-llama"}))
+    loaded = RewardModel.load(tmp_path)
+    assert loaded.spec == FeatureSpec.legacy(2) and loaded.n_members == 1
+    prompts, responses = ["What is 2 + 3?", "Name a colour."], ["5.", "Blue."]
+    torch.testing.assert_close(torch.tensor(loaded.score(prompts, responses)),
+                               torch.tensor(rm.score(prompts, responses)), atol=1e-5, rtol=0)
+    assert loaded.score(prompts, responses)[0] != 0.0
