@@ -1,13 +1,25 @@
-"""Held-out accuracy of the reward model on the built-in task's test pairs, over several seeds.
+"""Held-out accuracy of the reward stage, its defaults against the earlier configuration, over several seeds.
 
-    python benchmarks/reward_accuracy.py                        # embedded SmolLM2-135M backbone, seeds 0 1 2
-    python benchmarks/reward_accuracy.py --model tiny-llama     # the tiny test backbone, for comparison
+    python benchmarks/reward_accuracy.py                  # built-in task, SmolLM2-135M backbone, seeds 0 1 2
+    python benchmarks/reward_accuracy.py --task hh        # real HH-RLHF pairs: first 1400 train, last 400 held out
+    python benchmarks/reward_accuracy.py --model tiny-llama --seeds 0   # a smoke run
 
-Trains the reward stage (frozen backbone, cached features, linear head; configs/reward.yaml) once per seed
-(the seed sets the head's initialisation and the data order), scores reward_data/pairs_test.jsonl (prompts
-disjoint from the training pairs), and prints the accuracy overall and by kind of pair, as mean and standard
-deviation over seeds. Features are extracted on the first seed and read from the cache afterwards. The last
-line of output is one JSON object with every figure, also written to benchmarks/results/reward_accuracy.json.
+Variants, trained one after the other in the same run on the same pairs:
+
+- **default**: the reward stage as a user gets it now (`head_fit: validated`: every third layer's last-token and
+  response-mean states and the response's log-prob statistics, extracted once; feature set and L2 strength chosen
+  on a validation part of the training pairs, then refitted on all of them);
+- **current**: the earlier configuration (`head_fit: sgd`, final layer, last token, no log-probs: a linear head
+  trained by AdamW for `num_epochs`).
+
+Built-in task: `configs/reward.yaml` (max_length 256, lr 3e-3, 10 epochs for the SGD head) with
+reward_data/pairs_train.jsonl, held out reward_data/pairs_test.jsonl (prompts disjoint). `--task hh`: the
+dataclass defaults (as `rlhf reward` without a config: lr 1e-3, 3 epochs for the SGD head), max_length 192,
+`benchmarks/data/hh_harmless_dev.jsonl` (first 1400 pairs train, last 400 held out, invalid pairs skipped). The
+held-out pairs are only scored, never used for a choice. The seed sets the validation split (default) or the
+head's initialisation and data order (current). Features are extracted once (the default variant's superset);
+the current variant's features are a subset, read from that cache. The last line of output is one JSON object
+with every figure and the command, also written to benchmarks/results/reward_accuracy[_hh].json.
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+CURRENT = {"head_fit": "sgd", "layers": "final", "pooling": "last", "logprob_features": "false"}
+
 
 def pair_kind(row: dict) -> str:
     """Which quality difference a test pair tests, from the styles make_data.py records."""
@@ -38,65 +52,94 @@ def pair_kind(row: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="builtin", choices=("builtin", "hh"))
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Backbone (alias, local dir or hub id).")
-    parser.add_argument("--config", default=str(ROOT / "configs/reward.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/reward_accuracy.json"))
+    parser.add_argument("--variants", nargs="+", default=["default", "current"], choices=("default", "current"))
+    parser.add_argument("--hh_data", default=str(ROOT / "benchmarks/data/hh_harmless_dev.jsonl"))
+    parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
+    command = "python " + " ".join([str(Path(sys.argv[0]))] + (argv if argv is not None else sys.argv[1:]))
 
     import torch
     import transformers
 
     from rlhf.config import load_config
-    from rlhf.reward import RewardModel
     from rlhf.stages.reward import RewardConfig, train
 
-    test_rows = [json.loads(x) for x in (ROOT / "reward_data/pairs_test.jsonl").read_text().splitlines() if x]
-    kinds = sorted({pair_kind(r) for r in test_rows})
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            cfg = load_config(RewardConfig, args.config, {
-                "model_name_or_path": args.model, "seed": str(seed), "output_dir": f"{tmp}/seed{seed}",
-                "train_pairs": str(ROOT / "reward_data/pairs_train.jsonl"),
-                "eval_pairs": str(ROOT / "reward_data/pairs_test.jsonl")})
-            started = time.time()
-            metrics = train(cfg)
-            rm = RewardModel.load(Path(cfg.output_dir) / "model")
-            prompts = [r["prompt"] for r in test_rows]
-            rc = rm.score(prompts, [r["chosen"] for r in test_rows], batch_size=32)
-            rr = rm.score(prompts, [r["rejected"] for r in test_rows], batch_size=32)
-            by_kind = {}
-            for kind in kinds:
-                sel = [i for i, r in enumerate(test_rows) if pair_kind(r) == kind]
-                by_kind[kind] = sum(rc[i] > rr[i] for i in sel) / len(sel)
-            runs.append({"seed": seed, "eval_accuracy": metrics["eval/accuracy"],
-                         "train_accuracy": metrics["train/accuracy"], "eval_ece": metrics["eval/ece"],
-                         "by_kind": by_kind, "seconds": time.time() - started,
-                         "features_computed": metrics["reward/features_computed"]})
+        if args.task == "builtin":
+            config, train_file = str(ROOT / "configs/reward.yaml"), str(ROOT / "reward_data/pairs_train.jsonl")
+            eval_file = str(ROOT / "reward_data/pairs_test.jsonl")
+            base = {}
+            test_rows = [json.loads(x) for x in Path(eval_file).read_text().splitlines() if x]
+            kinds = sorted({pair_kind(r) for r in test_rows})
+        else:
+            lines = [x for x in Path(args.hh_data).read_text().splitlines() if x.strip()]
+            train_file, eval_file = f"{tmp}/hh_train.jsonl", f"{tmp}/hh_eval.jsonl"
+            Path(train_file).write_text("\n".join(lines[:1400]) + "\n")
+            Path(eval_file).write_text("\n".join(lines[-400:]) + "\n")
+            config, base, test_rows, kinds = None, {"max_length": "192", "skip_invalid": "true"}, None, []
+        for variant in args.variants:
+            for seed in args.seeds:
+                values = {**base, "model_name_or_path": args.model, "seed": str(seed),
+                          "output_dir": f"{tmp}/{variant}-seed{seed}", "train_pairs": train_file,
+                          "eval_pairs": eval_file, **(CURRENT if variant == "current" else {})}
+                cfg = load_config(RewardConfig, config, values)
+                started = time.time()
+                metrics = train(cfg)
+                run = {"variant": variant, "seed": seed, "eval_accuracy": metrics["eval/accuracy"],
+                       "train_accuracy": metrics["train/accuracy"], "eval_ece": metrics["eval/ece"],
+                       "eval_pairs": metrics["eval/pairs"], "seconds": time.time() - started,
+                       "features_computed": metrics["reward/features_computed"],
+                       "extract_seconds": metrics["reward/extract_seconds"]}
+                if variant == "default":
+                    run.update(chosen_features=metrics["reward/head_features"], chosen_l2=metrics["reward/head_l2"],
+                               val_accuracy=metrics["reward/val_accuracy"])
+                if test_rows is not None:
+                    margins = json.loads((Path(cfg.output_dir) / "eval_margins.json").read_text())
+                    run["by_kind"] = {k: statistics.mean(m > 0 for m, r in zip(margins, test_rows, strict=True)
+                                                         if pair_kind(r) == k) for k in kinds}
+                runs.append(run)
 
     def spread(values: list[float]) -> tuple[float, float]:
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    counts = {k: sum(pair_kind(r) == k for r in test_rows) for k in kinds}
-    rows = [("held-out accuracy (all)", spread([r["eval_accuracy"] for r in runs]), len(test_rows)),
-            ("train accuracy", spread([r["train_accuracy"] for r in runs]), None),
-            ("held-out ECE", spread([r["eval_ece"] for r in runs]), None)]
-    rows += [(f"held-out: {k}", spread([r["by_kind"][k] for r in runs]), counts[k]) for k in kinds]
-    print(f"\nReward model on the built-in task, backbone {args.model}, seeds {args.seeds}")
-    print(f"{'metric':<36} {'mean':>8} {'std':>8} {'pairs':>6}")
-    for name, (mean, std), n in rows:
-        print(f"{name:<36} {mean:>8.3f} {std:>8.3f} {n if n is not None else '':>6}")
-    per_seed = ", ".join(f"{r['seconds']:.0f}" for r in runs)
-    print(f"wall time per seed (s): {per_seed} (the first includes feature extraction)")
-    result = {"benchmark": "reward_accuracy", "backbone": args.model, "config": args.config, "seeds": args.seeds,
-              "test_pairs": len(test_rows), "pairs_by_kind": counts,
-              "eval_accuracy_mean": rows[0][1][0], "eval_accuracy_std": rows[0][1][1],
-              "runs": runs, "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                                        "torch": torch.__version__, "transformers": transformers.__version__,
-                                        "threads": torch.get_num_threads()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    summary = {}
+    for variant in args.variants:
+        mine = [r for r in runs if r["variant"] == variant]
+        summary[variant] = {"eval_accuracy": spread([r["eval_accuracy"] for r in mine]),
+                            "train_accuracy": spread([r["train_accuracy"] for r in mine]),
+                            "eval_ece": spread([r["eval_ece"] for r in mine])}
+        if variant == "default":
+            summary[variant]["val_accuracy"] = spread([r["val_accuracy"] for r in mine])
+        for k in kinds:
+            summary[variant][f"held-out: {k}"] = spread([r["by_kind"][k] for r in mine])
+    name = "built-in task" if args.task == "builtin" else "HH-RLHF harmless (first 1400 train, last 400 held out)"
+    print(f"\nReward model on the {name}, backbone {args.model}, seeds {args.seeds}")
+    print(f"{'metric':<36}" + "".join(f" {v + ' mean':>14} {'std':>6}" for v in args.variants))
+    for metric in summary[args.variants[0]]:
+        cells = "".join(f" {summary[v][metric][0]:>14.3f} {summary[v][metric][1]:>6.3f}" if metric in summary[v]
+                        else f" {'':>14} {'':>6}" for v in args.variants)
+        print(f"{metric:<36}{cells}")
+    for r in runs:
+        if r["variant"] == "default":
+            print(f"seed {r['seed']}: chose {r['chosen_features']} at l2 {r['chosen_l2']:g} "
+                  f"(validation {r['val_accuracy']:.3f}) -> held-out {r['eval_accuracy']:.3f}")
+    print("wall time per run (s): " + ", ".join(f"{r['variant']}/{r['seed']} {r['seconds']:.0f}" for r in runs))
+    result = {"benchmark": "reward_accuracy", "task": args.task, "backbone": args.model, "seeds": args.seeds,
+              "command": command, "config": config, "held_out_pairs": runs[0]["eval_pairs"],
+              **{f"{v}_eval_accuracy_mean": summary[v]["eval_accuracy"][0] for v in args.variants},
+              **{f"{v}_eval_accuracy_std": summary[v]["eval_accuracy"][1] for v in args.variants},
+              "summary": summary, "runs": runs,
+              "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "torch": torch.__version__, "transformers": transformers.__version__,
+                          "threads": torch.get_num_threads()}}
+    out = Path(args.out or ROOT / "benchmarks/results" / ("reward_accuracy.json" if args.task == "builtin"
+                                                          else "reward_accuracy_hh.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return result
 

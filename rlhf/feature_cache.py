@@ -1,9 +1,12 @@
-"""Frozen means cached: last-token features of a frozen backbone, computed once per unique text.
+"""Frozen means cached: features of a frozen backbone, computed once per unique text (one entry per text
+holding every feature read from its one backbone pass: the chosen layers' pooled states, log-prob statistics).
 
-Features live under `$RLHF_CACHE/features/<backbone hash>-<dtype>-L<max_length>/`, keyed by the SHA-256 of
-the rendered text, so they are reused across epochs, runs and sweeps, and a different backbone, precision,
-length limit or text is a miss. Each extraction appends a shard (`shard-*.safetensors` with its keys in
-`shard-*.json`, written atomically), so concurrent processes never write the same file.
+Features live under `$RLHF_CACHE/features/<backbone hash>-<dtype>-L<max_length>-v<format>-<features>/`, keyed
+by the SHA-256 of the rendered text (and where its response starts), so they are reused across epochs, runs
+and sweeps, and a different backbone, precision, length limit, feature set or text is a miss. Each extraction
+appends a shard (`shard-*.safetensors` with its keys in `shard-*.json`, written atomically), so concurrent
+processes never write the same file. `spec.json` names a directory's features, so that a run reading a subset
+of them takes them from there (`rlhf.stages.reward.reuse_superset_features`) instead of running the backbone.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-FORMAT = 1  # bump when the pooling or rendering changes
+FORMAT = 2  # bump when the pooling or rendering changes
 
 
 def text_key(text: str) -> str:
@@ -24,12 +27,29 @@ def text_key(text: str) -> str:
 
 
 class FeatureCache:
-    def __init__(self, root: str | Path, backbone_id: str, dtype: torch.dtype, max_length: int):
+    def __init__(self, root: str | Path, backbone_id: str, dtype: torch.dtype, max_length: int, variant: str = ""):
         tag = backbone_id.replace(":", "-").replace("/", "_")
-        self.dir = Path(root) / f"{tag}-{str(dtype).removeprefix('torch.')}-L{max_length}-v{FORMAT}"
+        self.dir = Path(root) / (f"{tag}-{str(dtype).removeprefix('torch.')}-L{max_length}-v{FORMAT}"
+                                 + (f"-{variant}" if variant else ""))
+        self.variant = variant
         self.index: dict[str, tuple[str, int]] = {}
         self._shards: dict[str, torch.Tensor] = {}
         self.reload()
+
+    @classmethod
+    def at(cls, directory: Path) -> "FeatureCache":
+        """The cache in an existing directory (a sibling found by `siblings`)."""
+        cache = cls.__new__(cls)
+        cache.dir, cache.variant, cache.index, cache._shards = Path(directory), "", {}, {}
+        cache.reload()
+        return cache
+
+    def siblings(self) -> list[Path]:
+        """Other feature variants of the same backbone, precision, length limit and format."""
+        if not self.variant:
+            return []
+        base = self.dir.name.removesuffix(f"-{self.variant}")
+        return sorted(d for d in self.dir.parent.glob(f"{base}-*") if d.is_dir() and d != self.dir)
 
     def reload(self) -> None:
         """(Re)read the keys of every complete shard."""

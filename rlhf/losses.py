@@ -71,6 +71,36 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * positions).argmax(dim=1)
 
 
+
+def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of hidden [B, T, H] over the positions where mask [B, T] is 1 -> [B, H] (zeros for an empty row)."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def logprob_stats(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean and minimum of per-token log-probs token_logp [B, T] over mask [B, T] -> [B, 2]; (0, 0) for a row
+    with no masked token."""
+    m = mask.bool()
+    mean = (token_logp * m).sum(1) / m.sum(1).clamp(min=1)
+    low = token_logp.masked_fill(~m, float("inf")).min(1).values
+    low = torch.where(m.any(1), low, torch.zeros_like(low))
+    return torch.stack([mean, low], dim=1)
+
+
+def ensemble_score(members: torch.Tensor, aggregate: str = "mean", k: float = 1.0) -> torch.Tensor:
+    """One score per row from an ensemble's member scores [B, N] -> [B]: "mean"; "lcb", the mean minus k
+    times the members' standard deviation (population, /N); "min", the worst member (Coste et al. 2023,
+    "Reward Model Ensembles Help Mitigate Overoptimization")."""
+    if aggregate == "mean":
+        return members.mean(-1)
+    if aggregate == "lcb":
+        return members.mean(-1) - k * members.std(-1, correction=0)
+    if aggregate == "min":
+        return members.min(-1).values
+    raise ValueError(f"unknown ensemble aggregate {aggregate!r} (mean, lcb or min)")
+
+
 # --------------------------------------------------------------------------------- policy gradient
 
 

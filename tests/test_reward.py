@@ -16,6 +16,9 @@ from rlhf.reward import RewardModel, render_texts
 from rlhf.stages.reward import RewardConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
+# The earlier default: the final layer's last-token state, a linear head trained by AdamW for num_epochs (the
+# SGD and full-forward paths, and the plain-transformers layout of the saved model)
+SGD = {"head_fit": "sgd", "layers": "final", "pooling": "last", "logprob_features": False}
 
 
 # ------------------------------------------------------------------------------------------- math
@@ -137,7 +140,7 @@ def test_frozen_training_learns_separable_pairs_and_keeps_the_backbone(tmp_path,
     from rlhf.models import resolve_model_path
 
     write_separable_pairs(tmp_path)
-    cfg = reward_config(tmp_path, num_epochs=20, learning_rate=0.05)
+    cfg = reward_config(tmp_path, num_epochs=20, learning_rate=0.05, **SGD)
     metrics = train(cfg)
     assert metrics["eval/accuracy"] >= 0.9, metrics  # chance is 0.5
     assert metrics["train/accuracy"] >= 0.9
@@ -152,11 +155,16 @@ def test_frozen_training_learns_separable_pairs_and_keeps_the_backbone(tmp_path,
     assert metrics["reward/std"] > 0 and math.isfinite(metrics["reward/mean"])
 
 
-def test_transformers_loads_the_artefact_with_the_same_scores(tmp_path, cache_dir):
+@pytest.mark.parametrize("settings", [SGD, {"feature_sets": "transformers"},
+                                      {"feature_sets": "transformers", "ensemble_size": 3}],
+                         ids=["sgd", "validated", "validated-ensemble"])
+def test_transformers_loads_the_artefact_with_the_same_scores(tmp_path, cache_dir, settings):
+    """A linear head on the final layer's last token (trained by SGD, or fitted on validation restricted to
+    what transformers computes; an ensemble's mean is one such head) exports to plain transformers."""
     from transformers import AutoModelForSequenceClassification
 
     write_separable_pairs(tmp_path)
-    cfg = reward_config(tmp_path, num_epochs=2)
+    cfg = reward_config(tmp_path, num_epochs=2, **settings)
     train(cfg)
     model_dir = Path(cfg.output_dir) / "model"
     rm = RewardModel.load(model_dir)
@@ -217,7 +225,7 @@ def test_feature_cache_hits_on_a_second_run_and_misses_on_changes(tmp_path, cach
 
 def test_unfrozen_top_layer_trains_through_the_full_forward_path(tmp_path, cache_dir):
     write_separable_pairs(tmp_path)
-    cfg = reward_config(tmp_path, num_epochs=2, unfreeze_top_layers=1)
+    cfg = reward_config(tmp_path, num_epochs=2, unfreeze_top_layers=1, **SGD)
     metrics = train(cfg)
     assert metrics["reward/features_computed"] == 0  # no caching when the backbone trains
     from rlhf.models import resolve_model_path
@@ -230,7 +238,7 @@ def test_unfrozen_top_layer_trains_through_the_full_forward_path(tmp_path, cache
 
 def test_lora_reward_model_trains_adapters_and_saves_them_merged(tmp_path, cache_dir):
     write_separable_pairs(tmp_path)
-    cfg = reward_config(tmp_path, num_epochs=2, use_peft=True, lora_r=4, lora_alpha=8, learning_rate=0.01)
+    cfg = reward_config(tmp_path, num_epochs=2, use_peft=True, lora_r=4, lora_alpha=8, learning_rate=0.01, **SGD)
     metrics = train(cfg)
     assert metrics["reward/features_computed"] == 0  # the backbone trains: no feature cache
     from rlhf.models import resolve_model_path
@@ -279,7 +287,8 @@ def test_two_processes_match_one_process(tmp_path):
 
     write_separable_pairs(tmp_path)
     common = ["--config", str(ROOT / "configs/tiny/reward.yaml"), "--train_pairs", str(tmp_path / "train.jsonl"),
-              "--eval_pairs", str(tmp_path / "test.jsonl"), "--num_epochs", "3", "--global_batch_size", "32"]
+              "--eval_pairs", str(tmp_path / "test.jsonl"), "--num_epochs", "3", "--global_batch_size", "32",
+              *[x for k, v in SGD.items() for x in (f"--{k}", str(v).lower())]]
     runs = {
         "one": [sys.executable, str(ROOT / "scripts/reward.py"), *common, "--per_device_batch_size", "16"],
         "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -305,7 +314,7 @@ def test_bf16_feature_extraction_leaves_the_saved_backbone_in_full_precision(tmp
     from rlhf.models import resolve_model_path
 
     write_separable_pairs(tmp_path)
-    cfg = reward_config(tmp_path, num_epochs=10, learning_rate=0.05, feature_dtype="bfloat16")
+    cfg = reward_config(tmp_path, num_epochs=10, learning_rate=0.05, feature_dtype="bfloat16", **SGD)
     metrics = train(cfg)
     assert metrics["eval/accuracy"] >= 0.9
     saved = load_file(Path(cfg.output_dir) / "model" / "model.safetensors")

@@ -61,6 +61,10 @@ class PolicyConfig(RunConfig):
     reward_fn: str = option("", help="Instead of a reward model, 'module:function' called as "
                             "f(prompts, completions, records) -> list of floats (tests, verifiable tasks).")
     normalize_rewards: bool = option(True, help="Use (r - mean) / std with the reward model's stored statistics.")
+    reward_aggregate: str = option("mean", help="How an ensemble reward model's members make the reward: their "
+                                   "mean, a conservative lcb (mean - reward_lcb_k x their spread) or min (the "
+                                   "worst member), against over-optimisation.", choices=("mean", "lcb", "min"))
+    reward_lcb_k: float = option(1.0, help="k of reward_aggregate lcb.")
     prompts: str = option("reward_data/prompts_train.jsonl", help="Prompts (.jsonl/.json/.parquet or hub).")
     prompts_split: str = option("train", help="Split for a hub prompt data set.")
     prompts_per_update: int = option(8, help="Prompts per update, over all processes.")
@@ -122,6 +126,8 @@ class PolicyConfig(RunConfig):
         if (self.prompts_per_update * self.k) % self.minibatch_size:
             raise ConfigError(f"minibatch_size {self.minibatch_size} must divide the batch "
                               f"prompts_per_update x k = {self.prompts_per_update * self.k}")
+        if not (math.isfinite(self.reward_lcb_k) and self.reward_lcb_k >= 0):
+            raise ConfigError(f"reward_lcb_k must be a finite number >= 0, got {self.reward_lcb_k}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.beta < 0 or self.clip_range < 0:
             raise ConfigError("need temperature > 0, 0 < top_p <= 1, beta >= 0, clip_range >= 0")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1 and self.vf_coef >= 0 and self.value_clip >= 0):
@@ -141,8 +147,12 @@ def load_reward(cfg: PolicyConfig, device):
     from rlhf.reward import RewardModel
 
     rm = RewardModel.load(cfg.reward_model).to(device)
+    if cfg.reward_aggregate != "mean" and rm.n_members < 2:
+        raise ConfigError(f"reward_aggregate {cfg.reward_aggregate!r} needs an ensemble reward model; "
+                          f"{cfg.reward_model} has one head (train it with rlhf reward --ensemble_size 5)")
     return lambda prompts, completions, records: torch.tensor(
-        rm.score(prompts, completions, normalize=cfg.normalize_rewards), dtype=torch.float32)
+        rm.score(prompts, completions, normalize=cfg.normalize_rewards, aggregate=cfg.reward_aggregate,
+                 k=cfg.reward_lcb_k), dtype=torch.float32)
 
 
 def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, n_query: int,

@@ -6,10 +6,15 @@ the Bradley-Terry loss -log sigma(R(chosen) - R(rejected)).
     rlhf reward --config configs/tiny/reward.yaml --num_epochs 5
     rlhf reward score --model runs/reward/model --input pairs.jsonl --output scored.jsonl
 
-With the backbone frozen (the default), its last-token features are computed once per unique text (batched,
-no grad, optionally bf16), cached on disk (`rlhf/feature_cache.py`) and reused by every epoch, run and
-sweep: the head then trains in seconds. With `unfreeze_top_layers` > 0 or `use_peft`, every step runs the
-backbone instead (the full-forward path).
+With the backbone frozen (the default), its features are computed once per unique text in one backbone pass
+(batched, no grad, optionally bf16), cached on disk (`rlhf/feature_cache.py`) and reused by every run and
+sweep: by default the last-token and response-mean states of every third layer (`layers`, `pooling`) and the
+response's mean and minimum token log-prob (`logprob_features`). The default `head_fit: validated` then
+chooses the feature set and the L2 strength of a linear head on a validation part of the training pairs and
+refits it on all of them (`rlhf/head_fit.py`; printed and stored in reward_config.json), optionally as an
+ensemble of `ensemble_size` heads on bootstrap resamples. `head_fit: sgd` trains the head with AdamW for
+`num_epochs` instead (the earlier default; needed for an MLP head). With `unfreeze_top_layers` > 0 or
+`use_peft`, every step runs the backbone instead (the full-forward path, SGD).
 
 Writes the output contract plus `<output_dir>/model/` (see `rlhf/reward.py`): train and held-out accuracy,
 mean margin, loss, expected calibration error of sigma(r_c - r_r), and the reward mean and standard deviation
@@ -53,7 +58,28 @@ class RewardConfig(RunConfig):
     skip_invalid: bool = option(False, help="Skip bad pair records (counted in a printed summary) instead of "
                                 "stopping at the first one.")
     max_length: int = option(256, help="Tokens per prompt + response (cut on the left, keeping the end).")
-    head: str = option("linear", help="Scalar head.", choices=("linear", "mlp"))
+    head: str = option("linear", help="Scalar head (mlp needs head_fit: sgd).", choices=("linear", "mlp"))
+    layers: str = option("every:3", help="Backbone layers whose states are features: final, all, every:N (the "
+                         "final layer and every N-th below it) or a comma list (1 = first block; -1 = final).")
+    pooling: str = option("both", help="Pooling of each layer's states: the last token, the mean over the "
+                          "response tokens, or both.", choices=("last", "mean", "both"))
+    logprob_features: bool = option(True, help="Add the response's mean and minimum token log-prob under the "
+                                    "backbone as features.")
+    head_fit: str = option("validated", help="validated: L2 logistic regression on standardised features, the "
+                           "feature set and strength chosen on validation pairs, refit on all; sgd: AdamW for "
+                           "num_epochs on every feature (the earlier default).", choices=("validated", "sgd"))
+    validation_fraction: float = option(0.2, help="Share of the training pairs (whole prompts) held back to "
+                                        "choose the features and the strength (head_fit validated).")
+    l2_grid: str = option("3e-4,1e-3,3e-3,1e-2,3e-2,0.1,0.3,1", help="L2 strengths tried (comma list).")
+    select_by: str = option("accuracy", help="Validation criterion (ties broken by the other).",
+                            choices=("accuracy", "loss"))
+    feature_sets: str = option("auto", help="Feature sets tried (head_fit validated): auto (every combination "
+                               "of final/all extracted layers, last/both poolings, with/without log-probs) or "
+                               "transformers (only what AutoModelForSequenceClassification computes: the final "
+                               "layer's last token, so the export is plain transformers).",
+                               choices=("auto", "transformers"))
+    ensemble_size: int = option(1, help="Heads on bootstrap resamples of the training pairs (head_fit validated); "
+                                "scores are their mean, the policy stage can use their spread.")
     mlp_hidden: int = option(256, help="Hidden width of the MLP head.")
     unfreeze_top_layers: int = option(0, help="Also train the top n backbone blocks (full-forward path).")
     use_peft: bool = option(False, help="Train LoRA adapters on the backbone with the head (full-forward "
@@ -86,6 +112,29 @@ class RewardConfig(RunConfig):
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.unfreeze_top_layers < 0 or self.center_rewards_coef < 0:
             raise ConfigError("unfreeze_top_layers and center_rewards_coef must be >= 0")
+        require_at_least(self, 1, "ensemble_size")
+        if self.head_fit == "validated":
+            if self.head == "mlp":
+                raise ConfigError("head 'mlp' trains with head_fit 'sgd' (head_fit 'validated' fits a linear head)")
+            if not self.frozen:
+                raise ConfigError("head_fit 'validated' needs a frozen backbone; with unfreeze_top_layers or "
+                                  "use_peft set head_fit 'sgd'")
+            if not 0 < self.validation_fraction < 1:
+                raise ConfigError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        elif self.ensemble_size > 1:
+            raise ConfigError("ensemble_size > 1 needs head_fit 'validated'")
+        try:
+            grid = [float(x) for x in self.l2_grid.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"l2_grid must be a comma list of numbers, got {self.l2_grid!r}") from None
+        if not grid or not all(math.isfinite(x) and x > 0 for x in grid):
+            raise ConfigError(f"l2_grid needs finite strengths > 0, got {self.l2_grid!r}")
+        layers = self.layers.strip()
+        if not (layers in ("final", "all") or (layers.startswith("every:") and layers[6:].isdigit()
+                                                  and int(layers[6:]) >= 1)
+                or all(x.strip().lstrip("-").isdigit() for x in layers.split(","))):
+            raise ConfigError(f"layers must be final, all, every:N or a comma list of layer numbers, got "
+                              f"{self.layers!r}")
 
     @property
     def frozen(self) -> bool:
@@ -103,16 +152,19 @@ class PairSet:
     chosen: torch.Tensor
     rejected: torch.Tensor
     smoothing: torch.Tensor
+    prompt_chars: list[int] | None = None  # per text (parallel to texts): where its response starts
+    groups: torch.Tensor | None = None  # [N] prompt of each pair (pairs of one prompt stay on one side of a split)
 
     def __len__(self) -> int:
         return len(self.chosen)
 
 
 def load_pair_set(path: str, cfg: RewardConfig, tokenizer, texts: list[str], index: dict[str, int],
-                  max_pairs: int = 0) -> PairSet:
-    """Read pairs and render them; `texts`/`index` are shared across sets so a text is stored once."""
+                  max_pairs: int = 0, prompt_chars: list[int] | None = None) -> PairSet:
+    """Read pairs and render them; `texts`/`index` (and `prompt_chars`, parallel to texts) are shared across
+    sets so a text is stored once."""
     from rlhf.preferences import read_pairs
-    from rlhf.reward import render_texts
+    from rlhf.reward import prompt_lengths, render_texts
 
     pairs = []
     for part in [p.strip() for p in path.split(",") if p.strip()]:  # several files: their union
@@ -126,33 +178,81 @@ def load_pair_set(path: str, cfg: RewardConfig, tokenizer, texts: list[str], ind
     ids = []
     for side in ("chosen", "rejected"):
         rendered = render_texts(tokenizer, prompts, [getattr(p, side) for p in pairs])
-        for t in rendered:
+        chars = prompt_lengths(tokenizer, prompts, rendered) if prompt_chars is not None else None
+        for j, t in enumerate(rendered):
             if t not in index:
                 index[t] = len(texts)
                 texts.append(t)
+                if prompt_chars is not None:
+                    prompt_chars.append(chars[j])
         ids.append(torch.tensor([index[t] for t in rendered]))
     smoothing = torch.tensor([0.5 if p.tie else cfg.label_smoothing for p in pairs], dtype=torch.float32)
-    return PairSet(texts, ids[0], ids[1], smoothing)
+    group_of: dict[str, int] = {}
+    groups = torch.tensor([group_of.setdefault(json.dumps(p.prompt, sort_keys=True), len(group_of)) for p in pairs])
+    return PairSet(texts, ids[0], ids[1], smoothing, prompt_chars, groups)
+
+
+def feature_keys(texts: list[str], prompt_chars: list[int] | None, spec) -> list[str]:
+    """Cache keys of the texts: where a response starts is part of what is pooled, so part of the key."""
+    from rlhf.feature_cache import text_key
+
+    if not spec.needs_response_mask:
+        return [text_key(t) for t in texts]
+    return [text_key(f"{t}\0{prompt_chars[i]}") for i, t in enumerate(texts)]
+
+
+def reuse_superset_features(cache, spec, texts, prompt_chars, keys, hidden: int) -> None:
+    """Fill `cache` from a sibling cache of more features (say every third layer with both poolings, from an
+    earlier run or sweep) where it holds the missing texts: a subset of features costs no backbone pass."""
+    from rlhf.feature_cache import FeatureCache
+    from rlhf.reward import FeatureSpec
+
+    want = set(cache.missing(keys))
+    for directory in cache.siblings():
+        if not want or not (directory / "spec.json").is_file():
+            continue
+        other_spec = FeatureSpec.from_dict(json.loads((directory / "spec.json").read_text()))
+        try:
+            cols = other_spec.columns(spec, hidden)
+        except ValueError:
+            continue
+        other = FeatureCache.at(directory)
+        other_keys = feature_keys(texts, prompt_chars, other_spec)
+        pick = {k: ok for k, ok in zip(keys, other_keys) if k in want and ok in other.index}
+        if pick:
+            cache.put(list(pick), other.get(list(pick.values()))[:, cols])
+            want -= set(pick)
+            print(f"[reward] features: {len(pick)} taken from the cache of {other_spec.tag()} ({directory})")
 
 
 @torch.no_grad()
-def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator) -> torch.Tensor:
-    """Features [len(texts), H] of the frozen backbone, through the on-disk cache; missing texts are split
-    over the processes, each writing its own cache shard."""
+def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator,
+                     prompt_chars: list[int] | None = None) -> torch.Tensor:
+    """Features [len(texts), D] (`model.spec`) of the frozen backbone, through the on-disk cache (one entry per
+    text holding every feature); missing texts are split over the processes, each writing its own cache
+    shard. Each missing text goes through the backbone once, whatever the features."""
     from tqdm.auto import tqdm
 
-    from rlhf.feature_cache import FeatureCache, text_key
+    from rlhf.feature_cache import FeatureCache
     from rlhf.models import cache_root, model_fingerprint
 
     dtype = torch.bfloat16 if cfg.feature_dtype == "bfloat16" else torch.float32
     root = os.environ.get("RLHF_FEATURE_CACHE") or cache_root() / "features"
-    cache = FeatureCache(root, model_fingerprint(cfg.model_name_or_path), dtype, cfg.max_length)
-    keys = [text_key(t) for t in texts]
+    cache = FeatureCache(root, model_fingerprint(cfg.model_name_or_path), dtype, cfg.max_length, model.spec.tag())
+    chars = prompt_chars if model.spec.needs_response_mask else None
+    keys = feature_keys(texts, prompt_chars, model.spec)
     if not cfg.cache_features:
         cache.index.clear()  # recompute everything (results still written, for later runs)
+    elif cache.missing(keys) and accelerator.is_main_process:
+        reuse_superset_features(cache, model.spec, texts, prompt_chars, keys, model.backbone.config.hidden_size)
+        accelerator.wait_for_everyone()
+    elif cache.missing(keys):
+        accelerator.wait_for_everyone()
+        cache.reload()
     missing = cache.missing(keys)
     accelerator.wait_for_everyone()  # every rank has its list before any rank writes a shard
     text_of = dict(zip(keys, texts))
+    chars_of = dict(zip(keys, chars)) if chars is not None else None
     # Batches of similar length waste little on padding: sort by length (characters track tokens closely)
     # before dealing texts out, so each rank's batches are homogeneous too.
     missing = sorted(missing, key=lambda k: len(text_of[k]))
@@ -162,18 +262,22 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator) ->
     if dtype != torch.float32:
         model.backbone = copy.deepcopy(original).to(dtype)
     model.eval()
-    tokens = shared = 0
+    tokens = shared = rows = calls = 0
     try:
         for i in tqdm(range(0, len(mine), cfg.extract_batch_size), desc="features",
                       disable=not accelerator.is_main_process or not mine):
             chunk = mine[i:i + cfg.extract_batch_size]
-            batch = {k: v.to(accelerator.device) for k, v in model.encode([text_of[k] for k in chunk]).items()}
+            encoded = model.encode([text_of[k] for k in chunk],
+                                   None if chars_of is None else [chars_of[k] for k in chunk])
+            batch = {k: v.to(accelerator.device) for k, v in encoded.items()}
             with torch.no_grad():
                 if cfg.share_prefix:
                     feats, prefix = model.features_shared_prefix(**batch)
                 else:
                     feats, prefix = model.features(**batch), 0
             cache.put(chunk, feats.float())
+            rows += len(chunk)
+            calls += 2 if prefix else 1
             tokens += int(batch["attention_mask"].sum())
             shared += prefix * (len(chunk) - 1)  # prefix tokens not run again
     finally:
@@ -181,8 +285,16 @@ def extract_features(model, texts: list[str], cfg: RewardConfig, accelerator) ->
     if mine and cfg.share_prefix:
         accelerator.print(f"[reward] shared prefixes saved {shared} of {tokens} backbone tokens "
                           f"({100 * shared / max(tokens, 1):.0f}%)")
+    if not missing:
+        accelerator.print("[reward] backbone passes: 0 (every feature cached)")
+    if mine:
+        print(f"[reward] backbone passes: {rows} texts, one pass each ({calls} forward calls"
+              + (", shared prefixes run once per batch" if cfg.share_prefix else "")
+              + f"), features {model.spec.tag()} ({model.spec.dim(model.backbone.config.hidden_size)} values)")
     accelerator.wait_for_everyone()
     cache.reload()
+    if accelerator.is_main_process and not (cache.dir / "spec.json").is_file() and cache.dir.is_dir():
+        (cache.dir / "spec.json").write_text(json.dumps(model.spec.to_dict()))  # for reuse by subsets
     accelerator.print(f"[reward] features: {len(set(keys)) - len(missing)} cached, {len(missing)} computed "
                       f"({cache.dir})")
     return cache.get(keys), len(missing)
@@ -197,9 +309,10 @@ def pair_rewards(pairs: PairSet, idx: list[int], device, *, head=None, features=
     forward of `model` on the texts tokenised by `encode`."""
     both = torch.cat([pairs.chosen[idx], pairs.rejected[idx]])  # [2n] text indices
     if features is not None:
-        rewards = head(features[both].to(device)).squeeze(-1)
+        rewards = head(features[both].to(device)).mean(-1)  # an ensemble's mean; one head: its output
     else:
-        rewards = model(**{k: v.to(device) for k, v in encode([pairs.texts[i] for i in both]).items()})
+        chars = [pairs.prompt_chars[i] for i in both] if pairs.prompt_chars is not None else None
+        rewards = model(**{k: v.to(device) for k, v in encode([pairs.texts[i] for i in both], chars).items()})
     return rewards[: len(idx)], rewards[len(idx):]
 
 
@@ -232,6 +345,19 @@ def pair_metrics(model, pairs: PairSet, features, cfg: RewardConfig, accelerator
             f"{prefix}/pairs": len(d)}
 
 
+@torch.no_grad()
+def write_eval_margins(model, pairs: PairSet, features, path: Path, device) -> None:
+    """r(chosen) - r(rejected) of every held-out pair, in file order, as a JSON list (for per-pair analysis)."""
+    model.eval()
+    margins = []
+    for i in range(0, len(pairs), 64):
+        idx = list(range(i, min(i + 64, len(pairs))))
+        rc, rr = pair_rewards(pairs, idx, device, head=model.head, features=features, model=model,
+                              encode=model.encode)
+        margins += (rc - rr).float().tolist()
+    path.write_text(json.dumps(margins) + "\n")
+
+
 def train(cfg: RewardConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
@@ -251,11 +377,16 @@ def train(cfg: RewardConfig) -> dict:
 
     # 1. Model and pairs (the main process first: it may convert the embedded backbone into the cache).
     with accelerator.main_process_first():
-        model = RewardModel.from_backbone(cfg.model_name_or_path, head=cfg.head, mlp_hidden=cfg.mlp_hidden,
-                                          max_length=cfg.max_length, seed=cfg.seed)
-    texts, index = [], {}
-    train_set = load_pair_set(cfg.train_pairs, cfg, model.tokenizer, texts, index, cfg.max_train_pairs)
-    eval_set = load_pair_set(cfg.eval_pairs, cfg, model.tokenizer, texts, index) if cfg.eval_pairs else None
+        try:
+            model = RewardModel.from_backbone(cfg.model_name_or_path, head=cfg.head, mlp_hidden=cfg.mlp_hidden,
+                                              max_length=cfg.max_length, seed=cfg.seed, layers=cfg.layers,
+                                              pooling=cfg.pooling, logprobs=cfg.logprob_features)
+        except ValueError as e:  # layers out of range for this backbone
+            raise ConfigError(f"layers {cfg.layers!r}: {e}") from None
+    texts, index, chars = [], {}, []
+    train_set = load_pair_set(cfg.train_pairs, cfg, model.tokenizer, texts, index, cfg.max_train_pairs, chars)
+    eval_set = (load_pair_set(cfg.eval_pairs, cfg, model.tokenizer, texts, index, prompt_chars=chars)
+                if cfg.eval_pairs else None)
     model.freeze_backbone(cfg.unfreeze_top_layers)
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
@@ -267,8 +398,12 @@ def train(cfg: RewardConfig) -> dict:
     # 2. Frozen backbone: features once per unique text, from the cache where possible.
     features, computed, extract_started = None, 0, time.time()
     if cfg.frozen:
-        features, computed = extract_features(model, texts, cfg, accelerator)
+        features, computed = extract_features(model, texts, cfg, accelerator, chars)
     extract_seconds = time.time() - extract_started
+    if cfg.head_fit == "validated":
+        return finish_validated(cfg, model, train_set, eval_set, features, accelerator, logger, out, started,
+                                {"reward/unique_texts": len(texts), "reward/features_computed": computed,
+                                 "reward/extract_seconds": extract_seconds})
 
     # 3. Bradley-Terry training of the head (and any unfrozen part).
     params = [p for p in model.parameters() if p.requires_grad]
@@ -331,6 +466,8 @@ def train(cfg: RewardConfig) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         core.save(out / "model")
+        if eval_set is not None:
+            write_eval_margins(core, eval_set, features, out / "eval_margins.json", accelerator.device)
     accelerator.wait_for_everyone()
     elapsed = time.time() - started
     metrics = logger.finish({
@@ -340,6 +477,113 @@ def train(cfg: RewardConfig) -> dict:
         "model_dir": str(out / "model"),
     })
     accelerator.print(f"[reward] train accuracy {final['train/accuracy']:.3f}"
+                      + (f", held-out accuracy {final['eval/accuracy']:.3f} (ECE {final['eval/ece']:.3f})"
+                         if eval_set is not None else "") + f"; {elapsed:.1f} s; model in {out / 'model'}")
+    return metrics
+
+
+def candidate_sets(spec, hidden: int, which: str = "auto") -> dict[str, tuple]:
+    """Feature sets to choose from, as {name: (FeatureSpec, columns of spec's vector)}: the final layer or
+    every extracted layer, last token or last + mean, with or without the log-prob statistics, and the
+    log-probs alone (only what `spec` extracted; duplicates dropped). "transformers": the final layer's last
+    token only."""
+    from rlhf.reward import FeatureSpec
+
+    top = spec.num_layers
+    layer_sets = {"final": [top]} if top in spec.layers else {}
+    if spec.layers and spec.layers != (top,):
+        layer_sets["layers" + ",".join(map(str, spec.layers))] = list(spec.layers)
+    poolings = {"last": ["last"], "mean": ["mean"], "both": ["last", "both"]}[spec.pooling]
+    if which == "transformers":
+        if top not in spec.layers or spec.pooling == "mean":
+            raise ConfigError("feature_sets 'transformers' needs the final layer's last token among the "
+                              "extracted features (layers including the final one, pooling last or both)")
+        layer_sets, poolings, lp_options = {"final": [top]}, ["last"], [False]
+    else:
+        lp_options = [False, True] if spec.logprobs else [False]
+    out, seen = {}, set()
+    for lname, layers in layer_sets.items():
+        for pooling in poolings:
+            for lp in lp_options:
+                sub = FeatureSpec(layers, pooling, lp, top)
+                name = f"{lname}/{'last+mean' if pooling == 'both' else pooling}" + ("+logprobs" if lp else "")
+                cols = tuple(spec.columns(sub, hidden))
+                if cols not in seen:
+                    seen.add(cols)
+                    out[name] = (sub, list(cols))
+    if spec.logprobs and which != "transformers":
+        sub = FeatureSpec([], "last", True, top)
+        out["logprobs"] = (sub, spec.columns(sub, hidden))
+    return out
+
+
+def finish_validated(cfg: RewardConfig, model, train_set: PairSet, eval_set: PairSet | None, features,
+                     accelerator, logger, out: Path, started: float, extra: dict) -> dict:
+    """head_fit 'validated': choose the feature set and L2 strength on a validation part of the training pairs
+    (`rlhf.head_fit.choose_head`; held-out pairs are not passed to it), refit on all training pairs (as
+    `ensemble_size` bootstrap members), save, and report. Deterministic, so every process computes the same."""
+    from torch import nn
+
+    from rlhf.head_fit import choose_head, fit_members
+
+    hidden = model.backbone.config.hidden_size
+    if len(torch.unique(train_set.groups)) < 2:
+        raise ConfigError("head_fit 'validated' needs training pairs from at least 2 prompts (a validation part "
+                          "holds whole prompts); with fewer use head_fit 'sgd'")
+    sets = candidate_sets(model.spec, hidden, cfg.feature_sets)
+    grid = [float(x) for x in cfg.l2_grid.split(",") if x.strip()]
+    fit_started = time.time()
+    choice = choose_head(features, train_set.chosen, train_set.rejected, train_set.smoothing, train_set.groups,
+                         {name: cols for name, (_, cols) in sets.items()}, grid, cfg.validation_fraction,
+                         cfg.seed, cfg.select_by)
+    rank = ((lambda r: (r["val_accuracy"], -r["val_loss"])) if cfg.select_by == "accuracy"
+            else (lambda r: (-r["val_loss"], r["val_accuracy"])))
+    best_per_set = {}
+    for row in choice["table"]:  # the best strength of each feature set, by the selection criterion
+        if row["features"] not in best_per_set or rank(row) > rank(best_per_set[row["features"]]):
+            best_per_set[row["features"]] = row
+    accelerator.print(f"[reward] head chosen on {choice['val_pairs']} validation pairs (fitted on "
+                      f"{choice['fit_pairs']}); best validation accuracy per feature set:")
+    for name, row in best_per_set.items():
+        mark = " <- chosen" if name == choice["features"] and row["l2"] == choice["l2"] else ""
+        accelerator.print(f"  {name:<40} {sets[name][0].dim(hidden):>6} features  l2 {row['l2']:<8g} "
+                          f"validation accuracy {row['val_accuracy']:.3f}, loss {row['val_loss']:.3f} "
+                          f"(fit accuracy {row['fit_accuracy']:.3f}){mark}")
+    spec, cols = sets[choice["features"]]
+    weights = fit_members(features, train_set.chosen, train_set.rejected, train_set.smoothing, cols,
+                          choice["l2"], cfg.ensemble_size, cfg.seed)  # [N, D_chosen], on all training pairs
+    head = nn.Linear(len(cols), cfg.ensemble_size, bias=False)
+    head.weight.data.copy_(weights)
+    fit = {"method": "validated", **{k: v for k, v in choice.items() if k != "table"},
+           "validation_fraction": cfg.validation_fraction, "ensemble_size": cfg.ensemble_size,
+           "candidates": {name: {"features": s.to_dict(), "dim": len(c)} for name, (s, c) in sets.items()},
+           "table": choice["table"], "seconds": time.time() - fit_started}
+    model.set_head(head.to(accelerator.device), spec, fit)
+    features = features[:, cols]
+    final = pair_metrics(model, train_set, features, cfg, accelerator, "train")
+    if eval_set is not None:
+        final.update(pair_metrics(model, eval_set, features, cfg, accelerator, "eval"))
+    responses = torch.unique(torch.cat([train_set.chosen, train_set.rejected]))
+    with torch.no_grad():
+        rewards = model.head(features[responses].to(accelerator.device)).mean(-1).float()
+    model.mean, model.std = rewards.mean().item(), max(rewards.std().item(), 1e-6)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save(out / "model")
+        if eval_set is not None:
+            write_eval_margins(model, eval_set, features, out / "eval_margins.json", accelerator.device)
+    accelerator.wait_for_everyone()
+    elapsed = time.time() - started
+    metrics = logger.finish({
+        **final, "reward/mean": model.mean, "reward/std": model.std, **extra,
+        "reward/head_features": choice["features"], "reward/head_l2": choice["l2"],
+        "reward/val_accuracy": choice["val_accuracy"], "reward/ensemble_size": cfg.ensemble_size,
+        "reward/fit_seconds": fit["seconds"], "reward/seconds": elapsed, "model_dir": str(out / "model"),
+    })
+    accelerator.print(f"[reward] chose {choice['features']} at l2 {choice['l2']:g} (validation accuracy "
+                      f"{choice['val_accuracy']:.3f}); refit on all {len(train_set)} training pairs"
+                      + (f" as {cfg.ensemble_size} bootstrap members" if cfg.ensemble_size > 1 else "")
+                      + f": train accuracy {final['train/accuracy']:.3f}"
                       + (f", held-out accuracy {final['eval/accuracy']:.3f} (ECE {final['eval/ece']:.3f})"
                          if eval_set is not None else "") + f"; {elapsed:.1f} s; model in {out / 'model'}")
     return metrics
