@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from rlhf import aliases
 
 class ConfigError(ValueError):
     """A config problem, with a message that names the key (and the file) at fault."""
@@ -186,6 +187,7 @@ def from_dict(cls, values: dict[str, Any], *, source: str | None = None, base=No
     names = [f.name for f in dataclasses.fields(cls)]
     where = f" in {source}" if source else ""
     kwargs = dataclasses.asdict(base) if base is not None else {}
+    values = aliases.resolve(cls, values, source=source, base=base)  # TRL/transformers names
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(f"unknown key '{key}'{where} for {cls.__name__}{_suggest(str(key), names)}")
@@ -264,12 +266,14 @@ def parse_args(cls, argv: list[str] | None = None, prog: str = "rlhf", descripti
     """Parse `argv` into a config of type `cls`. Unknown flags raise ConfigError naming them."""
     parser = build_parser(cls, prog, description)
     args, unknown = parser.parse_known_args(argv)
+    foreign, unknown = aliases.split_flags(cls, unknown) if unknown else ({}, unknown)
     if unknown:
         names = [f.name for f in dataclasses.fields(cls)]
         flag = next((u for u in unknown if u.startswith("--")), unknown[0])
         raise ConfigError(f"unknown flag '{flag}' for {prog}{_suggest(flag.lstrip('-'), names)}")
     values = vars(args)
     path = values.pop("config")
+    values.update(foreign)
     for key, value in values.items():
         if value is None:
             raise ConfigError(f"flag '--{key}' needs a value")
