@@ -38,6 +38,7 @@ from rlhf.distributed import (full_state_dict, gather_padded, gather_rows, gathe
 from rlhf.losses import (
     AdaptiveKLController,
     gae,
+    group_normalized_advantages,
     kl_k1,
     kl_k3,
     leave_one_out_baseline,
@@ -78,8 +79,12 @@ class PolicyConfig(RunConfig):
                                "beta * k3 as a loss term.", choices=("k1", "k3"))
     target_kl: float = option(0.0, help="Adapt beta toward this sequence KL (0: fixed beta).")
     kl_horizon: int = option(10000, help="Horizon of the adaptive KL controller, in samples.")
-    baseline: str = option("loo", help="Advantage baseline: leave-one-out over the k samples of a prompt, the "
-                           "batch mean, or a learned value head with GAE over tokens.", choices=("loo", "mean", "gae"))
+    baseline: str = option("loo", help="Advantage baseline: leave-one-out over the k samples of a prompt (RLOO), "
+                           "the batch mean, the group mean with scale_rewards (GRPO), or a learned value head with "
+                           "GAE over tokens.", choices=("loo", "mean", "group", "gae"))
+    scale_rewards: str = option("group", help="Baseline 'group' (GRPO): divide the group-centred returns by the "
+                                "standard deviation over the prompt's k samples ('group'), over the batch "
+                                "('batch'), or not at all ('none').", choices=("group", "batch", "none"))
     gamma: float = option(1.0, help="GAE discount over response tokens (baseline gae).")
     lam: float = option(0.95, help="GAE lambda (baseline gae).")
     vf_coef: float = option(0.1, help="Weight of the value-head loss (baseline gae).")
@@ -109,8 +114,8 @@ class PolicyConfig(RunConfig):
         super().validate()
         require_at_least(self, 1, "prompts_per_update", "k", "max_new_tokens", "num_updates", "ppo_epochs",
                          "minibatch_size")
-        if self.baseline == "loo" and self.k < 2:
-            raise ConfigError("baseline 'loo' needs k >= 2")
+        if self.baseline in ("loo", "group") and self.k < 2:
+            raise ConfigError(f"baseline '{self.baseline}' needs k >= 2")
         if (self.prompts_per_update * self.k) % self.minibatch_size:
             raise ConfigError(f"minibatch_size {self.minibatch_size} must divide the batch "
                               f"prompts_per_update x k = {self.prompts_per_update * self.k}")
@@ -373,8 +378,11 @@ def train(cfg: PolicyConfig) -> dict:
         else:
             returns = scores - beta * seq_kl if cfg.kl_estimator == "k1" else scores
             grouped = returns.view(-1, cfg.k)
-            base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
-            advantages = (grouped - base).flatten()
+            if cfg.baseline == "group":
+                advantages = group_normalized_advantages(grouped, cfg.scale_rewards).flatten()
+            else:
+                base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
+                advantages = (grouped - base).flatten()
             if cfg.whiten_advantages:
                 advantages = whiten(advantages)
             adv_tokens = advantages[:, None].expand_as(logp_old)  # [N, T_r]
