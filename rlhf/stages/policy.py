@@ -23,7 +23,6 @@ the estimator that is penalised. With LoRA the reference is the same model with 
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from dataclasses import dataclass
@@ -59,8 +58,10 @@ class PolicyConfig(RunConfig):
     model_name_or_path: str = option("runs/quickstart/sft/model", help="Initial policy, also the frozen "
                                      "reference: hub id, local model or adapter directory, or an alias.")
     reward_model: str = option("runs/quickstart/reward/model", help="Reward model directory (rlhf reward).")
-    reward_fn: str = option("", help="Instead of a reward model, 'module:function' called as "
-                            "f(prompts, completions, records) -> list of floats (tests, verifiable tasks).")
+    reward_fn: str = option("", help="Instead of a reward model, 'module:function' (several comma-separated: "
+                            "their weighted sum), each called as f(prompts, completions, records) or as TRL's "
+                            "f(prompts, completions, **columns) -> list of floats (rlhf/reward_functions.py).")
+    reward_weights: list[float] = option([], help="Weights of the reward_fn functions, in order (empty: 1 each).")
     normalize_rewards: bool = option(True, help="Use (r - mean) / std with the reward model's stored statistics.")
     prompts: str = option("reward_data/prompts_train.jsonl", help="Prompts (.jsonl/.json/.parquet or hub).")
     prompts_split: str = option("train", help="Split for a hub prompt data set.")
@@ -116,6 +117,9 @@ class PolicyConfig(RunConfig):
                          "minibatch_size")
         if self.baseline in ("loo", "group") and self.k < 2:
             raise ConfigError(f"baseline '{self.baseline}' needs k >= 2")
+        if self.reward_weights and len(self.reward_weights) != len([f for f in self.reward_fn.split(",") if f.strip()]):
+            raise ConfigError(f"reward_weights has {len(self.reward_weights)} values for the "
+                              f"{len([f for f in self.reward_fn.split(',') if f.strip()])} functions of reward_fn")
         if (self.prompts_per_update * self.k) % self.minibatch_size:
             raise ConfigError(f"minibatch_size {self.minibatch_size} must divide the batch "
                               f"prompts_per_update x k = {self.prompts_per_update * self.k}")
@@ -129,16 +133,18 @@ class PolicyConfig(RunConfig):
 
 
 def load_reward(cfg: PolicyConfig, device):
-    """A function (prompts, completions, records) -> scores [N] tensor."""
+    """A function (prompts, completions, records, completion_ids=None) -> scores [N] tensor."""
     if cfg.reward_fn:
-        module, _, name = cfg.reward_fn.partition(":")
-        fn = getattr(importlib.import_module(module), name)
-        return lambda prompts, completions, records: torch.tensor(fn(prompts, completions, records),
-                                                                  dtype=torch.float32)
+        from rlhf.reward_functions import RewardFunctionError, RewardFunctions
+
+        try:
+            return RewardFunctions.from_spec(cfg.reward_fn, cfg.reward_weights)
+        except RewardFunctionError as e:
+            raise ConfigError(str(e)) from None
     from rlhf.reward import RewardModel
 
     rm = RewardModel.load(cfg.reward_model).to(device)
-    return lambda prompts, completions, records: torch.tensor(
+    return lambda prompts, completions, records, completion_ids=None: torch.tensor(
         rm.score(prompts, completions, normalize=cfg.normalize_rewards), dtype=torch.float32)
 
 
@@ -327,7 +333,10 @@ def train(cfg: PolicyConfig) -> dict:
         # 2. Score (the score sits on each response's EOS / last token; with sequence-level advantages that
         #    is the sequence return below). A completion cut without EOS can take a penalty.
         records = [p for p in batch for _ in range(cfg.k)]
-        scores = reward([r["prompt"] for r in records], texts, records).to(accelerator.device)
+        scores = reward([r["prompt"] for r in records], texts, records,
+                        [r[:n].tolist() for r, n in zip(response, lengths)]).to(accelerator.device)
+        reward_stats = (reward.stats(lambda t: gather_rows(accelerator, t.to(accelerator.device)))
+                        if hasattr(reward, "stats") else {})  # each reward function's, over the whole batch
         scores = scores - cfg.missing_eos_penalty * (~ended).float()
 
         #    Every rank now holds the whole batch [N, ...], N = prompts_per_update x k, rows in rank order,
@@ -425,7 +434,7 @@ def train(cfg: PolicyConfig) -> dict:
                "response/eos_fraction": ended.float().mean().item(),
                # each step's statistics over its whole minibatch, averaged over the steps
                **reduce_token_stats(accelerator, step_stats, step_tokens, maxima=("policy/ratio_max",)),
-               "time/sample_seconds": t_sample, "time/update_seconds": time.time() - t0}
+               **reward_stats, "time/sample_seconds": t_sample, "time/update_seconds": time.time() - t0}
         logger.log(row, step=update + 1)
         history.append(row)
         bar.update(1)
