@@ -129,3 +129,10 @@ def test_trl_named_configs_run_sft_reward_and_policy_on_the_tiny_model(tmp_path,
         2, 8, 4, 3, 8)
     assert [r["step"] for r in _log(tmp_path / "policy")] == [1, 2, 3]
     assert (tmp_path / "policy/model/model.safetensors").is_file()
+    # each saved model carries its card (rlhf/model_card.py)
+    from rlhf.model_card import read_metadata
+
+    assert read_metadata(tmp_path / "sft/model")["tags"][:2] == ["rlhf", "sft"]
+    reward_card = read_metadata(tmp_path / "reward/model")
+    assert reward_card["pipeline_tag"] == "text-classification" and "reward-model" in reward_card["tags"]
+    assert "rloo" in read_metadata(tmp_path / "policy/model")["tags"]
