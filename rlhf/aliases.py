@@ -159,6 +159,8 @@ def resolve(cls, values: dict[str, Any], *, source: str | None = None, base=None
     out: dict[str, Any] = {}
     batch: dict[str, Any] = {}
     for key, value in values.items():
+        if key == "report_to" and isinstance(value, (list, tuple)):  # TRL/transformers take a list
+            value = ",".join(map(str, value)) or "none"
         if key in fields:
             out[key] = value
             continue

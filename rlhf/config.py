@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import types
 import typing
 from pathlib import Path
@@ -47,8 +46,9 @@ class RunConfig:
     overwrite: bool = option(False, help="Allow starting afresh in an output_dir that already holds a run "
                              "(its checkpoints are deleted).")
     log_every: int = option(1, help="Write a log.jsonl line (and tracker point) every this many optimiser steps.")
-    report_to: str = option("none", help="Experiment tracker, through accelerate's trackers.",
-                            choices=("none", "tensorboard", "wandb", "all"))
+    report_to: str = option("none", help="Experiment tracker(s) through accelerate: none, all (every installed "
+                            "one), or any of accelerate's trackers, comma-separated (tensorboard, trackio, wandb, "
+                            "mlflow, comet_ml, aim, clearml, dvclive, swanlab); see rlhf/trackers.py.")
 
     # Fields that may differ between a run and its resumption (they do not change the result).
     RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = (
@@ -58,11 +58,9 @@ class RunConfig:
         """Check values beyond their types. Subclasses extend this; errors name the key."""
         if self.log_every < 1:
             raise ConfigError("log_every must be >= 1")
-        wanted = {"all": ["tensorboard", "wandb"]}.get(self.report_to, [self.report_to])
-        for tracker in wanted:
-            if tracker != "none" and importlib.util.find_spec(tracker) is None:
-                raise ConfigError(f"report_to '{self.report_to}' needs the {tracker} package: "
-                                  f"pip install {tracker}  (or pip install -e '.[tracking]')")
+        from rlhf.trackers import check_report_to
+
+        check_report_to(self.report_to)  # accelerate's tracker names, their packages installed
 
 
 # ---------------------------------------------------------------------------------------------- types

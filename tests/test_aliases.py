@@ -123,7 +123,7 @@ def test_trl_named_configs_run_sft_reward_and_policy_on_the_tiny_model(tmp_path,
     assert (cfg.num_epochs, cfg.global_batch_size, cfg.per_device_batch_size, cfg.center_rewards_coef) == (
         2, 32, 16, 0.01)
 
-    m = policy.main(["--config", str(TRL / "grpo.yaml"), "--output_dir", str(tmp_path / "policy")])
+    m = policy.main(["--config", str(TRL / "policy_grpo.yaml"), "--output_dir", str(tmp_path / "policy")])
     cfg = load_config(PolicyConfig, tmp_path / "policy/config.yaml")
     assert (cfg.k, cfg.minibatch_size, cfg.prompts_per_update, cfg.num_updates, cfg.max_new_tokens) == (
         2, 8, 4, 3, 8)

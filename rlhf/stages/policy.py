@@ -441,6 +441,13 @@ def train(cfg: PolicyConfig) -> dict:
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
         if cfg.sample_every and (update + 1) % cfg.sample_every == 0 and accelerator.is_main_process:
             print_rollouts(records, texts, scores[own], seq_kl[own])
+            if cfg.report_to != "none":  # the main process's rollouts, as a table in the tracker
+                from rlhf.trackers import log_table
+
+                log_table(accelerator, "policy/rollouts", ["prompt", "response", "score", "kl"],
+                          [[r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"], t, s, k]
+                           for r, t, s, k in zip(records, texts, scores[own].tolist(), seq_kl[own].tolist())],
+                          step=update + 1)
         done = update + 1
         if done < cfg.num_updates and ((cfg.save_every and done % cfg.save_every == 0)
                                        or done == cfg.stop_after_update):
