@@ -103,6 +103,11 @@ class PolicyConfig(RunConfig):
     lora_r: int = option(16, help="LoRA rank.")
     lora_alpha: int = option(32, help="LoRA alpha.")
     learning_rate: float = option(1e-5, help="AdamW learning rate.")
+    bf16: bool = option(False, help="bf16 autocast (mixed precision) for sampling and the log-prob passes; "
+                        "weights, optimiser state and the advantages stay fp32.")
+    gradient_checkpointing: bool = option(False, help="Recompute the policy's activations in backward to save "
+                                          "memory (same gradients; the prompt then runs per row, as with "
+                                          "share_prompts off).")
     max_grad_norm: float = option(1.0, help="Gradient-norm clip.")
     sample_every: int = option(5, help="Print a prompt / response / score / KL table every this many updates.")
     save_every: int = option(0, help="Checkpoint every this many updates (0: only at the end).")
@@ -235,7 +240,7 @@ def train(cfg: PolicyConfig) -> dict:
     from rlhf.stages.sft import load_model_weights
 
     hf_logging.disable_progress_bar()
-    accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
+    accelerator = make_accelerator(bf16=cfg.bf16, report_to=cfg.report_to, project_dir=cfg.output_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
     local_prompts = split_evenly(cfg.prompts_per_update, world, "prompts_per_update")  # per-rank sizes
     split_evenly(cfg.minibatch_size, world, "minibatch_size")  # each rank takes an equal share of a minibatch
@@ -256,6 +261,10 @@ def train(cfg: PolicyConfig) -> dict:
         else:  # full fine-tuning: a frozen copy is the reference
             ref = load_model(cfg.model_name_or_path).eval().requires_grad_(False).to(accelerator.device)
     reward = load_reward(cfg, accelerator.device)
+    if cfg.gradient_checkpointing:
+        from rlhf.models import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(policy)
     if cfg.baseline == "gae":
         policy = PolicyWithValue(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -288,16 +297,20 @@ def train(cfg: PolicyConfig) -> dict:
         start = load_checkpoint(accelerator, ckpt, optimizer, _NoScheduler())["step"]
     logger = RunLogger(accelerator, cfg, "rlhf-policy", resume_step=start if ckpt is not None else None)
 
+    def logprobs_and_values(*args):  # every log-prob pass, under bf16 autocast when asked
+        with accelerator.autocast():
+            return response_logprobs_and_values(*args)
+
     def reference_logprobs(seqs, mask, n_query, group):
         if ref is not None:
-            return response_logprobs(ref, seqs, mask, n_query, group)
+            return logprobs_and_values(ref, seqs, mask, n_query, group)[0]
         with core.disable_adapter():
-            return response_logprobs(core, seqs, mask, n_query, group)
+            return logprobs_and_values(core, seqs, mask, n_query, group)[0]
 
     # Each rank's rows are whole prompt groups (k completions of one prompt, adjacent) in sampling and in
     # the passes over all its rows: the prompt runs once per group there (not under DeepSpeed/FSDP, whose
     # sharded forward is kept to one plain pass per phase).
-    group = cfg.k if cfg.share_prompts and not shards_optimizer(accelerator) else 1
+    group = cfg.k if cfg.share_prompts and not shards_optimizer(accelerator) and not cfg.gradient_checkpointing else 1
 
     # One optimiser step per batch: its forward pass doubles as pi_bar's (not under DeepSpeed/FSDP, whose
     # sharded forward is kept to the plain order: no-grad passes first, then forward and backward at once).
@@ -320,7 +333,7 @@ def train(cfg: PolicyConfig) -> dict:
         n_query = query.shape[1]
         #    Weights gathered once for the phase under ZeRO-3/FSDP2; row r samples from seed (seed, update,
         #    global row), so any number of processes draws the same completions.
-        with torch.no_grad(), gathered_for_generation(accelerator, policy):
+        with torch.no_grad(), gathered_for_generation(accelerator, policy), accelerator.autocast():
             seqs = generate_shared_prompts(
                 core, query, qmask, group, pad_token_id=pad, eos_token_id=eos, use_cache=True,
                 **seeded_sampling_kwargs(cfg.seed, update, rank * len(query), len(query), cfg.max_new_tokens,
@@ -361,11 +374,11 @@ def train(cfg: PolicyConfig) -> dict:
         step_forward = None
         if single_step:
             core.train()
-            step_forward = response_logprobs_and_values(policy, seqs[own], mask[own], n_query, group)
+            step_forward = logprobs_and_values(policy, seqs[own], mask[own], n_query, group)
             logp_old, values_old = (None if t is None else t.detach() for t in step_forward)
         else:
             with torch.no_grad():
-                logp_old, values_old = response_logprobs_and_values(policy if value_head is not None else core,
+                logp_old, values_old = logprobs_and_values(policy if value_head is not None else core,
                                                                     seqs[own], mask[own], n_query, group)  # [n, T_r]
         with torch.no_grad():
             logp_ref = reference_logprobs(seqs[own], mask[own], n_query, group)
@@ -408,7 +421,7 @@ def train(cfg: PolicyConfig) -> dict:
                 if single_step:
                     logp, values = step_forward
                 else:
-                    logp, values = response_logprobs_and_values(policy, seqs[mb], mask[mb], n_query)
+                    logp, values = logprobs_and_values(policy, seqs[mb], mask[mb], n_query)
                 loss, stats = policy_gradient_loss(logp, logp_old[mb], adv_tokens[mb], rmask[mb],
                                                    cfg.clip_range or None)
                 if values is not None:
