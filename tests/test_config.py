@@ -19,6 +19,7 @@ from rlhf.pomdp.train import PomdpConfig
 from rlhf.stages.collect import CollectConfig
 from rlhf.stages.evaluate import EvaluateConfig
 from rlhf.stages.label import LabelConfig
+from rlhf.stages.dpo import DPOConfig
 from rlhf.stages.policy import PolicyConfig
 from rlhf.stages.reward import RewardConfig
 from rlhf.stages.sft import SFTConfig
@@ -30,6 +31,7 @@ CONFIGS = ROOT / "configs"
 # Every YAML under configs/ (except configs/accelerate/) must map to an entry here: add new stages as they land.
 STAGE_CONFIGS = {"sft": SFTConfig, "collect": CollectConfig, "label": LabelConfig, "reward": RewardConfig, "policy": PolicyConfig}
 # `rlhf dt <command>` configs are configs/dt/dt-<command>_<experiment>.yaml.
+STAGE_CONFIGS["dpo"] = DPOConfig
 STAGE_CONFIGS.update({"dt-data": DTDataConfig, "dt-train": DTTrainConfig, "dt-evaluate": DTEvalConfig})
 STAGE_CONFIGS.update({"evaluate": EvaluateConfig, "pomdp": PomdpConfig, "dialogue/data": DialogueDataConfig,
                       "dialogue/train": DialogueTrainConfig, "dialogue/evaluate": DialogueEvalConfig})
