@@ -65,6 +65,15 @@ def test_batch_sizes_count_the_processes(monkeypatch):
     assert (cfg.minibatch_size, cfg.prompts_per_update, cfg.num_updates) == (8, 8, 3)
 
 
+def test_a_fractional_warmup_steps_is_a_ratio(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("warmup_steps: 0.1\n")
+    cfg = load_config(SFTConfig, path)
+    assert (cfg.warmup_ratio, cfg.warmup_steps) == (0.1, 0)
+    path.write_text("warmup_steps: 3\n")
+    assert load_config(SFTConfig, path).warmup_steps == 3
+
+
 def test_trl_policy_names_map_with_their_values():
     cfg = parse_args(PolicyConfig, ["--num_generations", "8", "--max_completion_length", "64", "--epsilon", "0.3",
                                     "--num_iterations", "2", "--per_device_train_batch_size", "16"])
