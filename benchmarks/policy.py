@@ -106,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--updates", type=int, default=8, help="Sample-score-update rounds per side.")
+    p.add_argument("--model", default=SMOLLM2_ALIAS, help="Model (both sides); tiny-llama for a smoke run.")
     p.add_argument("--method", choices=("rloo", "grpo"), default="rloo", help="RLOO (TRL's RLOOTrainer) or GRPO "
                    "(the stage's baseline group against TRL's GRPOTrainer).")
     p.add_argument("--prompts", default="reward_data/prompts_train.jsonl", help="Prompts (a relative path not "
@@ -224,7 +225,7 @@ def run_rlhf(args, scratch: Path, share_prompts: bool = True) -> dict:
 
     n = args.prompts_per_update * args.k
     name = "rlhf" if share_prompts else "rlhf_unshared"
-    cfg = PolicyConfig(output_dir=str(scratch / name), model_name_or_path=SMOLLM2_ALIAS, reward_fn=REWARD_FN,
+    cfg = PolicyConfig(output_dir=str(scratch / name), model_name_or_path=args.model, reward_fn=REWARD_FN,
                        prompts=args.prompts, prompts_per_update=args.prompts_per_update, k=args.k,
                        temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, missing_eos_penalty=0.0,
                        num_updates=args.updates, ppo_epochs=1, minibatch_size=n, clip_range=0.2, beta=args.beta,
@@ -308,8 +309,8 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
 
     torch.set_num_threads(args.threads)
     # 1. Model, tokenizer and data set, before the clock.
-    tokenizer = load_tokenizer(SMOLLM2_ALIAS)
-    model = load_model(SMOLLM2_ALIAS)  # fp32
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)  # fp32
     dataset = trl_dataset(args, tokenizer)
     n = args.prompts_per_update * args.k
     peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
@@ -419,12 +420,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from rlhf.models import resolve_model_path
 
-    model_path = resolve_model_path(SMOLLM2_ALIAS)  # converts the embedded model into the cache once, unclocked
+    model_path = resolve_model_path(args.model)  # converts the embedded model into the cache once, unclocked
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-policy-") as tmp:
         scratch = Path(tmp)
         from rlhf.models import load_tokenizer
 
-        expected = trl_dataset(args, load_tokenizer(SMOLLM2_ALIAS))["prompt_id"]  # the stage's order, all updates
+        expected = trl_dataset(args, load_tokenizer(args.model))["prompt_id"]  # the stage's order, all updates
         trl_result = None
         if args.trl_first and not args.skip_trl:
             trl_result = run_trl(args, scratch, expected)
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "benchmark": "policy",
-        "config": {"model": SMOLLM2_ALIAS, "model_path": model_path, "prompts": args.prompts,
+        "config": {"model": args.model, "model_path": model_path, "prompts": args.prompts,
                    "method": args.method, "updates": args.updates, "prompts_per_update": args.prompts_per_update, "k": args.k,
                    "completions_per_update": args.prompts_per_update * args.k, "max_new_tokens": args.max_new_tokens,
                    "beta": args.beta, "learning_rate": args.learning_rate, "lr_schedule": "constant",
