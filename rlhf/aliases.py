@@ -166,6 +166,9 @@ def resolve(cls, values: dict[str, Any], *, source: str | None = None, base=None
             out["warmup_ratio"] = value
             notice(f"rlhf: warmup_steps {value} (a ratio, as transformers reads it) read as warmup_ratio{where}")
             continue
+        if key == "scale_rewards" and isinstance(value, bool) and key in fields:  # older TRL: a bool
+            out[key] = "group" if value else "none"
+            continue
         if key in fields:
             out[key] = value
             continue

@@ -74,6 +74,14 @@ def test_a_fractional_warmup_steps_is_a_ratio(tmp_path):
     assert load_config(SFTConfig, path).warmup_steps == 3
 
 
+def test_older_trl_boolean_scale_rewards(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("scale_rewards: false\nbaseline: group\n")
+    assert load_config(PolicyConfig, path).scale_rewards == "none"
+    path.write_text("scale_rewards: true\n")
+    assert load_config(PolicyConfig, path).scale_rewards == "group"
+
+
 def test_trl_policy_names_map_with_their_values():
     cfg = parse_args(PolicyConfig, ["--num_generations", "8", "--max_completion_length", "64", "--epsilon", "0.3",
                                     "--num_iterations", "2", "--per_device_train_batch_size", "16"])

@@ -94,3 +94,17 @@ def test_reads_every_format_the_reward_stage_reads_and_leaves_ties_out(tmp_path)
     assert ties == 1 and len(records) == 3
     assert records[0]["prompt"] == [{"role": "user", "content": "What is 2 + 2?"}]
     assert records[2]["chosen"][-1]["content"] == "Blue." and records[2]["prompt"][-1]["content"] == "Name a colour."
+
+
+def test_metrics_reach_the_tracker(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = dpo_config(tmp_path, "tb", max_steps=3, report_to="tensorboard")
+    train(cfg)
+    steps = []
+    for events in Path(cfg.output_dir).rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "train/loss" in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars("train/loss")]
+    assert sorted(steps) == [1, 2, 3]
