@@ -10,7 +10,8 @@ Objective: E[r(s, a) - beta * KL(pi_theta || pi_ref)], pi_ref the frozen SFT pol
     3. set pi_bar = pi_theta: record the sampling and reference log-probabilities once for the batch (with
        one optimiser step per batch, the sampling log-probabilities come from that step's own forward);
        sequence return R = score - beta * sum_t k1_t; advantage = R - baseline (leave-one-out over the k
-       samples of a prompt, or the batch mean), optionally whitened; or, with baseline 'gae', per-token
+       samples of a prompt, or the batch mean), optionally whitened; with baseline 'group' (GRPO) the
+       group-centred return over the group's (or batch's) standard deviation; or, with baseline 'gae', per-token
        rewards (-beta * k1_t on every token, the score on the last) and GAE over a learned value head;
     4. K times: take a minibatch and step along (pi_theta / pi_bar) grad log pi_theta * advantage, with
        PPO-style ratio clipping (clip_range 0 gives the plain importance-sampled estimator).
