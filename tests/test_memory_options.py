@@ -37,13 +37,21 @@ def policy_cfg(tmp_path, name, **overrides):
 
 
 @pytest.mark.parametrize("use_peft, baseline", [("false", "loo"), ("true", "gae")])
-def test_policy_gradient_checkpointing_gives_the_same_training(tmp_path, use_peft, baseline):
+def test_policy_gradient_checkpointing_gives_the_same_training(tmp_path, use_peft, baseline, monkeypatch):
     """Three updates (two optimiser steps each, full fine-tuning; or LoRA with the value head) with and without
     checkpointing: the same logged statistics and the same trained weights, to float rounding."""
+    import transformers.models.llama.modeling_llama as llama
+
     from rlhf.stages.policy import train
 
+    calls, forward = [], llama.LlamaMLP.forward
+    monkeypatch.setattr(llama.LlamaMLP, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    counts = []
     for name, gc in (("plain", "false"), ("gc", "true")):
+        calls.clear()
         train(policy_cfg(tmp_path, name, use_peft=use_peft, baseline=baseline, gradient_checkpointing=gc))
+        counts.append(len(calls))
+    assert counts[1] > counts[0], counts  # checkpointing recomputed forwards in backward
     a, b = log_rows(tmp_path / "plain"), log_rows(tmp_path / "gc")
     for ra, rb in zip(a, b):
         for key in ("objective/scores", "objective/kl", "policy/approxkl", "policy/ratio_mean"):
@@ -64,7 +72,7 @@ def test_policy_gradient_checkpointing_gives_the_same_training(tmp_path, use_pef
 
 
 @pytest.mark.parametrize("peft", [False, True])
-def test_reward_model_gradients_are_equal_with_checkpointing(peft):
+def test_reward_model_gradients_are_equal_with_checkpointing(peft, monkeypatch):
     """One backward of the reward model on the full-forward path (top block unfrozen, or LoRA adapters with a
     non-zero B so every adapter gets a gradient): every parameter's gradient equal with and without."""
     from peft import LoraConfig, get_peft_model
@@ -82,10 +90,18 @@ def test_reward_model_gradients_are_equal_with_checkpointing(peft):
         if checkpointing:
             enable_gradient_checkpointing(m.backbone)
         m.train()
-        m(**m.encode(["What is 2 + 2? 4", "Name a colour. Blue, or maybe red."])).sum().backward()
+        out = m(**m.encode(["What is 2 + 2? 4", "Name a colour. Blue, or maybe red."]))
+        before = len(calls)
+        out.sum().backward()
+        recomputed.append(len(calls) - before)  # MLP forwards run again in backward
         return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
 
+    import transformers.models.llama.modeling_llama as llama
+
+    calls, recomputed, forward = [], [], llama.LlamaMLP.forward
+    monkeypatch.setattr(llama.LlamaMLP, "forward", lambda self, x: calls.append(1) or forward(self, x))
     plain, checkpointed = grads(False), grads(True)
+    assert recomputed[0] == 0 and recomputed[1] > 0, recomputed  # checkpointing is engaged
     assert plain.keys() == checkpointed.keys() and len(plain) > 2
     for k in plain:
         assert plain[k].abs().max() > 0, k
