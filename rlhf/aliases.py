@@ -161,6 +161,8 @@ def resolve(cls, values: dict[str, Any], *, source: str | None = None, base=None
     for key, value in values.items():
         if key == "report_to" and isinstance(value, (list, tuple)):  # TRL/transformers take a list
             value = ",".join(map(str, value)) or "none"
+        if key == "loss_type" and isinstance(value, (list, tuple)) and len(value) == 1:  # TRL's DPO: a list
+            value = value[0]
         if (key == "warmup_steps" and "warmup_ratio" in fields and isinstance(value, float) and 0 < value < 1
                 and "warmup_ratio" not in values):  # transformers 5: a warmup_steps below 1 is a ratio
             out["warmup_ratio"] = value

@@ -74,6 +74,15 @@ def test_a_fractional_warmup_steps_is_a_ratio(tmp_path):
     assert load_config(SFTConfig, path).warmup_steps == 3
 
 
+def test_trl_dpo_list_loss_type(tmp_path):
+    from rlhf.stages.dpo import DPOConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("loss_type: [ipo]\nper_device_train_batch_size: 2\ngradient_accumulation_steps: 4\n")
+    cfg = load_config(DPOConfig, path)
+    assert (cfg.loss_type, cfg.per_device_batch_size, cfg.global_batch_size) == ("ipo", 2, 8)
+
+
 def test_older_trl_boolean_scale_rewards(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("scale_rewards: false\nbaseline: group\n")
