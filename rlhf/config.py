@@ -21,6 +21,7 @@ import yaml
 
 from rlhf import aliases
 
+
 class ConfigError(ValueError):
     """A config problem, with a message that names the key (and the file) at fault."""
 
