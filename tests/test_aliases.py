@@ -3,7 +3,6 @@ line; TRL-named configs for SFT, reward and policy run on the tiny model."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 

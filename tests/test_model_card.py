@@ -42,7 +42,7 @@ def test_sft_full_and_lora_models_carry_a_card_with_header_config_and_metrics(tm
         saved = json.loads((tmp_path / name / "metrics.json").read_text())
         assert saved == metrics
         assert f"| eval/loss | {metrics['eval/loss']:.6g} |" in text
-        assert f"| train/steps | 3 |" in text
+        assert "| train/steps | 3 |" in text
 
 
 def test_header_names_hub_base_models_and_data_sets(tmp_path):
