@@ -90,3 +90,38 @@ def test_evaluation_report_and_completions_reach_tensorboard(tmp_path):
     summary = flat_summary(report["checkpoints"]["base"])
     assert header == "| " + " | ".join(["checkpoint", *summary]) + " |"
     assert len(row) == 1 + len(summary)
+
+
+def test_tables_go_to_each_tracker_in_its_form(capsys):
+    """log_table's dispatch: a tracker with log_table (wandb, clearml) gets the rows; tensorboard a markdown
+    table; a tracker without tables a one-time notice."""
+    from types import SimpleNamespace
+
+    from rlhf.trackers import log_table
+
+    got = {}
+
+    class WithTable:
+        name = "wandb"
+
+        def log_table(self, table_name, columns, data, step):
+            got["wandb"] = (table_name, columns, data, step)
+
+    class Writer:
+        def add_text(self, tag, text, global_step):
+            got["tensorboard"] = (tag, text, global_step)
+
+        def flush(self):
+            pass
+
+    tensorboard = SimpleNamespace(name="tensorboard", writer=Writer())
+    other = SimpleNamespace(name="aim")
+    acc = SimpleNamespace(is_main_process=True, trackers=[WithTable(), tensorboard, other])
+    log_table(acc, "t", ["a", "b"], [[1, "x|y\nz"]], step=3)
+    assert got["tensorboard"][1].endswith("| 1 | x\\|y z |")  # one line per row, pipes escaped
+    log_table(acc, "t", ["a", "b"], [[2, "w"]], step=4)
+    assert got["wandb"] == ("t", ["a", "b"], [[2, "w"]], 4)
+    assert got["tensorboard"] == ("t", "| a | b |\n|---|---|\n| 2 | w |", 4)
+    assert capsys.readouterr().err.count("the aim tracker takes no tables") == 1
+    log_table(SimpleNamespace(is_main_process=False, trackers=[WithTable()]), "u", ["a"], [[0]], step=1)
+    assert got["wandb"][0] == "t"  # other processes send nothing
