@@ -1,8 +1,13 @@
-"""Benchmark: the toolkit's policy stage against TRL's RLOOTrainer, side by side in one run.
+"""Benchmark: the toolkit's policy stage against TRL's RLOOTrainer (or GRPOTrainer), side by side in one run.
 
     python benchmarks/policy.py                          # 8 updates per side (see the timing note below)
     python benchmarks/policy.py --updates 30             # a longer run: a steadier reward slope
     python benchmarks/policy.py --updates 2 --skip_trl   # a smoke run of the toolkit's side alone
+    python benchmarks/policy.py --method grpo             # GRPO: baseline group against TRL's GRPOTrainer
+
+With --method grpo the stage runs `baseline: group` (GRPO's group-normalised advantages, scale_rewards group)
+with the KL as a k3 loss term, and TRL runs `GRPOTrainer` with scale_rewards "group" and its default "dapo"
+loss (a token mean over the batch, as the stage's); everything else below is the same for both methods.
 
 What is compared, in one process, on the same model, prompts and settings:
 
@@ -101,6 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--updates", type=int, default=8, help="Sample-score-update rounds per side.")
+    p.add_argument("--model", default=SMOLLM2_ALIAS, help="Model (both sides); tiny-llama for a smoke run.")
+    p.add_argument("--method", choices=("rloo", "grpo"), default="rloo", help="RLOO (TRL's RLOOTrainer) or GRPO "
+                   "(the stage's baseline group against TRL's GRPOTrainer).")
     p.add_argument("--prompts", default="reward_data/prompts_train.jsonl", help="Prompts (a relative path not "
                    "found from the current directory is taken from the repository root).")
     p.add_argument("--prompts_per_update", type=int, default=8, help="Prompts per update (both sides).")
@@ -125,9 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip_trl", action="store_true", help="Run only the toolkit's stage (a quick check).")
     p.add_argument("--also_unshared", action="store_true", help="Run the toolkit's stage a second time with "
                    "share_prompts off (each completion's row runs its own copy of the prompt): what sharing gives.")
-    p.add_argument("--out", default="benchmarks/results/policy.json", help="Where the JSON goes (a relative "
-                   "path: from the repository root).")
+    p.add_argument("--out", default="", help="Where the JSON goes (a relative path: from the repository root; "
+                   "default benchmarks/results/policy.json, policy_grpo.json with --method grpo).")
     args = p.parse_args(argv)
+    args.out = args.out or f"benchmarks/results/policy{'_grpo' if args.method == 'grpo' else ''}.json"
     path = Path(args.prompts)
     if not path.is_absolute() and not path.exists() and (ROOT / path).exists():
         args.prompts = str(ROOT / path)
@@ -221,11 +230,12 @@ def run_rlhf(args, scratch: Path, share_prompts: bool = True) -> dict:
 
     n = args.prompts_per_update * args.k
     name = "rlhf" if share_prompts else "rlhf_unshared"
-    cfg = PolicyConfig(output_dir=str(scratch / name), model_name_or_path=SMOLLM2_ALIAS, reward_fn=REWARD_FN,
+    cfg = PolicyConfig(output_dir=str(scratch / name), model_name_or_path=args.model, reward_fn=REWARD_FN,
                        prompts=args.prompts, prompts_per_update=args.prompts_per_update, k=args.k,
                        temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, missing_eos_penalty=0.0,
                        num_updates=args.updates, ppo_epochs=1, minibatch_size=n, clip_range=0.2, beta=args.beta,
-                       kl_estimator="k1", target_kl=0.0, baseline="loo", whiten_advantages=False, use_peft=True,
+                       kl_estimator="k3" if args.method == "grpo" else "k1", target_kl=0.0,
+                       baseline="group" if args.method == "grpo" else "loo", whiten_advantages=False, use_peft=True,
                        lora_r=args.lora_r, lora_alpha=args.lora_alpha, learning_rate=args.learning_rate,
                        max_grad_norm=1.0, sample_every=0, save_every=0, seed=args.seed, report_to="none",
                        share_prompts=share_prompts, micro_batch_size=args.micro_batch_size)
@@ -284,7 +294,7 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
 
     from peft import LoraConfig
     from transformers import TrainerCallback, TrainingArguments
-    from trl import RLOOConfig, RLOOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from rlhf.models import load_model, load_tokenizer
 
@@ -304,21 +314,23 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
 
     torch.set_num_threads(args.threads)
     # 1. Model, tokenizer and data set, before the clock.
-    tokenizer = load_tokenizer(SMOLLM2_ALIAS)
-    model = load_model(SMOLLM2_ALIAS)  # fp32
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)  # fp32
     dataset = trl_dataset(args, tokenizer)
     n = args.prompts_per_update * args.k
     peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                              target_modules="all-linear", task_type="CAUSAL_LM")
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    config = RLOOConfig(
-        output_dir=str(scratch / "trl"), max_steps=args.updates, seed=args.seed,
+    grpo = args.method == "grpo"
+    method_args = ({"scale_rewards": "group", "loss_type": "dapo"} if grpo else {"normalize_advantages": False})
+    config = (GRPOConfig if grpo else RLOOConfig)(
+        **method_args, output_dir=str(scratch / "trl"), max_steps=args.updates, seed=args.seed,
         # one optimiser step per batch of n (in pieces of micro_batch_size, as the stage's)
         per_device_train_batch_size=args.micro_batch_size or n,
         gradient_accumulation_steps=n // (args.micro_batch_size or n),
         num_generations=args.k, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-        beta=args.beta, num_iterations=1, epsilon=0.2, normalize_advantages=False, mask_truncated_completions=False,
+        beta=args.beta, num_iterations=1, epsilon=0.2, mask_truncated_completions=False,
         learning_rate=args.learning_rate, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
         weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
         bf16=False, **{checkpointing: False}, disable_dropout=True, shuffle_dataset=False,
@@ -334,7 +346,7 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
     # 2. Timed: the trainer's construction (LoRA wrap, data preparation) and training.
     load = load_average()
     t = time.perf_counter()
-    trainer = RLOOTrainer(model=model, reward_funcs=gold_judge, args=config, train_dataset=dataset,
+    trainer = (GRPOTrainer if grpo else RLOOTrainer)(model=model, reward_funcs=gold_judge, args=config, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[clock])
     prepare = time.perf_counter() - t
     trainer.train()
@@ -415,12 +427,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from rlhf.models import resolve_model_path
 
-    model_path = resolve_model_path(SMOLLM2_ALIAS)  # converts the embedded model into the cache once, unclocked
+    model_path = resolve_model_path(args.model)  # converts the embedded model into the cache once, unclocked
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-policy-") as tmp:
         scratch = Path(tmp)
         from rlhf.models import load_tokenizer
 
-        expected = trl_dataset(args, load_tokenizer(SMOLLM2_ALIAS))["prompt_id"]  # the stage's order, all updates
+        expected = trl_dataset(args, load_tokenizer(args.model))["prompt_id"]  # the stage's order, all updates
         trl_result = None
         if args.trl_first and not args.skip_trl:
             trl_result = run_trl(args, scratch, expected)
@@ -431,8 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "benchmark": "policy",
-        "config": {"model": SMOLLM2_ALIAS, "model_path": model_path, "prompts": args.prompts,
-                   "updates": args.updates, "prompts_per_update": args.prompts_per_update, "k": args.k,
+        "config": {"model": args.model, "model_path": model_path, "prompts": args.prompts,
+                   "method": args.method, "updates": args.updates, "prompts_per_update": args.prompts_per_update, "k": args.k,
                    "completions_per_update": args.prompts_per_update * args.k, "max_new_tokens": args.max_new_tokens,
                    "beta": args.beta, "learning_rate": args.learning_rate, "lr_schedule": "constant",
                    "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "reward": REWARD_FN, "window": args.window,

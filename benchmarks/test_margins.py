@@ -29,12 +29,14 @@ from benchmarks.common import finish  # noqa: E402
 CASES = {
     "loo": {},
     "gae": {"baseline": "gae", "lam": "1.0"},
+    "grpo": {"baseline": "group", "scale_rewards": "group", "whiten_advantages": "false"},
 }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as pytest runs)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/test_margins.json"))
     args = parser.parse_args(argv)
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case, overrides in CASES.items():
+        for case in args.cases:
+            overrides = CASES[case]
             for seed in args.seeds:
                 values = {"output_dir": f"{tmp}/{case}{seed}", "prompts": str(ROOT / "reward_data/prompts_train.jsonl"),
                           "seed": str(seed), **overrides}
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"ratio {rows[-1]['ratio']:6.2f}  kl_last {rows[-1]['kl_last']:.2f}", flush=True)
     summary = {}
     print("\n| case | seeds | max first | min last | min ratio | max kl_last |\n|---|---|---|---|---|---|")
-    for case in CASES:
+    for case in args.cases:
         rs = [r for r in rows if r["case"] == case]
         s = {"max_first": max(r["first"] for r in rs), "min_last": min(r["last"] for r in rs),
              "min_ratio": min(r["ratio"] for r in rs), "max_kl_last": max(r["kl_last"] for r in rs)}

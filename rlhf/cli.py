@@ -17,6 +17,7 @@ STAGES = {
     "reward": ("rlhf.stages.reward", "Stage 3: reward model (frozen backbone + scalar head, Bradley-Terry); "
                "`rlhf reward score` scores a file."),
     "policy": ("rlhf.stages.policy", "Stage 4: KL-penalised, importance-sampled policy gradient."),
+    "dpo": ("rlhf.stages.dpo", "Stage 4 (offline): DPO on the same preference pairs (TRL's DPOTrainer)."),
     "dialogue": ("rlhf.dialogue.stage", "Multi-step offline RL on text games: `rlhf dialogue data|train|evaluate`."),
     "launch": ("rlhf.launch", "Run a stage under `accelerate launch` with a preset from configs/accelerate/ "
                "(`rlhf launch --list`)."),

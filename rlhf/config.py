@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import importlib.util
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rlhf import aliases
 
 
 class ConfigError(ValueError):
@@ -46,8 +47,9 @@ class RunConfig:
     overwrite: bool = option(False, help="Allow starting afresh in an output_dir that already holds a run "
                              "(its checkpoints are deleted).")
     log_every: int = option(1, help="Write a log.jsonl line (and tracker point) every this many optimiser steps.")
-    report_to: str = option("none", help="Experiment tracker, through accelerate's trackers.",
-                            choices=("none", "tensorboard", "wandb", "all"))
+    report_to: str = option("none", help="Experiment tracker(s) through accelerate: none, all (every installed "
+                            "one), or any of accelerate's trackers, comma-separated (tensorboard, trackio, wandb, "
+                            "mlflow, comet_ml, aim, clearml, dvclive, swanlab); see rlhf/trackers.py.")
 
     # Fields that may differ between a run and its resumption (they do not change the result).
     RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = (
@@ -57,11 +59,9 @@ class RunConfig:
         """Check values beyond their types. Subclasses extend this; errors name the key."""
         if self.log_every < 1:
             raise ConfigError("log_every must be >= 1")
-        wanted = {"all": ["tensorboard", "wandb"]}.get(self.report_to, [self.report_to])
-        for tracker in wanted:
-            if tracker != "none" and importlib.util.find_spec(tracker) is None:
-                raise ConfigError(f"report_to '{self.report_to}' needs the {tracker} package: "
-                                  f"pip install {tracker}  (or pip install -e '.[tracking]')")
+        from rlhf.trackers import check_report_to
+
+        check_report_to(self.report_to)  # accelerate's tracker names, their packages installed
 
 
 # ---------------------------------------------------------------------------------------------- types
@@ -186,6 +186,7 @@ def from_dict(cls, values: dict[str, Any], *, source: str | None = None, base=No
     names = [f.name for f in dataclasses.fields(cls)]
     where = f" in {source}" if source else ""
     kwargs = dataclasses.asdict(base) if base is not None else {}
+    values = aliases.resolve(cls, values, source=source, base=base)  # TRL/transformers names
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(f"unknown key '{key}'{where} for {cls.__name__}{_suggest(str(key), names)}")
@@ -264,12 +265,14 @@ def parse_args(cls, argv: list[str] | None = None, prog: str = "rlhf", descripti
     """Parse `argv` into a config of type `cls`. Unknown flags raise ConfigError naming them."""
     parser = build_parser(cls, prog, description)
     args, unknown = parser.parse_known_args(argv)
+    foreign, unknown = aliases.split_flags(cls, unknown) if unknown else ({}, unknown)
     if unknown:
         names = [f.name for f in dataclasses.fields(cls)]
         flag = next((u for u in unknown if u.startswith("--")), unknown[0])
         raise ConfigError(f"unknown flag '{flag}' for {prog}{_suggest(flag.lstrip('-'), names)}")
     values = vars(args)
     path = values.pop("config")
+    values.update(foreign)
     for key, value in values.items():
         if value is None:
             raise ConfigError(f"flag '--{key}' needs a value")

@@ -96,11 +96,13 @@ def make_accelerator(*, bf16: bool, report_to: str, project_dir: str, micro_batc
     """
     from accelerate import Accelerator
 
+    from rlhf.trackers import log_with
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     set_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     accelerator = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
                               mixed_precision="bf16" if bf16 else "no",
-                              log_with=None if report_to == "none" else report_to, project_dir=project_dir)
+                              log_with=log_with(report_to), project_dir=project_dir)
     ds = accelerator.state.deepspeed_plugin
     if ds is not None and ds.is_auto("train_micro_batch_size_per_gpu"):
         ds.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size

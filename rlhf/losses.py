@@ -148,6 +148,25 @@ def leave_one_out_baseline(scores: torch.Tensor) -> torch.Tensor:
     return (scores.sum(dim=1, keepdim=True) - scores) / (k - 1)
 
 
+def group_normalized_advantages(scores: torch.Tensor, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages (Shao et al., 2024): scores [P, k] (k samples of each of P prompts) -> [P, k],
+    (r - mean of the prompt's k scores) / (std + eps). `scale`: "group" divides by the standard deviation
+    over the prompt's k scores, "batch" by the one over all P x k, "none" not at all (mean-centred only, as
+    later analyses of GRPO recommend: Liu et al., 2025, "Understanding R1-Zero-Like Training"). Standard
+    deviations are the sample ones (k - 1 in the denominator) and eps is 1e-4, as in TRL's GRPOTrainer."""
+    k = scores.shape[1]
+    if k < 2:
+        raise ValueError("a group-normalised baseline needs k >= 2 samples per prompt")
+    centred = scores - scores.mean(dim=1, keepdim=True)
+    if scale == "group":
+        return centred / (scores.std(dim=1, keepdim=True) + eps)
+    if scale == "batch":
+        return centred / (scores.std() + eps)
+    if scale == "none":
+        return centred
+    raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
     """Generalised advantage estimation (Schulman et al., 2016) over token time steps.
 

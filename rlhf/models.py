@@ -261,6 +261,12 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: lis
     return model
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in backward (transformers' checkpointing, non-reentrant, so frozen
+    layers and LoRA adapters need no input-gradient hooks). Active in training mode only; same gradients."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def save_pretrained(model, tokenizer, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
     """Save a model (safetensors) and its tokenizer so that transformers / peft load the directory.
 

@@ -47,6 +47,7 @@ STAGES = {
     "label": ("rlhf.stages.label", "LabelConfig", "run"),
     "reward": ("rlhf.stages.reward", "RewardConfig", "train"),
     "policy": ("rlhf.stages.policy", "PolicyConfig", "train"),
+    "dpo": ("rlhf.stages.dpo", "DPOConfig", "train"),  # beside policy: DPO on the same labelled pairs
     "evaluate": ("rlhf.stages.evaluate", "EvaluateConfig", "run"),
 }
 DONE = "DONE.json"
@@ -70,9 +71,14 @@ def wiring(stage: str, root: Path, present: set[str]) -> dict:
             w["model_name_or_path"] = sft_model
         if "reward" in present:
             w["reward_model"] = str(root / "reward" / "model")
+    if stage == "dpo":
+        if "sft" in present:
+            w["model_name_or_path"] = sft_model
+        if "label" in present:
+            w["train_pairs"] = str(root / "label" / "pairs.jsonl")
     if stage == "evaluate":
         ckpts, names = [], []
-        for s in ("sft", "policy"):
+        for s in ("sft", "policy", "dpo"):
             if s in present:
                 ckpts.append(str(root / s / "model"))
                 names.append(s)
@@ -84,7 +90,7 @@ def wiring(stage: str, root: Path, present: set[str]) -> dict:
 
 
 DEPENDS = {"sft": [], "collect": ["sft"], "label": ["collect"], "reward": ["label"], "policy": ["sft", "reward"],
-           "evaluate": ["sft", "reward", "policy"]}
+           "dpo": ["sft", "label"], "evaluate": ["sft", "reward", "policy", "dpo"]}
 
 
 def config_hash(values: dict, upstream: list[str], unhashed=()) -> str:
@@ -150,6 +156,7 @@ def headline(stage: str, metrics: dict) -> str:
         "reward": [("eval/accuracy", "held-out accuracy {:.3f}")],
         "policy": [("objective/scores_first", "score {:.3f}"), ("objective/scores_last", " -> {:.3f}"),
                    ("objective/kl_last", ", KL {:.3f}")],
+        "dpo": [("train/rewards/margins", "margin {:.3f}"), ("eval/rewards/accuracies", ", held-out accuracy {:.3f}")],
     }.get(stage, [])
     if stage == "evaluate":
         return f"report {metrics.get('report', '')}"

@@ -81,6 +81,7 @@ class RunLogger:
 
     def __init__(self, accelerator, cfg, project: str, resume_step: int | None = None):
         self.accelerator = accelerator
+        self.cfg, self.project = cfg, project
         self.path = Path(cfg.output_dir) / "log.jsonl"
         self.tracking = cfg.report_to != "none"
         self.start = time.time()
@@ -109,6 +110,9 @@ class RunLogger:
                    "num_processes": self.accelerator.num_processes, **peak()}
         if self.accelerator.is_main_process:
             (self.path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            from rlhf.model_card import write_for_run
+
+            write_for_run(self.cfg, self.project, metrics)  # README.md in output_dir/model/, if saved
         if self.tracking:
             self.accelerator.end_training()
         return metrics

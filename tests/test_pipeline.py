@@ -91,3 +91,24 @@ def test_pipeline_file_errors_name_the_key(tmp_path):
         load_pipeline(str(bad), [])
     with pytest.raises(ConfigError, match="STAGE.KEY=VALUE"):
         load_pipeline(str(ROOT / "configs/tiny/quickstart.yaml"), ["policy_num_updates=3"])
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_dpo_beside_policy_and_evaluates_all_three(tmp_path):
+    out = tmp_path / "qs"
+    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "run", "configs/tiny/quickstart_dpo.yaml",
+                           "--output_dir", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((out / "pipeline.json").read_text())
+    assert statuses(record) == {s: "ran" for s in ("sft", "collect", "label", "reward", "policy", "dpo", "evaluate")}
+    from rlhf.config import read_yaml
+
+    dpo = read_yaml(out / "dpo" / "config.yaml")
+    assert dpo["model_name_or_path"] == str(out / "sft" / "model")  # wired to the SFT policy
+    report = json.loads((out / "evaluate" / "report.json").read_text())
+    assert report["names"] == ["sft", "policy", "dpo"]
+    assert report["paths"]["dpo"] == str(out / "dpo" / "model")
+    # the same prompts for all three: one greedy completion per prompt each
+    rows = [json.loads(x) for x in (out / "evaluate" / "completions.jsonl").read_text().splitlines()]
+    assert rows and all(r["dpo"]["greedy"] is not None and r["policy"]["greedy"] is not None for r in rows)

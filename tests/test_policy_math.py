@@ -12,6 +12,7 @@ from rlhf.losses import (
     gae,
     kl_k1,
     kl_k3,
+    group_normalized_advantages,
     leave_one_out_baseline,
     masked_mean,
     policy_gradient_loss,
@@ -76,6 +77,24 @@ def test_leave_one_out_baseline_by_hand():
     assert leave_one_out_baseline(scores).tolist() == [[4.0, 3.5, 1.5], [1.5, 1.5, 0.0]]
     with pytest.raises(ValueError):
         leave_one_out_baseline(torch.ones(2, 1))
+
+
+def test_group_normalized_advantages_by_hand():
+    scores = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    # group means 3 and 1; sample std sqrt(((-2)^2 + (-1)^2 + 3^2) / 2) = sqrt(7), sqrt((1 + 1 + 4) / 2) = sqrt(3)
+    centred = [[-2.0, -1.0, 3.0], [-1.0, -1.0, 2.0]]
+    assert group_normalized_advantages(scores, "none").tolist() == centred
+    s7, s3 = math.sqrt(7) + 1e-4, math.sqrt(3) + 1e-4
+    assert group_normalized_advantages(scores, "group").flatten().tolist() == pytest.approx(
+        [-2 / s7, -1 / s7, 3 / s7, -1 / s3, -1 / s3, 2 / s3], rel=1e-6)
+    # batch: mean-centred per group, scaled by the sample std of all six scores (mean 2, squares sum 26, / 5)
+    sb = math.sqrt(26 / 5) + 1e-4
+    assert group_normalized_advantages(scores, "batch").flatten().tolist() == pytest.approx(
+        [c / sb for row in centred for c in row], rel=1e-6)
+    # a group of equal scores gets zero advantages (no division by zero)
+    assert group_normalized_advantages(torch.tensor([[2.0, 2.0]]), "group").tolist() == [[0.0, 0.0]]
+    with pytest.raises(ValueError):
+        group_normalized_advantages(torch.ones(2, 1))
 
 
 def test_whiten_by_hand():

@@ -329,6 +329,8 @@ def run(cfg: EvaluateConfig) -> dict:
         report = build_report(cfg, names, merged, prompts, baseline, reference, scorers, notices, timing)
         report["seconds"] = time.time() - started
         write_report(out, report, merged, prompts, cfg)
+        if cfg.report_to != "none":
+            log_report_tables(accelerator, report, merged, prompts, cfg)
         for name in names:
             logger_rows.update({f"{name}/{k}": v for k, v in flat_summary(report["checkpoints"][name]).items()})
         print_table(report)
@@ -454,6 +456,26 @@ def write_report(out: Path, report: dict, rows: list[dict], prompts: list[dict],
                 rec[name] = {"greedy": r["greedy"][p_i] if r["greedy"] else None,
                              "sampled": r["sampled"][p_i * cfg.num_samples:(p_i + 1) * cfg.num_samples]}
             f.write(json.dumps(rec) + "\n")
+
+
+def log_report_tables(accelerator, report: dict, rows: list[dict], prompts: list[dict], cfg) -> None:
+    """The report (one row per checkpoint, its flat summary) and every completion (one row per prompt and
+    checkpoint) as tables in the tracker (rlhf/trackers.py)."""
+    from rlhf.trackers import log_table
+
+    summaries = {name: flat_summary(report["checkpoints"][name]) for name in report["names"]}
+    keys = list(dict.fromkeys(k for s in summaries.values() for k in s))
+    log_table(accelerator, "evaluate/report", ["checkpoint", *keys],
+              [[name, *(s.get(k) for k in keys)] for name, s in summaries.items()], step=0)
+    table = []
+    for p_i, p in enumerate(prompts):
+        text = p["prompt"][-1]["content"] if isinstance(p["prompt"], list) else p["prompt"]
+        for name, r in zip(report["names"], rows):
+            sampled = r["sampled"][p_i * cfg.num_samples:(p_i + 1) * cfg.num_samples]
+            table.append([p["prompt_id"], text, name, r["greedy"][p_i] if r["greedy"] else None,
+                          sampled[0] if sampled else None])
+    log_table(accelerator, "evaluate/completions", ["prompt_id", "prompt", "checkpoint", "greedy", "sample_0"],
+              table, step=0)
 
 
 def write_plots(out: Path, report: dict, rows: list[dict]) -> list[Path]:

@@ -10,7 +10,8 @@ Objective: E[r(s, a) - beta * KL(pi_theta || pi_ref)], pi_ref the frozen SFT pol
     3. set pi_bar = pi_theta: record the sampling and reference log-probabilities once for the batch (with
        one optimiser step per batch, the sampling log-probabilities come from that step's own forward);
        sequence return R = score - beta * sum_t k1_t; advantage = R - baseline (leave-one-out over the k
-       samples of a prompt, or the batch mean), optionally whitened; or, with baseline 'gae', per-token
+       samples of a prompt, or the batch mean), optionally whitened; with baseline 'group' (GRPO) the
+       group-centred return over the group's (or batch's) standard deviation; or, with baseline 'gae', per-token
        rewards (-beta * k1_t on every token, the score on the last) and GAE over a learned value head;
     4. K times: take a minibatch and step along (pi_theta / pi_bar) grad log pi_theta * advantage, with
        PPO-style ratio clipping (clip_range 0 gives the plain importance-sampled estimator).
@@ -23,7 +24,6 @@ the estimator that is penalised. With LoRA the reference is the same model with 
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from rlhf.distributed import (full_state_dict, gather_padded, gather_rows, gathe
 from rlhf.losses import (
     AdaptiveKLController,
     gae,
+    group_normalized_advantages,
     kl_k1,
     kl_k3,
     leave_one_out_baseline,
@@ -58,8 +59,10 @@ class PolicyConfig(RunConfig):
     model_name_or_path: str = option("runs/quickstart/sft/model", help="Initial policy, also the frozen "
                                      "reference: hub id, local model or adapter directory, or an alias.")
     reward_model: str = option("runs/quickstart/reward/model", help="Reward model directory (rlhf reward).")
-    reward_fn: str = option("", help="Instead of a reward model, 'module:function' called as "
-                            "f(prompts, completions, records) -> list of floats (tests, verifiable tasks).")
+    reward_fn: str = option("", help="Instead of a reward model, 'module:function' (several comma-separated: "
+                            "their weighted sum), each called as f(prompts, completions, records) or as TRL's "
+                            "f(prompts, completions, **columns) -> list of floats (rlhf/reward_functions.py).")
+    reward_weights: list[float] = option([], help="Weights of the reward_fn functions, in order (empty: 1 each).")
     normalize_rewards: bool = option(True, help="Use (r - mean) / std with the reward model's stored statistics.")
     reward_aggregate: str = option("mean", help="How an ensemble reward model's members make the reward: their "
                                    "mean, a conservative lcb (mean - reward_lcb_k x their spread) or min (the "
@@ -82,8 +85,12 @@ class PolicyConfig(RunConfig):
                                "beta * k3 as a loss term.", choices=("k1", "k3"))
     target_kl: float = option(0.0, help="Adapt beta toward this sequence KL (0: fixed beta).")
     kl_horizon: int = option(10000, help="Horizon of the adaptive KL controller, in samples.")
-    baseline: str = option("loo", help="Advantage baseline: leave-one-out over the k samples of a prompt, the "
-                           "batch mean, or a learned value head with GAE over tokens.", choices=("loo", "mean", "gae"))
+    baseline: str = option("loo", help="Advantage baseline: leave-one-out over the k samples of a prompt (RLOO), "
+                           "the batch mean, the group mean with scale_rewards (GRPO), or a learned value head with "
+                           "GAE over tokens.", choices=("loo", "mean", "group", "gae"))
+    scale_rewards: str = option("group", help="Baseline 'group' (GRPO): divide the group-centred returns by the "
+                                "standard deviation over the prompt's k samples ('group'), over the batch "
+                                "('batch'), or not at all ('none').", choices=("group", "batch", "none"))
     gamma: float = option(1.0, help="GAE discount over response tokens (baseline gae).")
     lam: float = option(0.95, help="GAE lambda (baseline gae).")
     vf_coef: float = option(0.1, help="Weight of the value-head loss (baseline gae).")
@@ -108,6 +115,11 @@ class PolicyConfig(RunConfig):
     lora_r: int = option(16, help="LoRA rank.")
     lora_alpha: int = option(32, help="LoRA alpha.")
     learning_rate: float = option(1e-5, help="AdamW learning rate.")
+    bf16: bool = option(False, help="bf16 autocast (mixed precision) for sampling and the log-prob passes; "
+                        "weights, optimiser state and the advantages stay fp32.")
+    gradient_checkpointing: bool = option(False, help="Recompute the policy's activations in backward to save "
+                                          "memory (same gradients; the prompt then runs per row, as with "
+                                          "share_prompts off).")
     max_grad_norm: float = option(1.0, help="Gradient-norm clip.")
     sample_every: int = option(5, help="Print a prompt / response / score / KL table every this many updates.")
     save_every: int = option(0, help="Checkpoint every this many updates (0: only at the end).")
@@ -121,8 +133,11 @@ class PolicyConfig(RunConfig):
         require_at_least(self, 1, "prompts_per_update", "k", "max_new_tokens", "num_updates", "ppo_epochs",
                          "minibatch_size")
         require_at_least(self, 0, "micro_batch_size")
-        if self.baseline == "loo" and self.k < 2:
-            raise ConfigError("baseline 'loo' needs k >= 2")
+        if self.baseline in ("loo", "group") and self.k < 2:
+            raise ConfigError(f"baseline '{self.baseline}' needs k >= 2")
+        if self.reward_weights and len(self.reward_weights) != len([f for f in self.reward_fn.split(",") if f.strip()]):
+            raise ConfigError(f"reward_weights has {len(self.reward_weights)} values for the "
+                              f"{len([f for f in self.reward_fn.split(',') if f.strip()])} functions of reward_fn")
         if (self.prompts_per_update * self.k) % self.minibatch_size:
             raise ConfigError(f"minibatch_size {self.minibatch_size} must divide the batch "
                               f"prompts_per_update x k = {self.prompts_per_update * self.k}")
@@ -138,19 +153,21 @@ class PolicyConfig(RunConfig):
 
 
 def load_reward(cfg: PolicyConfig, device):
-    """A function (prompts, completions, records) -> scores [N] tensor."""
+    """A function (prompts, completions, records, completion_ids=None) -> scores [N] tensor."""
     if cfg.reward_fn:
-        module, _, name = cfg.reward_fn.partition(":")
-        fn = getattr(importlib.import_module(module), name)
-        return lambda prompts, completions, records: torch.tensor(fn(prompts, completions, records),
-                                                                  dtype=torch.float32)
+        from rlhf.reward_functions import RewardFunctionError, RewardFunctions
+
+        try:
+            return RewardFunctions.from_spec(cfg.reward_fn, cfg.reward_weights)
+        except RewardFunctionError as e:
+            raise ConfigError(str(e)) from None
     from rlhf.reward import RewardModel
 
     rm = RewardModel.load(cfg.reward_model).to(device)
     if cfg.reward_aggregate != "mean" and rm.n_members < 2:
         raise ConfigError(f"reward_aggregate {cfg.reward_aggregate!r} needs an ensemble reward model; "
                           f"{cfg.reward_model} has one head (train it with rlhf reward --ensemble_size 5)")
-    return lambda prompts, completions, records: torch.tensor(
+    return lambda prompts, completions, records, completion_ids=None: torch.tensor(
         rm.score(prompts, completions, normalize=cfg.normalize_rewards, aggregate=cfg.reward_aggregate,
                  k=cfg.reward_lcb_k), dtype=torch.float32)
 
@@ -269,7 +286,7 @@ def train(cfg: PolicyConfig) -> dict:
     from rlhf.stages.sft import load_model_weights
 
     hf_logging.disable_progress_bar()
-    accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
+    accelerator = make_accelerator(bf16=cfg.bf16, report_to=cfg.report_to, project_dir=cfg.output_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
     local_prompts = split_evenly(cfg.prompts_per_update, world, "prompts_per_update")  # per-rank sizes
     split_evenly(cfg.minibatch_size, world, "minibatch_size")  # each rank takes an equal share of a minibatch
@@ -290,6 +307,10 @@ def train(cfg: PolicyConfig) -> dict:
         else:  # full fine-tuning: a frozen copy is the reference
             ref = load_model(cfg.model_name_or_path).eval().requires_grad_(False).to(accelerator.device)
     reward = load_reward(cfg, accelerator.device)
+    if cfg.gradient_checkpointing:
+        from rlhf.models import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(policy)
     if cfg.baseline == "gae":
         policy = PolicyWithValue(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -322,16 +343,20 @@ def train(cfg: PolicyConfig) -> dict:
         start = load_checkpoint(accelerator, ckpt, optimizer, _NoScheduler())["step"]
     logger = RunLogger(accelerator, cfg, "rlhf-policy", resume_step=start if ckpt is not None else None)
 
+    def logprobs_and_values(*args):  # every log-prob pass, under bf16 autocast when asked
+        with accelerator.autocast():
+            return response_logprobs_and_values(*args)
+
     def reference_logprobs(seqs, mask, n_query, group):
         if ref is not None:
-            return response_logprobs(ref, seqs, mask, n_query, group)
+            return logprobs_and_values(ref, seqs, mask, n_query, group)[0]
         with core.disable_adapter():
-            return response_logprobs(core, seqs, mask, n_query, group)
+            return logprobs_and_values(core, seqs, mask, n_query, group)[0]
 
     # Each rank's rows are whole prompt groups (k completions of one prompt, adjacent) in sampling and in
     # the passes over all its rows: the prompt runs once per group there (not under DeepSpeed/FSDP, whose
     # sharded forward is kept to one plain pass per phase).
-    group = cfg.k if cfg.share_prompts and not shards_optimizer(accelerator) else 1
+    group = cfg.k if cfg.share_prompts and not shards_optimizer(accelerator) and not cfg.gradient_checkpointing else 1
 
     # One optimiser step per batch: its forward pass doubles as pi_bar's (not under DeepSpeed/FSDP, whose
     # sharded forward is kept to the plain order: no-grad passes first, then forward and backward at once).
@@ -358,7 +383,7 @@ def train(cfg: PolicyConfig) -> dict:
         n_query = query.shape[1]
         #    Weights gathered once for the phase under ZeRO-3/FSDP2; row r samples from seed (seed, update,
         #    global row), so any number of processes draws the same completions.
-        with torch.no_grad(), gathered_for_generation(accelerator, policy):
+        with torch.no_grad(), gathered_for_generation(accelerator, policy), accelerator.autocast():
             seqs = generate_shared_prompts(
                 core, query, qmask, group, pad_token_id=pad, eos_token_id=eos, use_cache=True,
                 **seeded_sampling_kwargs(cfg.seed, update, rank * len(query), len(query), cfg.max_new_tokens,
@@ -371,7 +396,10 @@ def train(cfg: PolicyConfig) -> dict:
         # 2. Score (the score sits on each response's EOS / last token; with sequence-level advantages that
         #    is the sequence return below). A completion cut without EOS can take a penalty.
         records = [p for p in batch for _ in range(cfg.k)]
-        scores = reward([r["prompt"] for r in records], texts, records).to(accelerator.device)
+        scores = reward([r["prompt"] for r in records], texts, records,
+                        [r[:n].tolist() for r, n in zip(response, lengths)]).to(accelerator.device)
+        reward_stats = (reward.stats(lambda t: gather_rows(accelerator, t.to(accelerator.device)))
+                        if hasattr(reward, "stats") else {})  # each reward function's, over the whole batch
         scores = scores - cfg.missing_eos_penalty * (~ended).float()
 
         #    Every rank now holds the whole batch [N, ...], N = prompts_per_update x k, rows in rank order,
@@ -396,14 +424,14 @@ def train(cfg: PolicyConfig) -> dict:
         step_forward = None
         if single_step:
             core.train()
-            step_forward = response_logprobs_and_values(policy, seqs[own], mask[own], n_query, group)
+            step_forward = logprobs_and_values(policy, seqs[own], mask[own], n_query, group)
             logp_old, values_old = (None if t is None else t.detach() for t in step_forward)
         else:
             with torch.no_grad():
                 scorer = policy if value_head is not None else core
                 logp_old, values_old = in_pieces(
-                    lambda rows: response_logprobs_and_values(scorer, seqs[own][rows], mask[own][rows], n_query,
-                                                              group), len(seqs[own]), nograd_piece)  # [n, T_r]
+                    lambda rows: logprobs_and_values(scorer, seqs[own][rows], mask[own][rows], n_query, group),
+                    len(seqs[own]), nograd_piece)  # [n, T_r]
         with torch.no_grad():
             logp_ref = in_pieces(lambda rows: reference_logprobs(seqs[own][rows], mask[own][rows], n_query, group),
                                  len(seqs[own]), nograd_piece)
@@ -425,8 +453,11 @@ def train(cfg: PolicyConfig) -> dict:
         else:
             returns = scores - beta * seq_kl if cfg.kl_estimator == "k1" else scores
             grouped = returns.view(-1, cfg.k)
-            base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
-            advantages = (grouped - base).flatten()
+            if cfg.baseline == "group":
+                advantages = group_normalized_advantages(grouped, cfg.scale_rewards).flatten()
+            else:
+                base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
+                advantages = (grouped - base).flatten()
             if cfg.whiten_advantages:
                 advantages = whiten(advantages)
             adv_tokens = advantages[:, None].expand_as(logp_old)  # [N, T_r]
@@ -450,7 +481,7 @@ def train(cfg: PolicyConfig) -> dict:
                         if single_step:
                             logp, values = step_forward
                         else:
-                            logp, values = response_logprobs_and_values(policy, seqs[rows], mask[rows], n_query)
+                            logp, values = logprobs_and_values(policy, seqs[rows], mask[rows], n_query)
                         loss, stats = policy_gradient_loss(logp, logp_old[rows], adv_tokens[rows], rmask[rows],
                                                            cfg.clip_range or None)
                         if values is not None:
@@ -478,13 +509,20 @@ def train(cfg: PolicyConfig) -> dict:
                "response/eos_fraction": ended.float().mean().item(),
                # each step's statistics over its whole minibatch, averaged over the steps
                **reduce_token_stats(accelerator, step_stats, step_tokens, maxima=("policy/ratio_max",)),
-               "time/sample_seconds": t_sample, "time/update_seconds": time.time() - t0}
+               **reward_stats, "time/sample_seconds": t_sample, "time/update_seconds": time.time() - t0}
         logger.log(row, step=update + 1)
         history.append(row)
         bar.update(1)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
         if cfg.sample_every and (update + 1) % cfg.sample_every == 0 and accelerator.is_main_process:
             print_rollouts(records, texts, scores[own], seq_kl[own])
+            if cfg.report_to != "none":  # the main process's rollouts, as a table in the tracker
+                from rlhf.trackers import log_table
+
+                log_table(accelerator, "policy/rollouts", ["prompt", "response", "score", "kl"],
+                          [[r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"], t, s, k]
+                           for r, t, s, k in zip(records, texts, scores[own].tolist(), seq_kl[own].tolist())],
+                          step=update + 1)
         done = update + 1
         if done < cfg.num_updates and ((cfg.save_every and done % cfg.save_every == 0)
                                        or done == cfg.stop_after_update):

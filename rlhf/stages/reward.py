@@ -100,6 +100,10 @@ class RewardConfig(RunConfig):
     margin: float = option(0.0, help="Bradley-Terry margin: -log sigma(r_c - r_r - margin).")
     label_smoothing: float = option(0.0, help="Label smoothing for noisy labels; tie pairs always get 0.5.")
     center_rewards_coef: float = option(0.0, help="Weight of the reward-centering term mean((r_c + r_r)^2).")
+    bf16: bool = option(False, help="bf16 autocast (mixed precision) for training; weights stay fp32 (for the "
+                        "frozen path's features see feature_dtype).")
+    gradient_checkpointing: bool = option(False, help="Full-forward path: recompute the backbone's activations "
+                                          "in backward to save memory (same gradients).")
 
     def validate(self) -> None:
         super().validate()
@@ -366,7 +370,7 @@ def train(cfg: RewardConfig) -> dict:
     from rlhf.runs import RunLogger, prepare_output_dir
 
     hf_logging.disable_progress_bar()
-    accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
+    accelerator = make_accelerator(bf16=cfg.bf16, report_to=cfg.report_to, project_dir=cfg.output_dir)
     sizes = derive_batch_sizes(cfg.global_batch_size, cfg.per_device_batch_size, accelerator.num_processes)
     if shards_parameters(accelerator):  # every rank scores its own share of texts with the whole model
         raise ConfigError("the reward stage does not run under ZeRO-3 or FSDP (parameter sharding); use a "
@@ -393,6 +397,10 @@ def train(cfg: RewardConfig) -> dict:
 
         model.backbone = get_peft_model(model.backbone, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                                    target_modules="all-linear"))
+    if cfg.gradient_checkpointing and not cfg.frozen:
+        from rlhf.models import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model.backbone)
     model.to(accelerator.device)
 
     # 2. Frozen backbone: features once per unique text, from the cache where possible.

@@ -1,4 +1,5 @@
-"""Reward functions for `rlhf policy --reward_fn module:function`: f(prompts, completions, records) -> floats.
+"""Reward functions for `rlhf policy --reward_fn module:function`: f(prompts, completions, records) -> floats
+(TRL's f(prompts, completions, **columns) works too; see rlhf/reward_functions.py).
 
 - `gold_judge`: the built-in task's judge score (a verifiable reward; needs the task fields in each record).
 - `letter_frequency`: the fraction of a completion's characters that are the letter "e" (a toy reward

@@ -1,0 +1,193 @@
+"""Benchmark: DPO against the RLHF policy from the same SFT policy and the same labelled pairs, on several seeds,
+plus TRL's DPOTrainer run directly on the same pairs and settings (the wrapper's cost).
+
+    rlhf run configs/quickstart.yaml                       # first: the quickstart's SFT policy, pairs and reward
+    python benchmarks/dpo.py                               # 3 seeds on runs/quickstart (SmolLM2, CPU: long)
+    python benchmarks/dpo.py --tiny --seeds 0,1            # a smoke run on the tiny test model, in minutes
+
+What is compared, from `--run_dir` (a finished `rlhf run`: its sft/model, label/pairs.jsonl and reward/model):
+
+- RLHF: `rlhf.stages.policy.train` with the run's policy config (`configs/policy.yaml`; tiny: the tiny one) from
+  the SFT policy against the run's reward model;
+- DPO: `rlhf.stages.dpo.train` (`configs/dpo.yaml`; tiny: the tiny one) from the SFT policy on the pairs the run's
+  reward model was trained on (its config's train_pairs and max_train_pairs): the same labels;
+- per seed, one evaluation (`rlhf.stages.evaluate.run`, `configs/evaluate.yaml`) of SFT, the RLHF policy and the
+  DPO policy on the same held-out prompts and sampling seeds: the gold judge's score with bootstrap intervals,
+  win rate against SFT (gold judge), KL to SFT (k1, sampled); wall time of each training;
+- TRL: `trl.DPOTrainer` built directly (LoRA through `peft_config`, the same pairs, beta, learning rate, batch,
+  steps, max_length), timed from construction to the end of `train()`, against `rlhf dpo`'s own wall time.
+
+Across seeds each method's gold score is summarised by its mean and a t interval over the seeds; "wins" is the
+method whose seed-mean is higher, stated with whether the two intervals overlap. Writes a JSON file and prints a
+table. Heavy runs go one at a time: `flock /tmp/rlhf-heavy.lock python benchmarks/dpo.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run_dir", default="runs/quickstart", help="A finished `rlhf run` (sft, label, reward).")
+    p.add_argument("--tiny", action="store_true", help="Build a tiny run first (configs/tiny/quickstart.yaml, "
+                   "sft..reward) and use the tiny configs: a smoke run.")
+    p.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds (training and evaluation sampling).")
+    p.add_argument("--skip_trl", action="store_true", help="Leave out TRL's DPOTrainer run.")
+    p.add_argument("--out", default="", help="JSON output (default benchmarks/results/dpo.json; tiny: dpo_tiny.json).")
+    args = p.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.out = args.out or str(ROOT / f"benchmarks/results/dpo{'_tiny' if args.tiny else ''}.json")
+    return args
+
+
+def interval(values: list[float]) -> dict:
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": len(values)}
+    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+
+
+def build_tiny_run(scratch: Path) -> Path:
+    from rlhf.pipeline import main as run_main
+
+    run_main(["configs/tiny/quickstart.yaml", "--output_dir", str(scratch / "run"), "--only",
+              "sft,collect,label,reward"])
+    return scratch / "run"
+
+
+def trl_dpo(cfg, records: list[dict], scratch: Path) -> dict:
+    """TRL's DPOTrainer directly on the same pairs and settings as `cfg` (an rlhf DPOConfig), timed."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from rlhf.models import load_model, load_tokenizer
+
+    started = time.perf_counter()  # as rlhf dpo's wall time: model load to saved model
+    tokenizer = load_tokenizer(cfg.model_name_or_path)
+    model = load_model(cfg.model_name_or_path)
+    steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.floor(cfg.num_epochs * len(records)
+                                                                      // cfg.global_batch_size))
+    args = DPOConfig(output_dir=str(scratch / "trl_dpo"), seed=cfg.seed, max_steps=steps,
+                     per_device_train_batch_size=cfg.per_device_batch_size,
+                     gradient_accumulation_steps=cfg.global_batch_size // cfg.per_device_batch_size,
+                     learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, beta=cfg.beta,
+                     loss_type=[cfg.loss_type], max_length=cfg.max_length, bf16=False, gradient_checkpointing=False,
+                     logging_steps=cfg.log_every, save_strategy="no", eval_strategy="no", report_to="none",
+                     dataloader_drop_last=True, use_cpu=True)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tokenizer,
+                         peft_config=LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                target_modules="all-linear", task_type="CAUSAL_LM")
+                         if cfg.use_peft else None)
+    trainer.train()
+    trainer.save_model(str(scratch / "trl_dpo" / "model"))
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    return {"wall_seconds": time.perf_counter() - started, "steps": trainer.state.global_step,
+            "final_loss": logged[-1]["loss"] if logged else None,
+            "final_margin": logged[-1].get("rewards/margins") if logged else None}
+
+
+def main(argv=None) -> dict:
+    from rlhf.config import load_config, read_yaml
+    from rlhf.stages.dpo import DPOConfig, read_dpo_pairs
+    from rlhf.stages.dpo import train as dpo_train
+    from rlhf.stages.evaluate import EvaluateConfig
+    from rlhf.stages.evaluate import run as evaluate
+    from rlhf.stages.policy import PolicyConfig
+    from rlhf.stages.policy import train as policy_train
+
+    args = parse_args(argv)
+    os.chdir(ROOT)  # the configs' relative data paths
+    configs = ROOT / ("configs/tiny" if args.tiny else "configs")
+    result = {"benchmark": "dpo", "tiny": args.tiny, "seeds": args.seeds, "per_seed": [], "trl": None}
+    with tempfile.TemporaryDirectory(prefix="rlhf-bench-dpo-") as tmp:
+        scratch = Path(tmp)
+        run = build_tiny_run(scratch) if args.tiny else Path(args.run_dir)
+        sft, rm = run / "sft" / "model", run / "reward" / "model"
+        reward_cfg = read_yaml(run / "reward" / "config.yaml")  # the pairs (labels) the reward model saw
+        pairs, max_pairs = reward_cfg["train_pairs"], reward_cfg.get("max_train_pairs", 0)
+        result["inputs"] = {"sft": str(sft), "reward_model": str(rm), "pairs": pairs, "max_train_pairs": max_pairs}
+        for seed in args.seeds:
+            pol_cfg = load_config(PolicyConfig, configs / "policy.yaml", {
+                "model_name_or_path": str(sft), "reward_model": str(rm), "reward_fn": "", "normalize_rewards": "true",
+                "output_dir": str(scratch / f"policy_{seed}"), "seed": str(seed), "sample_every": "0"})
+            t = time.perf_counter()
+            policy_train(pol_cfg)
+            policy_seconds = time.perf_counter() - t
+            dpo_cfg = load_config(DPOConfig, configs / "dpo.yaml", {
+                "model_name_or_path": str(sft), "train_pairs": pairs, "max_train_pairs": str(max_pairs),
+                "eval_pairs": "", "output_dir": str(scratch / f"dpo_{seed}"), "seed": str(seed)})
+            t = time.perf_counter()
+            dpo_train(dpo_cfg)
+            dpo_seconds = time.perf_counter() - t
+            eval_cfg = load_config(EvaluateConfig, configs / "evaluate.yaml", {
+                "checkpoints": [str(sft), str(scratch / f"policy_{seed}" / "model"), str(scratch / f"dpo_{seed}" / "model")],
+                "names": ["sft", "rlhf", "dpo"], "reward_model": str(rm), "seed": str(seed), "plots": "false",
+                "output_dir": str(scratch / f"eval_{seed}")})
+            evaluate(eval_cfg)
+            report = json.loads((scratch / f"eval_{seed}" / "report.json").read_text())
+            row = {"seed": seed, "seconds": {"rlhf": policy_seconds, "dpo": dpo_seconds}}
+            for name in ("sft", "rlhf", "dpo"):
+                sampled = report["checkpoints"][name].get("sampled", {})
+                row[name] = {k: sampled.get(k) for k in ("gold", "reward", "win_rate_gold", "kl_k1")}
+            result["per_seed"].append(row)
+            if seed == args.seeds[0] and not args.skip_trl:
+                records, _ = read_dpo_pairs(pairs, dpo_cfg, max_pairs)
+                result["trl"] = {**trl_dpo(dpo_cfg, records, scratch), "rlhf_dpo_wall_seconds": dpo_seconds}
+
+    def mean_of(name, key):
+        vals = [r[name][key]["mean"] if isinstance(r[name][key], dict) else r[name][key]
+                for r in result["per_seed"] if r[name].get(key) is not None]
+        return interval(vals) if vals else None
+
+    summary = {name: {"gold": mean_of(name, "gold"), "win_rate_gold_vs_sft": mean_of(name, "win_rate_gold"),
+                      "kl_k1_to_sft": mean_of(name, "kl_k1"),
+                      "seconds": interval([r["seconds"][name] for r in result["per_seed"]]) if name != "sft" else None}
+               for name in ("sft", "rlhf", "dpo")}
+    result["summary"] = summary
+    g_r, g_d = summary["rlhf"]["gold"], summary["dpo"]["gold"]
+    if g_r and g_d:
+        winner = "tie" if g_r["mean"] == g_d["mean"] else "rlhf" if g_r["mean"] > g_d["mean"] else "dpo"
+        overlap = (None if math.isnan(g_r["low"]) else  # one seed: no interval
+                   not (g_r["low"] > g_d["high"] or g_d["low"] > g_r["high"]))
+        result["winner"] = {"method": winner, "intervals_overlap": overlap}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    fmt = lambda i: "-" if not i else (f"{i['mean']:.3f}" + ("" if math.isnan(i["low"]) else
+                                                             f" [{i['low']:.3f}, {i['high']:.3f}]"))
+    print(f"\n{'method':<6}  {'gold (seeds, 95% t)':<26}  {'win vs sft':<26}  {'KL to sft':<26}  train s")
+    for name, s in summary.items():
+        print(f"{name:<6}  {fmt(s['gold']):<26}  {fmt(s['win_rate_gold_vs_sft']):<26}  {fmt(s['kl_k1_to_sft']):<26}  "
+              f"{fmt(s['seconds'])}")
+    if "winner" in result:
+        overlap = result["winner"]["intervals_overlap"]
+        print(f"higher gold score: {result['winner']['method']} (intervals "
+              f"{'n/a: one seed' if overlap is None else 'overlap' if overlap else 'do not overlap'})")
+    if result["trl"]:
+        t = result["trl"]
+        print(f"TRL DPOTrainer directly (load, train, save): {t['wall_seconds']:.1f} s; rlhf dpo (the same, "
+              f"with reading the pairs and the output contract): "
+              f"{t['rlhf_dpo_wall_seconds']:.1f} s")
+    print(f"(written to {out})")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
