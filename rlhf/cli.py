@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module.main(argv[1:])
     except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
-        print(f"rlhf {argv[0]}: error: {e}", file=sys.stderr)
+        from rlhf.runs import discard_fresh_runs
+
+        discard_fresh_runs()  # a refused run leaves nothing that would block the corrected command
+        message = str(e).strip().replace("\n", " ")
+        print(f"rlhf {argv[0]}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -25,6 +25,9 @@ from pathlib import Path
 
 from rlhf.config import ConfigError
 
+STAGE_OF = {"SFTConfig": "sft", "CollectConfig": "collect", "LabelConfig": "label", "RewardConfig": "reward",
+            "PolicyConfig": "policy", "EvaluateConfig": "evaluate"}
+
 COMMON_NEUTRAL = {"output_dir", "resume", "overwrite", "log_every", "report_to"}
 
 # stage -> fields that do not change what the stage writes as its product (beside the COMMON_NEUTRAL ones)
@@ -135,9 +138,13 @@ def inputs_of(stage: str, cfg) -> dict[str, str]:
             continue
         values = value if isinstance(value, list) else [value]
         for i, v in enumerate(values):
-            if isinstance(v, str) and v and Path(v).exists():
-                key = f"{f.name}[{i}]" if isinstance(value, list) else f.name
-                out[key] = path_digest(v)
+            if not isinstance(v, str) or not v:
+                continue
+            key = f"{f.name}[{i}]" if isinstance(value, list) else f.name
+            parts = [v] if Path(v).exists() or "," not in v else [p.strip() for p in v.split(",")]
+            for part in parts:  # a comma-separated list of files (train_pairs: "a.jsonl,b.jsonl")
+                if part and Path(part).exists():
+                    out[key if len(parts) == 1 else f"{key}:{part}"] = path_digest(part)
     return out
 
 

@@ -97,7 +97,7 @@ class PolicyConfig(RunConfig):
     lora_r: int = option(16, help="LoRA rank.")
     lora_alpha: int = option(32, help="LoRA alpha.")
     learning_rate: float = option(1e-5, help="AdamW learning rate.")
-    max_grad_norm: float = option(1.0, help="Gradient-norm clip.")
+    max_grad_norm: float = option(1.0, help="Clip the gradient norm to this (<= 0: no clipping, as in SFT).")
     sample_every: int = option(5, help="Print a prompt / response / score / KL table every this many updates.")
     save_every: int = option(0, help="Checkpoint every this many updates (0: only at the end).")
     stop_after_update: int = option(0, help="Checkpoint and stop after this update, as if interrupted; "
@@ -118,6 +118,10 @@ class PolicyConfig(RunConfig):
             raise ConfigError("need temperature > 0, 0 < top_p <= 1, beta >= 0, clip_range >= 0")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1 and self.vf_coef >= 0 and self.value_clip >= 0):
             raise ConfigError("need 0 <= gamma, lam <= 1 and vf_coef, value_clip >= 0")
+        if self.reward_fn:
+            from rlhf.fingerprint import module_file
+
+            module_file(self.reward_fn)  # 'module:function' whose module exists (ConfigError otherwise)
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -127,7 +131,9 @@ def load_reward(cfg: PolicyConfig, device):
     """A function (prompts, completions, records) -> scores [N] tensor."""
     if cfg.reward_fn:
         module, _, name = cfg.reward_fn.partition(":")
-        fn = getattr(importlib.import_module(module), name)
+        fn = getattr(importlib.import_module(module), name, None)
+        if not callable(fn):
+            raise ConfigError(f"reward_fn {cfg.reward_fn!r}: module '{module}' has no function '{name}'")
         return lambda prompts, completions, records: torch.tensor(fn(prompts, completions, records),
                                                                   dtype=torch.float32)
     from rlhf.reward import RewardModel
@@ -244,6 +250,9 @@ def train(cfg: PolicyConfig) -> dict:
                                 target_modules=["all-linear"], base_name=cfg.model_name_or_path)
         else:  # full fine-tuning: a frozen copy is the reference
             ref = load_model(cfg.model_name_or_path).eval().requires_grad_(False).to(accelerator.device)
+    if len(prompts) < cfg.prompts_per_update:  # (outside main_process_first: every rank raises)
+        raise ConfigError(f"prompts: {cfg.prompts} holds {len(prompts)} prompts, fewer than prompts_per_update "
+                          f"{cfg.prompts_per_update}; lower prompts_per_update (and minibatch_size) or add prompts")
     reward = load_reward(cfg, accelerator.device)
     if cfg.baseline == "gae":
         policy = PolicyWithValue(policy)
@@ -402,7 +411,8 @@ def train(cfg: PolicyConfig) -> dict:
                 if cfg.kl_estimator == "k3":
                     loss = loss + beta * masked_mean(kl_k3(logp, logp_ref[mb]), rmask[mb])
                 accelerator.backward(global_mean_share(loss, n_tokens, n_global, world))
-                accelerator.clip_grad_norm_(list(policy.parameters()), cfg.max_grad_norm)  # (FSDP2: DTensors)
+                accelerator.clip_grad_norm_(list(policy.parameters()),  # (FSDP2: DTensors)
+                                            cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_stats.append(stats)

@@ -256,6 +256,10 @@ def train(cfg: RewardConfig) -> dict:
     texts, index = [], {}
     train_set = load_pair_set(cfg.train_pairs, cfg, model.tokenizer, texts, index, cfg.max_train_pairs)
     eval_set = load_pair_set(cfg.eval_pairs, cfg, model.tokenizer, texts, index) if cfg.eval_pairs else None
+    if len(train_set) < sizes.global_batch:  # refused: a last smaller batch would not split evenly over ranks
+        raise ConfigError(f"train_pairs: {len(train_set)} usable pairs, fewer than global_batch_size "
+                          f"{sizes.global_batch}, so not one optimiser step would run; lower global_batch_size to "
+                          f"at most {len(train_set)} or add pairs")
     model.freeze_backbone(cfg.unfreeze_top_layers)
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
@@ -337,6 +341,7 @@ def train(cfg: RewardConfig) -> dict:
         **final, "reward/mean": core.mean, "reward/std": core.std, "reward/unique_texts": len(texts),
         "reward/features_computed": computed, "reward/extract_seconds": extract_seconds,
         "reward/seconds": elapsed, "reward/pairs_per_second": total_steps * sizes.global_batch / elapsed,
+        "train/steps": total_steps,
         "model_dir": str(out / "model"),
     })
     accelerator.print(f"[reward] train accuracy {final['train/accuracy']:.3f}"
