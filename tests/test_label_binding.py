@@ -48,8 +48,7 @@ def pairs_of(tmp_path: Path) -> list[dict]:
 def test_swapped_candidates_are_relabelled_not_reused(tmp_path, capsys):
     exs = arithmetic(12)
     path = write(tmp_path / "c.jsonl", [(ex, [demonstration(ex), wrong(ex)]) for ex in exs])
-    m = run(config(tmp_path, path, sim_temperature=0.0))
-    assert m["label/made"] == 12 and m["label/reused"] == 0
+    run(config(tmp_path, path, sim_temperature=0.0))
     assert all(p["chosen"][0]["content"] == demonstration(ex) for p, ex in zip(pairs_of(tmp_path), exs))
     # the same prompts, right and wrong swapped in place; the second run in the same directory
     write(path, [(ex, [wrong(ex), demonstration(ex)]) for ex in exs])
@@ -83,8 +82,8 @@ def test_a_changed_simulated_annotator_relabels(tmp_path):
     path = write(tmp_path / "c.jsonl", [(ex, [demonstration(ex), wrong(ex)]) for ex in exs])
     run(config(tmp_path, path, sim_temperature=0.0))
     m = run(config(tmp_path, path, sim_temperature=0.0, sim_flip_rate=1.0))
-    assert (m["label/reused"], m["label/stale"], m["label/made"]) == (0, 6, 6)
     assert all(p["chosen"][0]["content"] == wrong(ex) for p, ex in zip(pairs_of(tmp_path), exs))
+    assert (m["label/reused"], m["label/stale"], m["label/made"]) == (0, 6, 6)
 
 
 def test_a_person_is_shown_only_what_is_new_and_a_swap_keeps_the_preference(tmp_path):
@@ -119,6 +118,8 @@ def test_an_edited_prompt_makes_its_decision_stale(tmp_path):
     rows[0]["prompt"][0]["content"] = "What is 1 + 1?"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = run(config(tmp_path, path, sim_temperature=0.0))
+    decisions = [json.loads(x) for x in (tmp_path / "label" / "decisions.jsonl").read_text().splitlines()]
+    assert [d["prompt_id"] for d in decisions] == [exs[0].id, exs[1].id, exs[0].id]
     assert (m["label/reused"], m["label/stale"], m["label/made"]) == (1, 1, 1)
 
 
@@ -132,6 +133,7 @@ def test_equal_up_to_whitespace_is_identical_and_reused(tmp_path):
     write(path, [(ex, [" " + demonstration(ex).replace(" ", "  "), wrong(ex) + "\n", demonstration(ex)])
                  for ex in exs])
     m = run(config(tmp_path, path, sim_temperature=0.0, pair_rule="all"))
+    assert m["label/identical_completions"] == 2 and m["label/pairs"] == 4
     assert (m["label/reused"], m["label/made"]) == (2, 0)
     items = comparisons(read_candidates(path), skip_identical=True)
     assert [(c.a, c.b) for c in items] == [(0, 1), (1, 2)] * 2
@@ -149,9 +151,10 @@ def test_reward_model_labeler_relabels_changed_candidates(tmp_path):
     run(config(tmp_path, path, **kw))
     write(path, [(ex, texts[ex.id][::-1]) for ex in exs])  # reversed in place
     m = run(config(tmp_path, path, **kw))
-    assert (m["label/reused"], m["label/stale"], m["label/made"]) == (0, 5, 5)
     loaded = RewardModel.load(tmp_path / "rm")
     for ex, p in zip(exs, pairs_of(tmp_path)):
         now = texts[ex.id][::-1]
         scores = loaded.score([prompt_record(ex)["prompt"]] * 3, now)
         assert p["chosen"][0]["content"] == now[max(range(3), key=lambda i: scores[i])]
+        assert p["rejected"][0]["content"] == now[min(range(3), key=lambda i: scores[i])]
+    assert (m["label/reused"], m["label/stale"], m["label/made"]) == (0, 5, 5)
