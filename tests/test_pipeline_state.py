@@ -201,3 +201,34 @@ def test_a_person_who_quits_stops_the_run_until_labelling_is_finished(tmp_path, 
     assert "4 reused, 0 dropped as stale (their prompt, texts or judge changed), 8 made anew" in out
     assert len((tmp_path / "run/label/pairs.jsonl").read_text().splitlines()) == 12
     assert json.loads((tmp_path / "run/label/DONE.json").read_text())["partial"] is False
+
+
+def test_resampled_candidates_are_relabelled_not_paired_by_old_rankings(tmp_path, capsys):
+    """The issue's first scenario: collect re-samples with another temperature; label must judge the new texts."""
+    from rlhf.labeling.simulated import gold_scores
+    from rlhf.labeling.store import read_candidates
+
+    path = pipeline(tmp_path, {"collect": {"config": str(ROOT / "configs/tiny/collect.yaml"), "max_prompts": 8},
+                               "label": {"config": str(ROOT / "configs/tiny/label.yaml"), "sim_temperature": 0.0}})
+    assert statuses(run_pipeline(str(path))) == {"collect": "ran", "label": "ran"}
+    def texts(c):
+        return [" ".join(t.split()) for t in c.texts]
+
+    before = {c.prompt_id: texts(c) for c in read_candidates(tmp_path / "run/collect/candidates.jsonl")}
+    capsys.readouterr()
+    record = run_pipeline(str(path), sets=["collect.temperature=0.7"])
+    assert statuses(record) == {"collect": "ran", "label": "ran"}
+    cands = {c.prompt_id: c for c in read_candidates(tmp_path / "run/collect/candidates.jsonl")}
+    pairs = [json.loads(x) for x in (tmp_path / "run/label/pairs.jsonl").read_text().splitlines()]
+    for p in pairs:  # every pair judged on the texts it pairs: the gold judge agrees at temperature 0
+        c = cands[p["prompt_id"]]
+        gold = gold_scores(c)
+        assert p["chosen"][0]["content"] in c.texts and p["rejected"][0]["content"] in c.texts
+        assert p["gold_chosen"] == gold[c.texts.index(p["chosen"][0]["content"])]
+        assert p["gold_rejected"] == gold[c.texts.index(p["rejected"][0]["content"])]
+    changed = sum(before[pid] != texts(c) for pid, c in cands.items())
+    assert changed >= 4  # most prompts got other texts (a tiny model repeats itself on some)
+    decisions = (tmp_path / "run/label/decisions.jsonl").read_text().splitlines()
+    assert len(decisions) == 8 + changed  # 8 decisions, then one anew for each prompt whose texts changed
+    assert (f"{8 - changed} reused, {changed} dropped as stale (their prompt, texts or judge changed), {changed} "
+            "made anew") in capsys.readouterr().out
