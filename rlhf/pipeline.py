@@ -190,6 +190,8 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
                  output_dir: str = "", partial_labels: bool = False) -> dict:
     from accelerate.state import PartialState
 
+    from rlhf.runs import forget_fresh_runs
+
     state = PartialState()
     root, stages = load_pipeline(path, sets or [], output_dir)
     present = set(stages)
@@ -238,6 +240,7 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
         t0 = time.time()
         module_name, _, fn = STAGES[name]
         metrics = getattr(importlib.import_module(module_name), fn)(cfg) or {}
+        forget_fresh_runs()  # this stage's run stands: an error in a later stage must not remove its files
         seconds = time.time() - t0
         state.wait_for_everyone()
         stopped = [k for k in metrics if k.startswith("stopped_at")]

@@ -56,6 +56,11 @@ def discard_fresh_runs() -> None:
             out.rmdir()
 
 
+def forget_fresh_runs() -> None:
+    """The runs set up so far finished (or stopped on purpose): a later error must leave them alone."""
+    _FRESH.clear()
+
+
 def record_inputs(cfg, out: Path) -> None:
     """Write <out>/inputs.json: the content hash of every input the stage reads (pipeline stages only)."""
     from rlhf.fingerprint import STAGE_OF, inputs_of

@@ -232,3 +232,20 @@ def test_resampled_candidates_are_relabelled_not_paired_by_old_rankings(tmp_path
     assert len(decisions) == 8 + changed  # 8 decisions, then one anew for each prompt whose texts changed
     assert (f"{8 - changed} reused, {changed} dropped as stale (their prompt, texts or judge changed), {changed} "
             "made anew") in capsys.readouterr().out
+
+
+def test_a_stage_refused_in_a_run_keeps_the_stages_before_it_and_blocks_nothing(tmp_path, capsys):
+    from rlhf.cli import main
+
+    cands = write_candidates(tmp_path / "c.jsonl")  # 12 pairs
+    path = pipeline(tmp_path, {"label": label_stage(cands), "reward": reward_stage(global_batch_size=16,
+                                                                                  per_device_batch_size=16)})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress bars, then the error
+    assert err[-1].startswith("rlhf run: error: train_pairs: 12 usable pairs, fewer than global_batch_size 16")
+    assert not any("Traceback" in line for line in err)
+    label = tmp_path / "run" / "label"
+    assert (label / "DONE.json").is_file() and (label / "config.yaml").is_file() and (label / "metrics.json").is_file()
+    assert not (tmp_path / "run" / "reward" / "config.yaml").exists()
+    record = run_pipeline(str(path), sets=["reward.global_batch_size=4", "reward.per_device_batch_size=4"])
+    assert statuses(record) == {"label": "skipped", "reward": "ran"}
