@@ -53,8 +53,9 @@ OUTPUT: dict[str, set[str]] = {
               "sim_flip_rate", "reward_model"},
     "reward": {"seed", "model_name_or_path", "train_pairs", "max_train_pairs", "eval_pairs", "pairs_format",
                "dataset_split", "skip_invalid", "max_length", "head", "mlp_hidden", "unfreeze_top_layers", "use_peft",
-               "lora_r", "lora_alpha", "cache_features", "feature_dtype", "extract_batch_size", "share_prefix", "learning_rate", "weight_decay",
-               "num_epochs", "global_batch_size", "per_device_batch_size", "margin", "label_smoothing", "center_rewards_coef"},
+               "lora_r", "lora_alpha", "cache_features", "feature_dtype", "extract_batch_size", "share_prefix",
+               "learning_rate", "weight_decay", "num_epochs", "global_batch_size", "per_device_batch_size", "margin",
+               "label_smoothing", "center_rewards_coef"},
     "policy": {"seed", "model_name_or_path", "reward_model", "reward_fn", "normalize_rewards", "prompts",
                "prompts_split", "prompts_per_update", "k", "temperature", "top_p", "max_new_tokens",
                "missing_eos_penalty", "num_updates", "ppo_epochs", "minibatch_size", "clip_range", "beta",
@@ -125,7 +126,8 @@ def module_file(spec: str) -> Path:
 
 def inputs_of(stage: str, cfg) -> dict[str, str]:
     """{"field" or "field[i]": content hash} for every output-changing setting that names a local file or
-    directory, and the source file of a `reward_fn` module. Hub names are keyed by their name alone."""
+    directory, and the source file of a `reward_fn` module. Hub names and the toolkit's model aliases
+    (`tiny-llama`, the embedded SmolLM2) are keyed by their name alone, as part of the settings."""
     out: dict[str, str] = {}
     neutral = neutral_fields(stage)
     for f in dataclasses.fields(cfg):
@@ -141,10 +143,10 @@ def inputs_of(stage: str, cfg) -> dict[str, str]:
             if not isinstance(v, str) or not v:
                 continue
             key = f"{f.name}[{i}]" if isinstance(value, list) else f.name
-            parts = [v] if Path(v).exists() or "," not in v else [p.strip() for p in v.split(",")]
+            parts = [v] if Path(v).expanduser().exists() or "," not in v else [p.strip() for p in v.split(",")]
             for part in parts:  # a comma-separated list of files (train_pairs: "a.jsonl,b.jsonl")
-                if part and Path(part).exists():
-                    out[key if len(parts) == 1 else f"{key}:{part}"] = path_digest(part)
+                if part and Path(part).expanduser().exists():
+                    out[key if len(parts) == 1 else f"{key}:{part}"] = path_digest(Path(part).expanduser())
     return out
 
 
