@@ -251,3 +251,11 @@ def test_fewer_pairs_than_a_global_batch_is_refused_not_trained_for_zero_steps(t
                  "--output_dir", str(tmp_path / "r"), "--global_batch_size", "5",
                  "--per_device_batch_size", "5"]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["train/steps"] == 3
+
+
+def test_simulated_labels_for_prompts_without_a_reference_are_one_line(tmp_path, capsys):
+    cands = tmp_path / "c.jsonl"
+    cands.write_text(json.dumps({"prompt_id": "p0", "prompt": "Hi?", "candidates": ["a", "b"]}) + "\n")
+    err = cli(capsys, "label", "--candidates", str(cands), "--output_dir", str(tmp_path / "l"))
+    assert "c.jsonl:1: the simulated annotator needs the task's reference answer" in err
+    assert not (tmp_path / "l" / "config.yaml").exists()
