@@ -110,8 +110,9 @@ def label_simulated(cands: list[Candidates], store: DecisionStore, cfg: LabelCon
     judge = judge or judge_of(cfg)
     annotator = SimulatedAnnotator(cfg.sim_temperature, cfg.sim_flip_rate)
     position = {c.prompt_id: i for i, c in enumerate(cands)}
-    for c in tqdm(store.pending(cands, judge), desc="label (simulated)"):
-        gold = gold_scores(c)
+    todo = store.pending(cands, judge)
+    golds = [gold_scores(c) for c in todo]  # every prompt checked before the first decision is made
+    for c, gold in tqdm(zip(todo, golds), total=len(todo), desc="label (simulated)"):
         order = annotator.rank(gold, np.random.default_rng([cfg.seed, position[c.prompt_id]]))
         store.rank(c, order, "simulated", gold=gold, judge=judge,
                    annotator={"temperature": cfg.sim_temperature, "flip_rate": cfg.sim_flip_rate})
