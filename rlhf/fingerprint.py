@@ -10,8 +10,8 @@ logging and checkpoint cadence, an early stop that is resumed, a labeler's port)
 else). A field in neither is treated as output-changing, and tests/test_pipeline.py fails until it is
 classified.
 
-Files are hashed by content (SHA-256, streamed; a SmolLM2-135M directory takes about 0.3 s): sizes and
-modification times are never trusted on their own, because an edit that keeps the size within the
+Files are hashed by content (SHA-256, streamed; SmolLM2-135M's 517 MB float32 directory takes 1.1 s on one
+busy CPU core): sizes and modification times are never trusted on their own, because an edit that keeps the size within the
 timestamp's resolution, or a copy that keeps the time, would go unnoticed.
 """
 
