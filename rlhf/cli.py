@@ -48,11 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in STAGES:
         print(f"rlhf: unknown stage '{argv[0]}'\n\n{usage()}", file=sys.stderr)
         return 2
+    from rlhf.runs import forget_fresh_runs
+
     module = importlib.import_module(STAGES[argv[0]][0])
+    forget_fresh_runs()
     try:
         module.main(argv[1:])
+        forget_fresh_runs()
     except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
-        print(f"rlhf {argv[0]}: error: {e}", file=sys.stderr)
+        from rlhf.runs import discard_fresh_runs
+
+        discard_fresh_runs()  # a refused run leaves nothing that would block the corrected command
+        message = str(e).strip().replace("\n", " ")
+        print(f"rlhf {argv[0]}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

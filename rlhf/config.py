@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -59,6 +60,10 @@ class RunConfig:
         """Check values beyond their types. Subclasses extend this; errors name the key."""
         if self.log_every < 1:
             raise ConfigError("log_every must be >= 1")
+        out = Path(self.output_dir)
+        for p in (out, *out.parents):  # a file where the directory (or one above it) would go
+            if p.exists() and not p.is_dir():
+                raise ConfigError(f"output_dir {self.output_dir!r}: {p} is a file, not a directory")
         from rlhf.trackers import check_report_to
 
         check_report_to(self.report_to)  # accelerate's tracker names, their packages installed
@@ -160,13 +165,30 @@ def _suggest(key: str, names: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file (and line, for syntax errors)."""
+    """Read a YAML mapping, with errors that name the file (and line, for syntax errors and duplicate keys)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -202,13 +224,54 @@ def from_dict(cls, values: dict[str, Any], *, source: str | None = None, base=No
     return cfg
 
 
+# Ranges checked for a field of this name in any config, before the config's own validate(). Every float
+# field must also be finite (NaN and inf are refused everywhere).
+POSITIVE_INTS = {
+    "batch_size", "bc_batch_size", "bootstrap_samples", "buffer_size", "context_len", "extract_batch_size",
+    "eval_episodes", "final_eval_episodes", "global_batch_size", "head_width", "hidden_size", "k", "kl_horizon",
+    "latent_size", "lora_alpha", "lora_r", "max_length", "max_new_tokens", "max_prompt_tokens", "minibatch_size",
+    "mlp_hidden", "n_head", "n_layer", "num_candidates", "num_envs", "num_updates", "per_device_batch_size",
+    "port", "ppo_epochs", "prompts_per_update", "seq_len", "total_steps", "train_every",
+    "value_batch_size", "value_trunk_batch_size", "window"}
+NON_NEGATIVE_INTS = {
+    "seed", "eval_every", "save_every", "sample_every", "keep_checkpoints", "stop_after_step", "stop_after_update",
+    "max_prompts", "max_train_pairs", "unfreeze_top_layers", "warmup_steps", "burn_in", "learning_starts",
+    "sample_count", "sample_max_new_tokens", "value_trunk_layers"}
+POSITIVE_FLOATS = {"learning_rate", "bc_lr", "value_lr"}
+NON_NEGATIVE_FLOATS = {"weight_decay", "clip_range", "target_kl", "vf_coef", "value_clip", "center_rewards_coef",
+                       "sim_temperature", "label_smoothing", "lora_dropout"}
+
+
+def _check_ranges(cfg, where: str) -> None:
+    hints = _type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, (base, _) = getattr(cfg, f.name), _unwrap_optional(hints[f.name])
+        if value is None:
+            continue
+        floats = value if typing.get_origin(base) is list and typing.get_args(base) == (float,) else \
+            [value] if base is float else []
+        for v in floats:
+            if not math.isfinite(v):
+                raise ConfigError(f"key '{f.name}'{where}: must be a finite number, got {v}")
+        if f.name in POSITIVE_INTS and base is int and value < 1:
+            raise ConfigError(f"key '{f.name}'{where}: must be >= 1, got {value}")
+        if f.name in NON_NEGATIVE_INTS and base is int and value < 0:
+            raise ConfigError(f"key '{f.name}'{where}: must be >= 0, got {value}")
+        if f.name in POSITIVE_FLOATS and base is float and not value > 0:
+            raise ConfigError(f"key '{f.name}'{where}: must be > 0, got {value}")
+        if f.name in NON_NEGATIVE_FLOATS and base is float and value < 0:
+            raise ConfigError(f"key '{f.name}'{where}: must be >= 0, got {value}")
+
+
 def check(cfg, *, source: str | None = None) -> None:
-    """Validate choices and the config's own `validate()`, naming the file in any error."""
+    """Validate choices, finite floats, the generic ranges above and the config's own `validate()`, naming
+    the file in any error."""
     where = f" in {source}" if source else ""
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
         if choices is not None and getattr(cfg, f.name) not in choices:
             raise ConfigError(f"key '{f.name}'{where}: {getattr(cfg, f.name)!r} is not one of {list(choices)}")
+    _check_ranges(cfg, where)
     try:
         cfg.validate()
     except ConfigError as e:

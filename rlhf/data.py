@@ -39,6 +39,32 @@ class Record:
 # ------------------------------------------------------------------------------------------ reading
 
 
+class NonFiniteNumber(ValueError):
+    """NaN, Infinity or a number too large for a float in JSON data (Python's json accepts them)."""
+
+
+def _refuse_constant(token: str):
+    raise NonFiniteNumber(f"{token} is not a number (NaN and infinities are not valid JSON)")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise NonFiniteNumber(f"{token} overflows a float (not a finite number)")
+    return value
+
+
+def loads(text: str):
+    """json.loads that refuses NaN, Infinity and overflowing numbers (NonFiniteNumber)."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def decode_line(raw: bytes, lineno: int) -> str:
+    """A JSONL line as text; a UTF-8 byte-order mark at the start of the file is dropped."""
+    line = raw.decode("utf-8")
+    return line[1:] if lineno == 1 and line.startswith("\ufeff") else line
+
+
 def read_records(path_or_name: str, split: str = "train") -> list[Record]:
     """Records from a local .jsonl/.json/.parquet file or, for any other name, a hub dataset split."""
     path = Path(path_or_name)
@@ -66,15 +92,17 @@ def _read_jsonl(path: Path) -> list[Record]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = decode_line(raw, lineno)
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line.rstrip("\r\n"))
+                obj = loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+            except NonFiniteNumber as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             records.append(Record(obj, f"{path}:{lineno}"))
@@ -83,11 +111,19 @@ def _read_jsonl(path: Path) -> list[Record]:
 
 def _read_json(path: Path) -> list[Record]:
     try:
-        obj = json.loads(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes().decode("utf-8-sig")
+        obj = loads(text)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+    except NonFiniteNumber as e:
+        import re
+
+        # the first token outside a string that json reads as a non-finite number
+        hit = re.search(r'(?<![\w."])(-?Infinity|NaN|-?\d+(\.\d+)?[eE][+-]?\d{3,})(?![\w"])', text)
+        line = text.count("\n", 0, hit.start()) + 1 if hit else "?"
+        raise DataError(f"{path}:{line}: {e}") from None
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):

@@ -18,11 +18,18 @@ before it (the SFT model is the policy to sample from and to optimise, the label
 model, ...) unless the stage's section sets that key itself. A stage is the same stage as `rlhf <stage>` runs,
 so any stage can also be run alone, under `accelerate launch` too.
 
-Skipping and resuming: a completed stage leaves DONE.json holding a hash of its resolved config and of the
-hashes of the stages it depends on. A second invocation skips every stage whose hash matches; a stage that
-was interrupted (its directory holds a run but no DONE.json) resumes from its latest checkpoint; a stage whose
-config changed, or whose inputs were rebuilt, runs again from scratch. pipeline.json records per-stage wall
-time and headline numbers; the summary printed at the end says where everything is and what improved.
+Skipping and resuming: each stage is keyed, just before it runs, by its output-changing settings and the
+content of every file, model directory and reward function it reads (`rlhf.fingerprint`), so an edited data
+set, a retrained upstream model or a run with `--only` is keyed by what the stage actually consumes. A
+stage about to run replaces its DONE.json by RUNNING.json (holding the key); a finished stage leaves
+DONE.json (the key and the content hashes of its inputs). A second invocation skips every stage whose
+DONE.json holds the present key; a stage interrupted with the present key resumes from its latest
+checkpoint; a stage whose key changed runs again from scratch. pipeline.json records per-stage wall time and
+headline numbers; the summary printed at the end says where everything is and what improved.
+
+Labelling by a person may take several sittings: a person who quits leaves the label stage incomplete, and
+the run stops there with a message (run the same command to continue labelling). `--partial_labels true`
+instead trains the later stages on the pairs decided so far.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ STAGES = {
     "evaluate": ("rlhf.stages.evaluate", "EvaluateConfig", "run"),
 }
 DONE = "DONE.json"
+RUNNING = "RUNNING.json"  # written before a stage runs, with its key: an interruption resumes only with that key
 # Keys that do not change what a stage produces (left out of its hash).
 UNHASHED = {"resume", "overwrite", "report_to", "log_every", "sample_every", "save_every", "stop_after_update",
             "stop_after_step", "sample_count", "sample_max_new_tokens", "eval_every", "keep_checkpoints"}
@@ -138,14 +146,36 @@ def resolve(stage: str, section: dict, root: Path, present: set[str]):
     return load_config(cls, file, values)
 
 
+def _marker(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def stage_state(out: Path, digest: str) -> str:
-    """'done' (same config), 'changed' (done with another config), 'interrupted' or 'new'."""
+    """'done' (same key), 'partial' (done with the same key on partial labels), 'changed' (done, or interrupted,
+    with another key), 'interrupted' (with the same key, or before keys were recorded) or 'new'."""
     marker = out / DONE
     if marker.is_file():
-        return "done" if json.loads(marker.read_text()).get("config_hash") == digest else "changed"
+        done = _marker(marker)
+        if done.get("config_hash") != digest:
+            return "changed"
+        return "partial" if done.get("partial") else "done"
+    running = out / RUNNING
+    if running.is_file():
+        return "interrupted" if _marker(running).get("config_hash") == digest else "changed"
     if (out / "config.yaml").exists() or (out / "checkpoints").exists():
         return "interrupted"
     return "new"
+
+
+def key_of(name: str, cfg) -> tuple[str, dict]:
+    """(the stage's key, {input: content hash}) from its settings and the files on disk now."""
+    from rlhf.fingerprint import inputs_of, stage_key
+
+    inputs = inputs_of(name, cfg)
+    return stage_key(name, to_dict(cfg), inputs), inputs
 
 
 def headline(stage: str, metrics: dict) -> str:
@@ -164,8 +194,10 @@ def headline(stage: str, metrics: dict) -> str:
 
 
 def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | None = None,
-                 output_dir: str = "") -> dict:
+                 output_dir: str = "", partial_labels: bool = False) -> dict:
     from accelerate.state import PartialState
+
+    from rlhf.runs import forget_fresh_runs
 
     state = PartialState()
     root, stages = load_pipeline(path, sets or [], output_dir)
@@ -175,10 +207,6 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
         if bad:
             raise ConfigError(f"--only {','.join(bad)}: not in {path} (stages: {', '.join(stages)})")
     cfgs = {name: resolve(name, section, root, present) for name, section in stages.items()}
-    hashes: dict[str, str] = {}
-    for name, cfg in cfgs.items():
-        hashes[name] = config_hash(to_dict(cfg), [hashes[d] for d in DEPENDS[name] if d in hashes],
-                                   cfg.RESUMABLE_CHANGES)
 
     record_path = root / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
@@ -188,15 +216,21 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
     say(f"[run] {path}: {' -> '.join(stages)} in {root}")
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         out = Path(cfg.output_dir)
-        status = stage_state(out, hashes[name])
+        # keyed now, after the stages before it ran: by the content of what it will read
+        digest, inputs = key_of(name, cfg)
+        status = stage_state(out, digest)
         if only and name not in only:
             say(f"[run] {i}/{len(cfgs)} {name}: not selected (--only), {status}")
             continue
-        if status == "done":
-            say(f"[run] {i}/{len(cfgs)} {name}: done with the same config, skipped ({out})")
+        if status == "done" or (status == "partial" and partial_labels):
+            say(f"[run] {i}/{len(cfgs)} {name}: done with the same config, skipped ({out})"
+                + ("; on partial labels (--partial_labels)" if status == "partial" else ""))
             record["stages"].setdefault(name, {})["status"] = "skipped"
             continue
-        if status == "interrupted":
+        if status == "partial":  # labelled in part before, now without --partial_labels: go on labelling
+            cfg.resume, cfg.overwrite = True, False
+            status = "labelled in part: continuing"
+        elif status == "interrupted":
             cfg.resume, cfg.overwrite = True, False
             if not resumable(cfg, out):
                 cfg.resume, cfg.overwrite = False, True
@@ -205,9 +239,15 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
             cfg.resume, cfg.overwrite = False, True
             status = "config or inputs changed: running again"
         say(f"[run] {i}/{len(cfgs)} {name}: {'resuming' if cfg.resume and status != 'new' else 'running'} ({status}) -> {out}")
+        if state.is_main_process:  # the old DONE.json must not outlive this run, finished or not
+            out.mkdir(parents=True, exist_ok=True)
+            (out / DONE).unlink(missing_ok=True)
+            (out / RUNNING).write_text(json.dumps({"config_hash": digest, "inputs": inputs}, indent=2) + "\n")
+        state.wait_for_everyone()
         t0 = time.time()
         module_name, _, fn = STAGES[name]
         metrics = getattr(importlib.import_module(module_name), fn)(cfg) or {}
+        forget_fresh_runs()  # this stage's run stands: an error in a later stage must not remove its files
         seconds = time.time() - t0
         state.wait_for_everyone()
         stopped = [k for k in metrics if k.startswith("stopped_at")]
@@ -215,9 +255,19 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
             say(f"[run] {name} stopped early ({stopped[0]} {metrics[stopped[0]]}); run the same command to resume")
             record["stages"][name] = {"status": "stopped", "seconds": round(seconds, 1), "output_dir": str(out)}
             break
+        partial = metrics.get("label/complete") is False
+        if partial and not partial_labels:
+            say(f"[run] {name} is incomplete: {metrics.get('label/remaining', '?')} comparisons are still "
+                "undecided, so nothing after it runs on partial labels. Run the same command to continue "
+                "labelling, or add --partial_labels true to train the later stages on the pairs decided so far")
+            record["stages"][name] = {"status": "incomplete", "seconds": round(seconds, 1), "output_dir": str(out),
+                                      "headline": headline(name, metrics)}
+            break
         if state.is_main_process:
-            (out / DONE).write_text(json.dumps({"config_hash": hashes[name], "seconds": seconds,
+            (out / DONE).write_text(json.dumps({"config_hash": digest, "inputs": inputs, "partial": partial,
+                                                "seconds": seconds,
                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+            (out / RUNNING).unlink(missing_ok=True)
             record["stages"][name] = {"status": "ran", "seconds": round(seconds, 1), "output_dir": str(out),
                                       "peak_rss_mb": metrics.get("memory/peak_rss_mb"),
                                       "headline": headline(name, metrics)}
@@ -295,10 +345,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", default="", help="Comma-separated stages to run (others are left as they are).")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="Override one stage field, e.g. --set policy.num_updates=4 (repeatable).")
+    parser.add_argument("--partial_labels", default="false", metavar="true|false",
+                        help="Train the stages after label on the pairs decided so far when a person quit "
+                             "labelling part-way (default: stop after the label stage).")
     args = parser.parse_args(argv)
     if not Path(args.pipeline).is_file():
         raise FileNotFoundError(f"pipeline file {args.pipeline} not found")
-    return run_pipeline(args.pipeline, [s for s in args.only.split(",") if s], args.set, args.output_dir)
+    if args.partial_labels.lower() not in ("true", "false"):
+        raise ConfigError(f"--partial_labels: expected true or false, got {args.partial_labels!r}")
+    return run_pipeline(args.pipeline, [s for s in args.only.split(",") if s], args.set, args.output_dir,
+                        partial_labels=args.partial_labels.lower() == "true")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from rlhf.data import DataError, Record, read_records
+from rlhf.data import DataError, NonFiniteNumber, Record, decode_line, loads, read_records
 
 FORMATS = ("standard", "conversational", "implicit", "implicit_conversational", "hh")
 STRING_FORMATS = ("standard", "implicit")  # formats whose prompt is a plain string, tokenised as it is
@@ -409,16 +409,19 @@ def iter_jsonl(path: Path) -> Iterator[Record | PairError]:
         for lineno, raw in enumerate(f, start=1):
             src = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = decode_line(raw, lineno)
             except UnicodeDecodeError as e:
                 yield PairError(src, INVALID_UTF8, f"invalid UTF-8 ({e.reason} at byte {e.start})")
                 continue
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line.rstrip("\r\n"))
+                obj = loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 yield PairError(src, MALFORMED_JSON, f"malformed JSON: {e.msg} (column {e.colno})")
+                continue
+            except NonFiniteNumber as e:
+                yield PairError(src, MALFORMED_JSON, str(e))
                 continue
             if not isinstance(obj, dict):
                 yield PairError(src, NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")

@@ -1,6 +1,8 @@
 """The output contract shared by every stage, and resumable checkpoints.
 
     <output_dir>/config.yaml     the resolved config
+    <output_dir>/inputs.json     content hashes of the files and model directories the stage read (a stage of
+                                 `rlhf run`; `rlhf.fingerprint`), so a run records what it actually consumed
     <output_dir>/log.jsonl       one JSON object per logging step, namespaced keys ("train/loss", "eval/loss")
     <output_dir>/metrics.json    final metrics (with the number of processes that produced them and the stage's
                                  own peak memory, memory/peak_rss_mb: rlhf.memory)
@@ -36,6 +38,41 @@ class RunExistsError(RuntimeError):
     pass
 
 
+# Output directories this process set up for a fresh run, with the files it wrote there: a command that then
+# fails on a user error removes them (`discard_fresh_runs`), so the corrected command is not refused as
+# "already holds a run".
+_FRESH: list[tuple[Path, bool]] = []
+_SETUP_FILES = ("config.yaml", "inputs.json", "log.jsonl", "metrics.json")
+
+
+def discard_fresh_runs() -> None:
+    """Undo the set-up of fresh runs that wrote no checkpoint: their config.yaml, inputs.json and logs, and
+    the directory itself where this process created it and nothing else is left in it."""
+    while _FRESH:
+        out, created = _FRESH.pop()
+        if (out / CHECKPOINTS).exists():
+            continue
+        for name in _SETUP_FILES:
+            (out / name).unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def forget_fresh_runs() -> None:
+    """The runs set up so far finished (or stopped on purpose): a later error must leave them alone."""
+    _FRESH.clear()
+
+
+def record_inputs(cfg, out: Path) -> None:
+    """Write <out>/inputs.json: the content hash of every input the stage reads (pipeline stages only)."""
+    from rlhf.fingerprint import STAGE_OF, inputs_of
+
+    stage = STAGE_OF.get(type(cfg).__name__)
+    if stage is not None:
+        (out / "inputs.json").write_text(json.dumps({"stage": stage, "inputs": inputs_of(stage, cfg)},
+                                                    indent=2) + "\n")
+
+
 def prepare_output_dir(cfg, accelerator) -> Path:
     """Create output_dir; refuse to mix a fresh run into an old one unless `resume` or `overwrite`.
 
@@ -62,8 +99,11 @@ def prepare_output_dir(cfg, accelerator) -> Path:
             for name in (CHECKPOINTS, "log.jsonl", "metrics.json"):
                 p = out / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        if not has_run:
+            _FRESH.append((out, not out.exists()))
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        record_inputs(cfg, out)
     accelerator.wait_for_everyone()
     return out
 

@@ -52,7 +52,7 @@ class DTTrainConfig(RunConfig):
     learning_rate: float = option(1e-3, help="AdamW peak learning rate.")
     weight_decay: float = option(1e-4, help="AdamW weight decay.")
     warmup_steps: int = option(100, help="Linear warm-up steps, then constant (as in the DT paper).")
-    max_grad_norm: float = option(0.25, help="Gradient clipping norm (the DT paper's 0.25).")
+    max_grad_norm: float = option(0.25, help="Gradient clipping norm (the DT paper's 0.25; <= 0: none).")
     save_every: int = option(0, help="Checkpoint every this many steps (0: none; the model is saved at the end).")
     keep_checkpoints: int = option(1, help="Checkpoints kept.")
     num_threads: int = option(1, help="torch CPU threads (0: torch's default).")
@@ -157,7 +157,8 @@ def train(cfg: DTTrainConfig) -> dict:
         loss = loss_on_batch(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),  # <= 0: no clipping, as in SFT
+                                                   cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         optimizer.step()
         scheduler.step()
         running.append(loss.item())

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rlhf.data import DataError
 from rlhf.labeling.store import Candidates
 from rlhf.tasks.qa import example_from_record, judge
 
@@ -27,7 +28,7 @@ def gold_scores(cands: Candidates) -> list[float]:
     """The built-in task's judge score of each completion (the record carries the task fields)."""
     task = cands.record.get("task") or {}
     if "reference" not in task:
-        raise ValueError(f"{cands.source}: the simulated annotator needs the task's reference answer "
+        raise DataError(f"{cands.source}: the simulated annotator needs the task's reference answer "
                          "(a 'task' object with 'reference'); these prompts do not come from the built-in task")
     ex = example_from_record({"id": cands.prompt_id, "kind": "fact", **task, "prompt": cands.prompt})
     return [judge(ex, t).score for t in cands.texts]

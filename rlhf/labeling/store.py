@@ -12,10 +12,19 @@ loses nothing and the next one resumes at the first undecided comparison:
      "gold": [0.95, 1.0, -0.1], "labeler": "simulated", "time": ...}
 
 Nothing is ever rewritten: an undo is itself an event that cancels the latest decision not yet undone.
+
+A decision is bound to the texts it judged: it records `prompt_hash` and `text_hashes` (a content hash of
+the prompt and of each candidate it ranked, or of the two it compared, whitespace-normalised by
+`text_hash`), and applies only while the candidates under its item still hold those texts. A decision
+whose texts changed is stale: it stays in the log but is never applied again, and the item is pending
+(a machine labeler relabels it at once, a person is shown it again). A pairwise decision still applies
+when its two texts swapped places; its choice follows the texts. Decisions written before hashes were
+recorded cannot be checked against the texts and count as stale.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -27,6 +36,26 @@ from typing import Any
 from rlhf.data import DataError, read_records
 
 CHOICES = ("first", "second", "tie", "skip")
+
+
+def normalize_text(text: str) -> str:
+    """Runs of whitespace as one space, none at the ends: texts equal up to whitespace are one text."""
+    return " ".join(text.split())
+
+
+def text_hash(text: str) -> str:
+    """Content hash of a completion, up to whitespace (16 hex digits of SHA-256)."""
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:16]
+
+
+def prompt_hash(prompt: list[dict]) -> str:
+    """Content hash of a prompt's chat messages (roles and whitespace-normalised contents)."""
+    blob = json.dumps([[m.get("role", ""), normalize_text(str(m.get("content", "")))] for m in prompt])
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def same_text(a: str, b: str) -> bool:
+    return normalize_text(a) == normalize_text(b)
 
 
 @dataclass(frozen=True)
@@ -43,6 +72,14 @@ class Candidates:
     def prompt_text(self) -> str:
         return "\n".join(m["content"] for m in self.prompt)
 
+    @property
+    def prompt_hash(self) -> str:
+        return prompt_hash(self.prompt)
+
+    @property
+    def text_hashes(self) -> list[str]:
+        return [text_hash(t) for t in self.texts]
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -55,6 +92,14 @@ class Comparison:
     b: int
     first: str
     second: str
+
+    @property
+    def prompt_hash(self) -> str:
+        return prompt_hash(self.prompt)
+
+    @property
+    def text_hashes(self) -> list[str]:
+        return [text_hash(self.first), text_hash(self.second)]
 
     def to_json(self) -> dict[str, Any]:
         return {"item": self.item, "prompt_id": self.prompt_id, "prompt": self.prompt, "a": self.a, "b": self.b,
@@ -91,9 +136,9 @@ def comparisons(cands: list[Candidates], rule: str = "all", skip_identical: bool
         k = len(c.texts)
         pairs = itertools.combinations(range(k), 2) if rule == "all" else ((i, i + 1) for i in range(0, k - 1, 2))
         for a, b in pairs:
-            if skip_identical and c.texts[a].strip() == c.texts[b].strip():
+            if skip_identical and same_text(c.texts[a], c.texts[b]):
                 continue
-            items.append(Comparison(f"{c.prompt_id}:{a}-{b}", c.prompt_id, c.prompt, a, b, c.texts[a], c.texts[b]))
+            items.append(comparison_at(c, a, b))
     return items
 
 
@@ -139,13 +184,15 @@ class DecisionStore:
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
         return self._append({"event": "label", "item": item.item, "prompt_id": item.prompt_id, "a": item.a,
-                             "b": item.b, "choice": choice, "labeler": labeler, **extra})
+                             "b": item.b, "choice": choice, "labeler": labeler, "prompt_hash": item.prompt_hash,
+                             "text_hashes": item.text_hashes, **extra})
 
     def rank(self, cands: Candidates, order: list[int], labeler: str, **extra) -> dict:
         if sorted(order) != list(range(len(cands.texts))):
             raise ValueError(f"order {order} is not a permutation of the {len(cands.texts)} candidates")
         return self._append({"event": "rank", "item": cands.prompt_id, "prompt_id": cands.prompt_id,
-                             "order": list(order), "labeler": labeler, **extra})
+                             "order": list(order), "labeler": labeler, "prompt_hash": cands.prompt_hash,
+                             "text_hashes": cands.text_hashes, **extra})
 
     def undo(self, labeler: str, among: set[str] | None = None) -> dict | None:
         """Cancel the latest live decision (on an item in `among`, if given); return it, or None if none."""
@@ -165,10 +212,39 @@ class DecisionStore:
                 live[e["item"]] = e
         return live
 
-    def pending(self, items: list) -> list:
-        """Items (Comparison or Candidates) with no live decision, in order."""
+    def pending(self, items: list, judge: dict | None = None) -> list:
+        """Items (Comparison or Candidates) with no live decision that applies to their present texts (and,
+        for a ranking, was made by `judge`), in order."""
         done = self.effective()
-        return [it for it in items if (it.item if isinstance(it, Comparison) else it.prompt_id) not in done]
+        out = []
+        for it in items:
+            event = done.get(it.item if isinstance(it, Comparison) else it.prompt_id)
+            if event is None or not applies(event, it, judge):
+                out.append(it)
+        return out
+
+
+def applies(event: dict, target, judge: dict | None = None) -> bool:
+    """Whether a decision judged exactly the texts `target` (Candidates or Comparison) holds now.
+
+    A ranking applies to the same prompt and the same k texts in the same places, and, when `judge` is given,
+    only if the same judge made it (a simulated annotator's settings, a reward model's content hash). A
+    pairwise decision applies to the same prompt and the same two texts, in either order."""
+    hashes = event.get("text_hashes")
+    if hashes is None or event.get("prompt_hash") != target.prompt_hash:
+        return False
+    if event["event"] == "rank":
+        if judge is not None and event.get("judge") != judge:
+            return False
+        return isinstance(target, Candidates) and list(hashes) == target.text_hashes
+    return isinstance(target, Comparison) and sorted(hashes) == sorted(target.text_hashes)
+
+
+def comparison_at(c: Candidates, a: int, b: int) -> Comparison | None:
+    """Candidates a and b of `c` as a Comparison, or None where `c` has fewer candidates."""
+    if not (0 <= a < len(c.texts) and 0 <= b < len(c.texts)):
+        return None
+    return Comparison(f"{c.prompt_id}:{a}-{b}", c.prompt_id, c.prompt, a, b, c.texts[a], c.texts[b])
 
 
 class LabelSession:
@@ -196,13 +272,16 @@ class LabelSession:
 
     def undo(self) -> dict | None:
         """Cancel the latest of this session's items' decisions; the undone item becomes current again."""
-        return self.store.undo(self.labeler, among=set(self._index))
+        live = self.store.effective()
+        return self.store.undo(self.labeler, among={c.item for c in self.items
+                                                    if c.item in live and applies(live[c.item], c)})
 
     def progress(self) -> dict[str, int]:
         live = self.store.effective()
-        done = sum(1 for c in self.items if c.item in live)
+        decided = [c for c in self.items if c.item in live and applies(live[c.item], c)]
         counts = {ch: 0 for ch in CHOICES}
-        for c in self.items:
-            if c.item in live and live[c.item]["event"] == "label":
+        for c in decided:
+            if live[c.item]["event"] == "label":
                 counts[live[c.item]["choice"]] += 1
+        done = len(decided)
         return {"done": done, "total": len(self.items), **counts}

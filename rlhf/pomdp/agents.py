@@ -369,7 +369,7 @@ class ValueAgent:
             loss, stats = self._window_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+        nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         self.optimizer.step()
         with torch.no_grad():  # Polyak-averaged target network
             for p, tp in zip(self.net.parameters(), self.target.parameters()):
@@ -534,7 +534,7 @@ class PolicyAgent:
         loss = pg_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+        nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         self.optimizer.step()
         self.updates += 1
         return {"train/loss": loss.item(), "policy/entropy": entropy.item(), "policy/value_loss": v_loss.item()}

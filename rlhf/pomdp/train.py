@@ -46,7 +46,7 @@ class PomdpConfig(RunConfig):
     lr_end: float | None = option(None, help="Decay the learning rate linearly to this at total_steps (null: "
                                   "constant learning_rate).")
     gamma: float = option(0.99, help="Discount factor.")
-    max_grad_norm: float = option(10.0, help="Gradient-norm clipping.")
+    max_grad_norm: float = option(10.0, help="Gradient-norm clipping (<= 0: none).")
     normalize_obs: bool = option(False, help="Normalise observations by running mean and variance (saved with "
                                  "the network).")
     # value-based agents

@@ -14,8 +14,19 @@ to `<output_dir>/pairs.jsonl` in TRL's conversational preference format with pro
 
 A simulated annotator ranks all k candidates of a prompt; a ranking becomes pairs by `pair_rule`
 (all pairs, best vs rest, best vs worst). People compare two candidates at a time. Ties are kept
-(`"tie": true`) or dropped by `keep_ties`. Pairs whose two completions are the same text are left out and
-counted in the printed summary.
+(`"tie": true`) or dropped by `keep_ties`. Pairs whose two completions are the same text (up to whitespace) are left out
+and counted in the printed summary.
+
+Each decision is bound to the texts it judged (content hashes of the prompt and of the candidates; see
+`rlhf.labeling.store`). Running again after the candidates changed (collect re-sampled, a file was edited,
+`k` changed) applies old decisions only where their texts are unchanged: a simulated or reward-model labeler
+relabels the rest at once, a person is shown only the new comparisons. A simulated or reward-model ranking is
+also bound to its judge (the annotator's temperature, flip rate and seed; the reward model's content), so
+changing those relabels. The stage prints how many decisions it reused, dropped as stale and made anew.
+
+A person who quits before every comparison is decided leaves the stage incomplete: pairs.jsonl holds the
+pairs decided so far, metrics.json says `"label/complete": false`, and `rlhf run` stops after this stage
+(run the same command to continue labelling).
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from rlhf.config import ConfigError, RunConfig, option
-from rlhf.labeling.store import Candidates, DecisionStore, LabelSession, comparisons, read_candidates
+from rlhf.labeling.store import (Candidates, DecisionStore, LabelSession, applies, comparison_at, comparisons,
+                                 read_candidates, same_text)
 
 
 @dataclass
@@ -54,8 +66,10 @@ class LabelConfig(RunConfig):
     port: int = option(8765, help="Browser labeler: port.")
     reward_model: str = option("", help="Reward-model labeler: the reward model directory (from rlhf reward).")
 
+    # Decisions are bound to their texts and judge, so a labelling effort may go on with other settings.
     RESUMABLE_CHANGES = RunConfig.RESUMABLE_CHANGES + (
-        "labeler", "host", "port", "sim_temperature", "sim_flip_rate", "keep_ties", "pair_rule", "reward_model")
+        "labeler", "host", "port", "sim_temperature", "sim_flip_rate", "keep_ties", "pair_rule", "reward_model",
+        "human_pairs")
 
     def validate(self) -> None:
         super().validate()
@@ -73,33 +87,54 @@ class LabelConfig(RunConfig):
 # ------------------------------------------------------------------------------------------ labelers
 
 
-def label_simulated(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig) -> None:
+def judge_of(cfg: LabelConfig) -> dict | None:
+    """Who ranks, for a machine labeler: a ranking applies only where the same judge made it (None: a person,
+    whose pairwise decisions apply whatever the settings)."""
+    if cfg.labeler == "simulated":
+        return {"labeler": "simulated", "temperature": cfg.sim_temperature, "flip_rate": cfg.sim_flip_rate,
+                "seed": cfg.seed}
+    if cfg.labeler == "reward_model":
+        from rlhf.fingerprint import path_digest
+
+        return {"labeler": "reward_model", "model_sha256": path_digest(cfg.reward_model)}
+    return None
+
+
+def label_simulated(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig,
+                    judge: dict | None = None) -> None:
     """Rank every undecided prompt's candidates; the RNG of prompt i depends only on (seed, i)."""
     from tqdm.auto import tqdm
 
     from rlhf.labeling.simulated import SimulatedAnnotator, gold_scores
 
+    judge = judge or judge_of(cfg)
     annotator = SimulatedAnnotator(cfg.sim_temperature, cfg.sim_flip_rate)
     position = {c.prompt_id: i for i, c in enumerate(cands)}
-    for c in tqdm(store.pending(cands), desc="label (simulated)"):
-        gold = gold_scores(c)
+    todo = store.pending(cands, judge)
+    golds = [gold_scores(c) for c in todo]  # every prompt checked before the first decision is made
+    for c, gold in tqdm(zip(todo, golds), total=len(todo), desc="label (simulated)"):
         order = annotator.rank(gold, np.random.default_rng([cfg.seed, position[c.prompt_id]]))
-        store.rank(c, order, "simulated", gold=gold,
+        store.rank(c, order, "simulated", gold=gold, judge=judge,
                    annotator={"temperature": cfg.sim_temperature, "flip_rate": cfg.sim_flip_rate})
 
 
-def label_with_reward_model(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig) -> None:
+def label_with_reward_model(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig,
+                            judge: dict | None = None) -> None:
     """Rank every undecided prompt's candidates by the reward model's score (highest first; ties keep the
     candidates' order). The scores are stored beside the ranking."""
     from tqdm.auto import tqdm
 
     from rlhf.reward import RewardModel
 
+    judge = judge or judge_of(cfg)
+    todo = store.pending(cands, judge)
+    if not todo:
+        return
     model = RewardModel.load(cfg.reward_model)
-    for c in tqdm(store.pending(cands), desc="label (reward model)"):
+    for c in tqdm(todo, desc="label (reward model)"):
         rewards = model.score([c.prompt] * len(c.texts), c.texts)
         order = sorted(range(len(rewards)), key=lambda i: -rewards[i])
-        store.rank(c, order, "reward_model", rewards=rewards, reward_model=cfg.reward_model)
+        store.rank(c, order, "reward_model", rewards=rewards, reward_model=cfg.reward_model, judge=judge)
 
 
 # ------------------------------------------------------------------------------------------ pairs
@@ -116,17 +151,46 @@ def ranking_pairs(order: list[int], rule: str) -> list[tuple[int, int]]:
     raise ValueError(f"unknown pair rule {rule!r}")
 
 
-def export_pairs(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig):
-    """The live decisions as PreferencePairs, and counts of what was kept and left out (and why)."""
+def bound_decisions(cands: list[Candidates], store: DecisionStore, judge: dict | None = None):
+    """(decisions that apply to the present texts, stale ones) among the live decisions, in order.
+
+    A pairwise decision is returned with `a`, `b` and `choice` as they read on the present candidates (a
+    comparison whose two texts swapped places keeps its preference for the same text)."""
+    by_id = {c.prompt_id: c for c in cands}
+    current, stale = [], []
+    for event in sorted(store.effective().values(), key=lambda e: e["seq"]):
+        c = by_id.get(event["prompt_id"])
+        if c is None:
+            stale.append(event)  # a decision about a prompt that is not in this candidates file
+            continue
+        if event["event"] == "rank":
+            # a ranking by a machine judge applies only to the present judge's work; a person's rankings (none
+            # are made today) would apply whatever the judge
+            own = judge if event.get("labeler") in ("simulated", "reward_model") else None
+            (current if applies(event, c, own) else stale).append(event)
+            continue
+        item = comparison_at(c, event["a"], event["b"])
+        if item is None or not applies(event, item):
+            stale.append(event)
+            continue
+        if event["text_hashes"][0] != item.text_hashes[0]:  # the two texts swapped places
+            flip = {"first": "second", "second": "first"}
+            event = {**event, "choice": flip.get(event["choice"], event["choice"])}
+        current.append(event)
+    return current, stale
+
+
+def export_pairs(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig, judge: dict | None = None):
+    """The live decisions that apply to the present texts as PreferencePairs, and counts of what was kept and
+    left out (and why)."""
     from rlhf.preferences import PreferencePair
 
     by_id = {c.prompt_id: c for c in cands}
     pairs, counts = [], {"decisions": 0, "pairs": 0, "ties_dropped": 0, "skipped": 0, "identical_completions": 0,
                      "empty_completions": 0}
-    for event in sorted(store.effective().values(), key=lambda e: e["seq"]):
-        c = by_id.get(event["prompt_id"])
-        if c is None:
-            continue  # a decision about a prompt not in this candidates file
+    current, _ = bound_decisions(cands, store, judge if judge is not None else judge_of(cfg))
+    for event in current:
+        c = by_id[event["prompt_id"]]
         counts["decisions"] += 1
         tie = False
         if event["event"] == "rank":
@@ -143,7 +207,7 @@ def export_pairs(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig
             a, b = event["a"], event["b"]
             chosen_rejected = [(a, b)] if event["choice"] == "first" else [(b, a)]
         for i, j in chosen_rejected:
-            if c.texts[i].strip() == c.texts[j].strip():
+            if same_text(c.texts[i], c.texts[j]):
                 counts["identical_completions"] += 1
                 continue
             if not c.texts[i].strip() or not c.texts[j].strip():
@@ -152,7 +216,7 @@ def export_pairs(cands: list[Candidates], store: DecisionStore, cfg: LabelConfig
                 counts["empty_completions"] += 1
                 continue
             meta = {"prompt_id": c.prompt_id, "labeler": event["labeler"], "decision_seq": event["seq"],
-                    "chosen_index": i, "rejected_index": j,
+                    "chosen_index": i, "rejected_index": j, "prompt_hash": event["prompt_hash"],
                     "model_hash": (c.record.get("provenance") or {}).get("model_hash", "")}
             if "gold" in event:
                 meta.update(gold_chosen=event["gold"][i], gold_rejected=event["gold"][j])
@@ -194,12 +258,16 @@ def run(cfg: LabelConfig) -> dict:
     logger = RunLogger(accelerator, cfg, "rlhf-label", resume_step=len(store.events) if cfg.resume else None)
     started = time.time()
 
+    judge = judge_of(cfg)
+    reused, stale = bound_decisions(cands, store, judge)
+    decisions_before = sum(e["event"] in ("label", "rank") for e in store.events)
+
     # 1. Label (every decision is on disk the moment it is made).
-    outcome = "done"
+    outcome, remaining = "done", 0
     if cfg.labeler == "simulated":
-        label_simulated(cands, store, cfg)
+        label_simulated(cands, store, cfg, judge)
     elif cfg.labeler == "reward_model":
-        label_with_reward_model(cands, store, cfg)
+        label_with_reward_model(cands, store, cfg, judge)
     else:
         items = comparisons(cands, cfg.human_pairs, skip_identical=True)
         identical = len(comparisons(cands, cfg.human_pairs)) - len(items)
@@ -215,13 +283,19 @@ def run(cfg: LabelConfig) -> dict:
 
             serve(session, host=cfg.host, port=cfg.port)
             outcome = "done" if session.current() is None else "quit"
+        remaining = len(store.pending(items))
+    made = sum(e["event"] in ("label", "rank") for e in store.events) - decisions_before
+    print(f"[label] decisions: {len(reused)} reused, {len(stale)} dropped as stale (their prompt, texts or judge "
+          f"changed), {made} made anew")
 
     # 2. Export the live decisions as preference pairs.
-    pairs, counts = export_pairs(cands, store, cfg)
+    pairs, counts = export_pairs(cands, store, cfg, judge)
     write_pairs(out / "pairs.jsonl", pairs, "conversational")
     agreement, graded = gold_agreement(pairs)
     metrics = {f"label/{k}": v for k, v in counts.items()}
-    metrics.update({"label/prompts": len(cands), "label/outcome": outcome, "label/seconds": time.time() - started,
+    metrics.update({"label/prompts": len(cands), "label/outcome": outcome, "label/complete": outcome == "done",
+                    "label/remaining": remaining, "label/reused": len(reused), "label/stale": len(stale),
+                    "label/made": made, "label/seconds": time.time() - started,
                     "label/gold_agreement": agreement, "label/gold_graded_pairs": graded,
                     "pairs": str(out / "pairs.jsonl")})
     logger.log(metrics, step=len(store.events))
@@ -231,6 +305,9 @@ def run(cfg: LabelConfig) -> dict:
           f"{counts['identical_completions']} with identical completions, "
           f"{counts['empty_completions']} with an empty completion"
           + (f"; agreement with the gold judge {100 * agreement:.1f}% over {graded} pairs" if graded else ""))
+    if outcome != "done":
+        print(f"[label] incomplete: {remaining} comparisons are still undecided; run the same command to continue "
+              "(pairs.jsonl holds only what is decided so far)")
     return metrics
 
 

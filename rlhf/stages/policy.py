@@ -120,7 +120,7 @@ class PolicyConfig(RunConfig):
     gradient_checkpointing: bool = option(False, help="Recompute the policy's activations in backward to save "
                                           "memory (same gradients; the prompt then runs per row, as with "
                                           "share_prompts off).")
-    max_grad_norm: float = option(1.0, help="Gradient-norm clip.")
+    max_grad_norm: float = option(1.0, help="Clip the gradient norm to this (<= 0: no clipping, as in SFT).")
     sample_every: int = option(5, help="Print a prompt / response / score / KL table every this many updates.")
     save_every: int = option(0, help="Checkpoint every this many updates (0: only at the end).")
     stop_after_update: int = option(0, help="Checkpoint and stop after this update, as if interrupted; "
@@ -147,6 +147,11 @@ class PolicyConfig(RunConfig):
             raise ConfigError("need temperature > 0, 0 < top_p <= 1, beta >= 0, clip_range >= 0")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1 and self.vf_coef >= 0 and self.value_clip >= 0):
             raise ConfigError("need 0 <= gamma, lam <= 1 and vf_coef, value_clip >= 0")
+        if self.reward_fn:
+            from rlhf.fingerprint import module_file
+
+            for spec in (x.strip() for x in self.reward_fn.split(",") if x.strip()):  # several: comma-separated
+                module_file(spec)  # 'module:function' whose module exists (ConfigError otherwise)
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -306,6 +311,9 @@ def train(cfg: PolicyConfig) -> dict:
                                 target_modules=["all-linear"], base_name=cfg.model_name_or_path)
         else:  # full fine-tuning: a frozen copy is the reference
             ref = load_model(cfg.model_name_or_path).eval().requires_grad_(False).to(accelerator.device)
+    if len(prompts) < cfg.prompts_per_update:  # (outside main_process_first: every rank raises)
+        raise ConfigError(f"prompts: {cfg.prompts} holds {len(prompts)} prompts, fewer than prompts_per_update "
+                          f"{cfg.prompts_per_update}; lower prompts_per_update (and minibatch_size) or add prompts")
     reward = load_reward(cfg, accelerator.device)
     if cfg.gradient_checkpointing:
         from rlhf.models import enable_gradient_checkpointing
@@ -494,7 +502,8 @@ def train(cfg: PolicyConfig) -> dict:
                         piece_tokens.append(rmask[rows].sum().item())
                         accelerator.backward(global_mean_share(loss, piece_tokens[-1], n_global, world))
                     piece_stats.append(stats)
-                accelerator.clip_grad_norm_(list(policy.parameters()), cfg.max_grad_norm)  # (FSDP2: DTensors)
+                accelerator.clip_grad_norm_(list(policy.parameters()),  # (FSDP2: DTensors)
+                                            cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_stats.append(combine_token_stats(piece_stats, piece_tokens, maxima=("policy/ratio_max",)))

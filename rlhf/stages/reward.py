@@ -391,6 +391,11 @@ def train(cfg: RewardConfig) -> dict:
     train_set = load_pair_set(cfg.train_pairs, cfg, model.tokenizer, texts, index, cfg.max_train_pairs, chars)
     eval_set = (load_pair_set(cfg.eval_pairs, cfg, model.tokenizer, texts, index, prompt_chars=chars)
                 if cfg.eval_pairs else None)
+    if cfg.head_fit == "sgd" and len(train_set) < sizes.global_batch:  # refused: a last smaller batch would
+        # not split evenly over ranks (the validated fit takes every pair at once and needs no batches)
+        raise ConfigError(f"train_pairs: {len(train_set)} usable pairs, fewer than global_batch_size "
+                          f"{sizes.global_batch}, so not one optimiser step would run; lower global_batch_size to "
+                          f"at most {len(train_set)} or add pairs")
     model.freeze_backbone(cfg.unfreeze_top_layers)
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
@@ -482,6 +487,7 @@ def train(cfg: RewardConfig) -> dict:
         **final, "reward/mean": core.mean, "reward/std": core.std, "reward/unique_texts": len(texts),
         "reward/features_computed": computed, "reward/extract_seconds": extract_seconds,
         "reward/seconds": elapsed, "reward/pairs_per_second": total_steps * sizes.global_batch / elapsed,
+        "train/steps": total_steps,
         "model_dir": str(out / "model"),
     })
     accelerator.print(f"[reward] train accuracy {final['train/accuracy']:.3f}"
