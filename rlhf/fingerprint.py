@@ -143,9 +143,11 @@ def inputs_of(stage: str, cfg) -> dict[str, str]:
             continue
         value = getattr(cfg, f.name)
         if f.name == "reward_fn" and value:  # one or several comma-separated 'module:function' specs
-            for spec in (x.strip() for x in value.split(",") if x.strip()):
+            specs = [x.strip() for x in value.split(",") if x.strip()]
+            for spec in specs:
                 src = module_file(spec)
-                out[f"{f.name}:{spec}"] = file_digest(src) if src.is_file() else "unhashable"
+                out[f.name if len(specs) == 1 else f"{f.name}:{spec}"] = (file_digest(src) if src.is_file()
+                                                                         else "unhashable")
             continue
         values = value if isinstance(value, list) else [value]
         for i, v in enumerate(values):

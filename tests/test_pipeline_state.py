@@ -238,8 +238,10 @@ def test_a_stage_refused_in_a_run_keeps_the_stages_before_it_and_blocks_nothing(
     from rlhf.cli import main
 
     cands = write_candidates(tmp_path / "c.jsonl")  # 12 pairs
+    # (head_fit sgd: the validated fit takes all pairs at once and has no batch to be short of)
     path = pipeline(tmp_path, {"label": label_stage(cands), "reward": reward_stage(global_batch_size=16,
-                                                                                  per_device_batch_size=16)})
+                                                                                  per_device_batch_size=16,
+                                                                                  head_fit="sgd")})
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # progress bars, then the error
     assert err[-1].startswith("rlhf run: error: train_pairs: 12 usable pairs, fewer than global_batch_size 16")

@@ -21,7 +21,7 @@ from rlhf.pipeline import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"sft": "sft", "collect": "collect", "label": "label", "reward": "reward", "policy": "policy",
-        "evaluate": "evaluate"}
+        "evaluate": "evaluate", "dpo": "dpo"}
 
 
 def cli(capsys, *argv: str) -> str:
@@ -243,13 +243,14 @@ def test_fewer_pairs_than_a_global_batch_is_refused_not_trained_for_zero_steps(t
     pairs = tmp_path / "p.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": f"yes {i}", "rejected": f"no {i}"}) + "\n"
                              for i in range(5)))
+    # head_fit sgd trains in batches (the validated fit takes every pair at once and has no batch to miss)
     err = cli(capsys, "reward", "--config", "configs/tiny/reward.yaml", "--train_pairs", str(pairs),
-              "--eval_pairs", "", "--output_dir", str(tmp_path / "r"))
+              "--eval_pairs", "", "--output_dir", str(tmp_path / "r"), "--head_fit", "sgd")
     assert "5 usable pairs, fewer than global_batch_size 32" in err
     assert not (tmp_path / "r" / "config.yaml").exists() and not (tmp_path / "r" / "model").exists()
     assert main(["reward", "--config", "configs/tiny/reward.yaml", "--train_pairs", str(pairs), "--eval_pairs", "",
                  "--output_dir", str(tmp_path / "r"), "--global_batch_size", "5",
-                 "--per_device_batch_size", "5"]) == 0
+                 "--per_device_batch_size", "5", "--head_fit", "sgd"]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["train/steps"] == 3
 
 
