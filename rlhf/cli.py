@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -28,6 +29,9 @@ STAGES = {
 }
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # reported in one line, not as a traceback
+
+
 def usage() -> str:
     lines = ["usage: rlhf <stage> [--config FILE.yaml] [--<field> VALUE ...]", "", "stages:"]
     lines += [f"  {name:<10} {desc}" for name, (_, desc) in STAGES.items()]
@@ -38,6 +42,7 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     from rlhf.config import ConfigError
     from rlhf.data import DataError
+    from rlhf.fsio import RunLockedError
     from rlhf.runs import RunExistsError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -50,9 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(STAGES[argv[0]][0])
     try:
         module.main(argv[1:])
-    except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RunExistsError, RunLockedError, FileNotFoundError) as e:
         print(f"rlhf {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        # every artefact is written atomically (rlhf.fsio), so the files already there are whole
+        print(f"rlhf {argv[0]}: error: {e.strerror} writing {e.filename}; the files already written are intact; "
+              "free space and run the command again (a stage with --resume true)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import yaml
 
 from rlhf.config import ConfigError, load_config, read_yaml, to_dict
+from rlhf.fsio import atomic_write_json, lock_run_collective, unlock_run
 
 # stage -> (module, config class, entry function), in pipeline order
 STAGES = {
@@ -173,8 +174,16 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
         hashes[name] = config_hash(to_dict(cfg), [hashes[d] for d in DEPENDS[name] if d in hashes],
                                    cfg.RESUMABLE_CHANGES)
 
+    # One writer: the pipeline's directory and every stage's, held for the whole invocation (a stage run alone on
+    # one of them, or a second `rlhf run`, is refused naming this process; the stages re-enter the locks).
+    locks = [root, *(Path(cfg.output_dir) for cfg in cfgs.values())]
+    for d in locks:
+        lock_run_collective(d, state.is_main_process)
     record_path = root / "pipeline.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    try:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    except ValueError:  # a file damaged outside the toolkit (its writes are atomic): the record starts afresh
+        record = {}
     record.setdefault("stages", {})
     say = (lambda msg: print(msg, flush=True)) if state.is_main_process else (lambda msg: None)
     started = time.time()
@@ -209,8 +218,8 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
             record["stages"][name] = {"status": "stopped", "seconds": round(seconds, 1), "output_dir": str(out)}
             break
         if state.is_main_process:
-            (out / DONE).write_text(json.dumps({"config_hash": hashes[name], "seconds": seconds,
-                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+            atomic_write_json(out / DONE, {"config_hash": hashes[name], "seconds": seconds,
+                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, what="done")
             record["stages"][name] = {"status": "ran", "seconds": round(seconds, 1), "output_dir": str(out),
                                       "headline": headline(name, metrics)}
         say(f"[run] {name} finished in {seconds:.0f} s {headline(name, metrics)}")
@@ -219,8 +228,10 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
     if state.is_main_process:
         record["improvement"] = improvement(root) if "evaluate" in cfgs else None
         root.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(record_path, record, what="pipeline")
         print_summary(root, cfgs, record)
+    for d in locks:
+        unlock_run(d)
     return record
 
 

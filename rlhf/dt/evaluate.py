@@ -23,6 +23,7 @@ from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.dt.data import encode_obs, get_task
 from rlhf.dt.model import DecisionTransformer
 from rlhf.dt.sequences import left_pad, padding_mask, stack_windows, timestep_indices
+from rlhf.fsio import releases_run_lock
 
 EVAL_SEED_BASE = 100_000_000  # reset seeds of evaluation episodes: EVAL_SEED_BASE + 10_000 * seed + i
 
@@ -111,6 +112,7 @@ def rollout(model: DecisionTransformer, targets: list[float], episodes: int, see
     return [[float(achieved[k]) for k, (ti, _) in enumerate(jobs) if ti == t] for t in range(len(targets))]
 
 
+@releases_run_lock
 def evaluate(cfg: DTEvalConfig) -> dict:
     from rlhf.distributed import make_accelerator
     from rlhf.runs import RunLogger, prepare_output_dir

@@ -23,6 +23,7 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, parse_args, require_at_least
 from rlhf.pomdp.agents import AGENTS, POLICY_AGENTS, Episode, build_agent
 from rlhf.pomdp.envs import ENV_NAMES, make_env
+from rlhf.fsio import releases_run_lock
 
 
 @dataclasses.dataclass
@@ -201,6 +202,7 @@ def evaluate_agent(agent, cfg: PomdpConfig, episodes: int, seed: int, greedy_pol
 # ------------------------------------------------------------------------------------------ training
 
 
+@releases_run_lock
 def train(cfg: PomdpConfig) -> dict:
     """Train one agent; returns the metrics written to metrics.json."""
     from tqdm.auto import tqdm

@@ -38,6 +38,7 @@ import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.stats import distinct_n, mean_and_ci, repetition_rate, win_outcomes
+from rlhf.fsio import atomic_file, atomic_write_json, atomic_write_jsonl, atomic_write_text, releases_run_lock
 
 DECODINGS = ("greedy", "sampled")
 
@@ -217,6 +218,7 @@ def same_vocabulary(tok_a, tok_b) -> bool:
 # ------------------------------------------------------------------------------------------ run
 
 
+@releases_run_lock
 def run(cfg: EvaluateConfig) -> dict:
     from accelerate.utils import gather_object
     from transformers.utils import logging as hf_logging
@@ -424,7 +426,7 @@ def print_table(report: dict) -> None:
 
 
 def write_report(out: Path, report: dict, rows: list[dict], prompts: list[dict], cfg: EvaluateConfig) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "report.json", report, what="report")
     md = ["# Evaluation report", "", "Checkpoints: " + ", ".join(f"`{n}` = {p}" for n, p in report["paths"].items()),
           f"KL reference: {report['reference']}", ""] + table_lines(report)
     if report["notices"]:
@@ -432,14 +434,15 @@ def write_report(out: Path, report: dict, rows: list[dict], prompts: list[dict],
     if cfg.plots:
         paths = write_plots(out, report, rows)
         md += [f"![{p.stem}]({p.name})" for p in paths]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    with open(out / "completions.jsonl", "w") as f:  # every completion, for reading and re-scoring
-        for p_i, p in enumerate(prompts):
-            rec = {"prompt_id": p["prompt_id"], "prompt": p["prompt"]}
-            for name, r in zip(report["names"], rows):
-                rec[name] = {"greedy": r["greedy"][p_i] if r["greedy"] else None,
-                             "sampled": r["sampled"][p_i * cfg.num_samples:(p_i + 1) * cfg.num_samples]}
-            f.write(json.dumps(rec) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n", what="report")
+    recs = []  # every completion, for reading and re-scoring
+    for p_i, p in enumerate(prompts):
+        rec = {"prompt_id": p["prompt_id"], "prompt": p["prompt"]}
+        for name, r in zip(report["names"], rows):
+            rec[name] = {"greedy": r["greedy"][p_i] if r["greedy"] else None,
+                         "sampled": r["sampled"][p_i * cfg.num_samples:(p_i + 1) * cfg.num_samples]}
+        recs.append(rec)
+    atomic_write_jsonl(out / "completions.jsonl", recs, what="completions")
 
 
 def write_plots(out: Path, report: dict, rows: list[dict]) -> list[Path]:
@@ -463,7 +466,8 @@ def write_plots(out: Path, report: dict, rows: list[dict]) -> list[Path]:
         ax.set_title("score against KL")
         fig.tight_layout()
         paths.append(out / "reward_vs_kl.png")
-        fig.savefig(paths[-1], dpi=100)
+        with atomic_file(paths[-1], what="plot") as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 4))
     for n, r in zip(names, rows):
@@ -474,7 +478,8 @@ def write_plots(out: Path, report: dict, rows: list[dict]) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     paths.append(out / "lengths.png")
-    fig.savefig(paths[-1], dpi=100)
+    with atomic_file(paths[-1], what="plot") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return paths
 

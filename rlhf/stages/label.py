@@ -28,6 +28,7 @@ import numpy as np
 
 from rlhf.config import ConfigError, RunConfig, option
 from rlhf.labeling.store import Candidates, DecisionStore, LabelSession, comparisons, read_candidates
+from rlhf.fsio import releases_run_lock
 
 
 @dataclass
@@ -178,6 +179,7 @@ def gold_agreement(pairs) -> tuple[float, int]:
 # --------------------------------------------------------------------------------------------- run
 
 
+@releases_run_lock
 def run(cfg: LabelConfig) -> dict:
     from rlhf.distributed import make_accelerator
     from rlhf.preferences import write_pairs

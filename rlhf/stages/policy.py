@@ -48,6 +48,7 @@ from rlhf.losses import (
     whiten,
 )
 from rlhf.models import cache_keyword, generate_shared_prompts, shared_prompt_cache
+from rlhf.fsio import publish_dir, releases_run_lock
 
 
 @dataclass
@@ -214,6 +215,7 @@ def prompt_batch(update: int, n_prompts: int, per_update: int, seed: int) -> lis
 # ------------------------------------------------------------------------------------------ train
 
 
+@releases_run_lock
 def train(cfg: PolicyConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
@@ -441,7 +443,8 @@ def train(cfg: PolicyConfig) -> dict:
     if full is not None and value_head is not None:  # PolicyWithValue: the policy's own weights
         full = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
     if accelerator.is_main_process:
-        save_pretrained(core, tokenizer, out / "model", state_dict=full)
+        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
+            save_pretrained(core, tokenizer, tmp, state_dict=full)
     accelerator.wait_for_everyone()
     first = history[: max(1, len(history) // 5)]
     last = history[-max(1, len(history) // 5):]

@@ -32,6 +32,7 @@ from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.distributed import (derive_batch_sizes, gather_rows, global_batch_indices, is_main_process,
                                make_accelerator, micro_batch, rank_slice, shards_parameters)
 from rlhf.losses import bradley_terry_loss, expected_calibration_error, reward_centering_loss
+from rlhf.fsio import atomic_write_jsonl, publish_dir, releases_run_lock
 
 
 @dataclass
@@ -232,6 +233,7 @@ def pair_metrics(model, pairs: PairSet, features, cfg: RewardConfig, accelerator
             f"{prefix}/pairs": len(d)}
 
 
+@releases_run_lock
 def train(cfg: RewardConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
@@ -330,7 +332,8 @@ def train(cfg: RewardConfig) -> dict:
         core.backbone = core.backbone.merge_and_unload()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        core.save(out / "model")
+        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
+            core.save(tmp)
     accelerator.wait_for_everyone()
     elapsed = time.time() - started
     metrics = logger.finish({
@@ -391,7 +394,7 @@ def score_file(cfg: ScoreConfig) -> dict:
             raise DataError(f"{rec.source}: expected a pair (chosen, rejected), a completion (prompt, completion) "
                             "or candidates")
         rows.append(d)
-    out_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_jsonl(out_path, rows, what="scored")
     metrics = {"score/records": len(rows), "output": str(out_path)}
     if n_pairs:
         metrics["score/pair_accuracy"] = agree / n_pairs
