@@ -128,12 +128,18 @@ def atomic_write_text(path: str | os.PathLike, text: str, what: str = "file") ->
     atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
+def json_bytes(obj: Any, indent: int | None = None) -> bytes:
+    """UTF-8 JSON; a lone surrogate (which JSON strings may hold, UTF-8 may not) is written as its \\u escape,
+    so any text read from JSON is written back exactly."""
+    return json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, what: str = "json") -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", what)
+    atomic_write_bytes(path, json_bytes(obj, indent) + b"\n", what)
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any], what: str = "jsonl") -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), what)
+    atomic_write_bytes(path, b"".join(json_bytes(r) + b"\n" for r in rows), what)
 
 
 @contextlib.contextmanager
@@ -228,7 +234,7 @@ def ensure_line_end(path: str | os.PathLike) -> None:
 
 def append_jsonl(path: str | os.PathLike, rows: Iterable[Any], what: str = "append", durable: bool = True) -> None:
     """Append rows as JSON lines in one write (after `ensure_line_end`); fsynced unless `durable` is false."""
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    data = b"".join(json_bytes(r) + b"\n" for r in rows)
     if not data:
         return
     ensure_line_end(path)
