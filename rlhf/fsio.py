@@ -26,10 +26,11 @@ meant to be, never half-written:
 The standard library has no atomic-replace helper that fsyncs (tempfile + os.replace is the recipe, written out
 here once so every stage uses the same one).
 
-Test hook: with RLHF_FAULT="<n>:<action>" in the environment, the n-th write (1-based, counted over every write
-this module makes in the process) does <action> half-way: "kill" (SIGKILL itself: a torn temporary file, a
-torn appended line) or "enospc" (raise OSError ENOSPC, as a full disk does). RLHF_FAULT_TRACE=<file> appends
-one line per write ("<n> <what> <path>") so a test can count the write points and choose among them.
+Test hook: with RLHF_FAULT="<n>:<action>[:<pattern>]" in the environment, the n-th write (1-based, counted over
+the writes this module makes in the process whose "<what> <path>" contains <pattern>) does <action> half-way:
+"kill" (SIGKILL itself: a torn temporary file, a torn appended line), "enospc" (raise OSError ENOSPC, as a full
+disk does) or "stall" (wait to be killed from outside). RLHF_FAULT_TRACE=<file> appends one line per write
+("<what> <path>") so a test can count the write points and choose among them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import errno
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -61,13 +63,15 @@ def fault_point(what: str, path: str | os.PathLike, fileobj=None, data: bytes = 
     spec, trace = os.environ.get("RLHF_FAULT"), os.environ.get("RLHF_FAULT_TRACE")
     if not spec and not trace:
         return
-    _fault_count += 1
     if trace:
         with open(trace, "a", encoding="utf-8") as f:
-            f.write(f"{_fault_count} {what} {path}\n")
+            f.write(f"{what} {path}\n")
     if not spec:
         return
-    n, _, action = spec.partition(":")
+    n, action, pattern = (spec.split(":", 2) + [""])[:3]
+    if pattern not in f"{what} {path}":
+        return
+    _fault_count += 1
     if int(n) != _fault_count:
         return
     if fileobj is not None and data:  # half the bytes reach the disk first
@@ -410,6 +414,32 @@ class RunLock:
 _held: dict[Path, list] = {}  # directory -> [RunLock, count]: a process re-entering its own run is not refused
 
 
+_TEMPORARY = re.compile(r"^\.(.+)\.(tmp|old)-(\d+)(\.[^.]*)?$")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers left under `directory` (hidden `.<name>.tmp-<pid>` files and directories); a
+    `.<name>.old-<pid>` directory whose `<name>` is missing (killed between the two renames of `publish_dir`) is
+    put back. Called by the lock's holder, so no live writer owns them."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in dirnames + filenames:
+            m = _TEMPORARY.match(name)
+            if not m:
+                continue
+            p = Path(dirpath, name)
+            target = Path(dirpath, m.group(1))
+            if m.group(2) == "old" and not target.exists():
+                os.replace(p, target)
+            elif p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            found.append(p)
+        dirnames[:] = [d for d in dirnames if not _TEMPORARY.match(d)]
+    return found
+
+
 def lock_run(directory: str | os.PathLike, say=None) -> RunLock:
     """Take (or re-enter) this process's lock on `directory`; RunLockedError if another live process holds it.
     Pair every call with `unlock_run`."""
@@ -419,6 +449,7 @@ def lock_run(directory: str | os.PathLike, say=None) -> RunLock:
         return _held[key][0]
     lock = RunLock(key).acquire()
     _held[key] = [lock, 1]
+    remove_stale_temporaries(key)
     if lock.took_over and lock.took_over.get("pid") and say is not None:
         say(f"[lock] {key}: took over the lock left by {_describe(lock.took_over)}, which is no longer running")
     return lock

@@ -91,6 +91,7 @@ class RunLogger:
         self.path = Path(cfg.output_dir) / "log.jsonl"
         self.tracking = cfg.report_to != "none"
         self.start = time.time()
+        self.resumed: list[dict] = []  # rows kept from before a resume (main process), for whole-run metrics
         if accelerator.is_main_process:
             if resume_step is None:
                 atomic_write_text(self.path, "", what="log")
@@ -100,6 +101,7 @@ class RunLogger:
                 for note in notes:
                     print(f"[resume] {note}", flush=True)
                 keep = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= resume_step]
+                self.resumed = keep
                 atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep), what="log")
         if self.tracking:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in to_dict(cfg).items()}

@@ -257,9 +257,13 @@ def run(cfg: CollectConfig) -> dict:
                           device=accelerator.device)
     totals = accelerator.reduce(totals, reduction="sum").tolist()
     elapsed = time.time() - started
-    metrics = {"collect/prompts": len(prompts), "collect/k": cfg.k, "collect/completions_sampled": totals[0],
-               "collect/mean_tokens": totals[1] / max(totals[0], 1),
-               "collect/eos_fraction": totals[2] / max(totals[0], 1), "collect/seconds": elapsed,
+    # counts over the whole file, so that a resumed run reports what an uninterrupted one does; the rate is
+    # this session's
+    whole = [c for row in read_jsonl(path)[0] for c in row["candidates"]]
+    metrics = {"collect/prompts": len(prompts), "collect/k": cfg.k, "collect/completions_sampled": len(whole),
+               "collect/mean_tokens": sum(c["num_tokens"] for c in whole) / max(len(whole), 1),
+               "collect/eos_fraction": sum(c["ended_with_eos"] for c in whole) / max(len(whole), 1),
+               "collect/completions_this_session": totals[0], "collect/seconds": elapsed,
                "collect/tokens_per_second": totals[1] / elapsed if elapsed > 0 else 0.0,
                "candidates": str(path)}
     logger.log(metrics, step=1)

@@ -193,7 +193,8 @@ def run(cfg: LabelConfig) -> dict:
     cands = read_candidates(cfg.candidates)
     store = DecisionStore(out / "decisions.jsonl")
     # log.jsonl is stepped by the number of decision events, so earlier sessions' lines are kept
-    logger = RunLogger(accelerator, cfg, "rlhf-label", resume_step=len(store.events) if cfg.resume else None)
+    # (a row at the current count is the summary of a session that ended here; this one's replaces it)
+    logger = RunLogger(accelerator, cfg, "rlhf-label", resume_step=len(store.events) - 1 if cfg.resume else None)
     started = time.time()
 
     # 1. Label (every decision is on disk the moment it is made).

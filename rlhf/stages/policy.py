@@ -296,7 +296,8 @@ def train(cfg: PolicyConfig) -> dict:
                    and cfg.minibatch_size == cfg.prompts_per_update * cfg.k and not shards_optimizer(accelerator))
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     bar = tqdm(total=cfg.num_updates, initial=start, desc="policy", disable=not accelerator.is_main_process)
-    started, history = time.time(), []
+    # whole-run metrics after a resume too: the updates before it come from the log
+    started, history = time.time(), [r for r in logger.resumed if "objective/scores" in r]
     for update in range(start, cfg.num_updates):
         t0 = time.time()
         beta = kl_ctl.value if kl_ctl else cfg.beta
@@ -453,7 +454,8 @@ def train(cfg: PolicyConfig) -> dict:
         "policy/updates": cfg.num_updates, "policy/seconds": time.time() - started,
         "objective/scores_first": mean(first, "objective/scores"), "objective/scores_last": mean(last, "objective/scores"),
         "objective/kl_last": mean(last, "objective/kl"), "model_dir": str(out / "model"),
-        "completions_per_second": cfg.prompts_per_update * cfg.k * len(history) / max(time.time() - started, 1e-9),
+        "completions_per_second": cfg.prompts_per_update * cfg.k * (cfg.num_updates - start)
+        / max(time.time() - started, 1e-9),
     })
     accelerator.print(f"[policy] score {metrics['objective/scores_first']:.3f} -> {metrics['objective/scores_last']:.3f}"
                       f" (first vs last fifth of updates), KL {metrics['objective/kl_last']:.3f}; model in {out / 'model'}")

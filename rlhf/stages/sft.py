@@ -295,7 +295,8 @@ def train(cfg: SFTConfig) -> dict:
         save_checkpoint(accelerator, out, step, lambda d: save_pretrained(unwrapped, tokenizer, d), optimizer,
                         scheduler, {"epoch": step // max(steps_per_epoch, 1)}, cfg.keep_checkpoints)
 
-    baseline = {}
+    # after a resume, the baseline evaluated before the first step comes from the log
+    baseline = next((r for r in logger.resumed if r.get("step") == 0 and "eval/loss" in r), {})
     if cfg.eval_at_start and eval_set and start_step == 0:
         baseline = evaluate(model, eval_set, accelerator, sizes.per_device, pad_id)
         logger.log(baseline, step=0)
@@ -330,7 +331,7 @@ def train(cfg: SFTConfig) -> dict:
 
     # 4. Final evaluation, checkpoint and artefact.
     final_eval = evaluate(model, eval_set, accelerator, sizes.per_device, pad_id) if eval_set else {}
-    if final_eval:
+    if final_eval and start_step < total_steps:  # (resumed from the final checkpoint: already in the log)
         logger.log(final_eval, step=total_steps)
     if start_step < total_steps:
         checkpoint(total_steps)

@@ -1,0 +1,239 @@
+"""The fault suite: SIGKILL every stage of `rlhf run` at seeded random points, writes of checkpoints and artefacts
+included, resume, and compare with an uninterrupted run; two writers on one directory; a full disk half-way
+through a write.
+
+Kills come from the rlhf.fsio test hook (RLHF_FAULT="<n>:kill:<pattern>": the process SIGKILLs itself half-way
+through its n-th write whose path contains <pattern>, leaving a torn temporary file or a torn appended line)
+and from outside, at seeded random times. The pipeline is the tiny quickstart, made smaller and checkpointing
+often. After the kills the last invocation runs to the end, and every artefact is compared with the
+uninterrupted run's: weights within 1e-6, files equal apart from timing and provenance fields (times, seconds,
+rates, the session-only counters, the run directory's path) and the pipeline's per-invocation statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ["sft.max_steps=8", "sft.save_every=2", "sft.sample_count=2", "policy.num_updates=4", "policy.save_every=1",
+        "evaluate.max_prompts=8", "evaluate.bootstrap_samples=100", "reward.num_epochs=1"]
+STAGES = ["sft", "collect", "label", "reward", "policy", "evaluate"]
+VOLATILE = re.compile(r"(seconds|per_second|^time$|^time/|finished|this_session|features_computed|^since$)")
+SEED = 19
+
+
+def rlhf(out: Path, *args: str, env: dict | None = None, kill_after: float | None = None,
+         command: str = "run") -> subprocess.CompletedProcess:
+    base = [sys.executable, "-m", "rlhf.cli", command]
+    if command == "run":
+        base += ["configs/tiny/quickstart.yaml", "--output_dir", str(out)] + [x for s in SETS for x in ("--set", s)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **(env or {})}
+    if kill_after is None:
+        return subprocess.run(base + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.Popen(base + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        proc.wait(kill_after)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+    stdout, stderr = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def normalise(obj, root: str):
+    """Drop timing and provenance fields; write the run directory as <root>."""
+    if isinstance(obj, dict):
+        return {k: normalise(v, root) for k, v in obj.items() if not VOLATILE.search(k)}
+    if isinstance(obj, list):
+        return [normalise(v, root) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(root, "<root>")
+    return obj
+
+
+def load_any(path: Path, root: str):
+    if path.name == "pipeline.json":  # per-invocation statuses and seconds; the result is "improvement"
+        return normalise(json.loads(path.read_text()).get("improvement"), root)
+    if path.name == "DONE.json":
+        return json.loads(path.read_text())["config_hash"]
+    if path.suffix == ".json":
+        return normalise(json.loads(path.read_text()), root)
+    if path.suffix == ".jsonl":
+        return [normalise(json.loads(x), root) for x in path.read_text().splitlines()]
+    if path.suffix == ".yaml":
+        import yaml
+
+        return normalise({k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in ("resume", "overwrite")},
+                         root)
+    return path.read_bytes().replace(root.encode(), b"<root>")
+
+
+def compare_runs(ref: Path, run: Path) -> dict:
+    """Every artefact of `ref` against `run`: (files compared, weight tensors compared, largest weight
+    difference). Asserts equality as described in the module docstring."""
+    from safetensors.torch import load_file
+
+    files, tensors, largest = 0, 0, 0.0
+    for a in sorted(ref.rglob("*")):
+        rel = a.relative_to(ref)
+        if a.is_dir() or rel.parts[1:2] == ("checkpoints",) or a.name == ".rlhf.lock" or a.suffix == ".png":
+            continue
+        b = run / rel
+        assert b.is_file(), f"{rel} missing after the faults"
+        if a.suffix == ".safetensors":
+            wa, wb = load_file(a), load_file(b)
+            assert wa.keys() == wb.keys(), rel
+            for k in wa:
+                largest = max(largest, (wa[k].double() - wb[k].double()).abs().max().item())
+                tensors += 1
+        else:
+            assert load_any(a, str(ref)) == load_any(b, str(run)), f"{rel} differs after the faults"
+            files += 1
+    extra = sorted(str(p.relative_to(run)) for p in run.rglob("*") if ".tmp-" in p.name or ".old-" in p.name)
+    assert not extra, f"temporary files left: {extra}"
+    assert largest <= 1e-6, f"weights differ by {largest}"
+    return {"files": files, "tensors": tensors, "largest_weight_difference": largest}
+
+
+def write_points(trace: Path, root: Path) -> dict[str, int]:
+    """Writes per stage (and the pipeline's own) in an uninterrupted run's trace."""
+    counts = {s: 0 for s in STAGES + ["pipeline"]}
+    for line in trace.read_text().splitlines():
+        what, path = line.split(" ", 1)
+        rel = Path(path).relative_to(root)
+        counts[rel.parts[0] if rel.parts[0] in STAGES else "pipeline"] += 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run, with the trace of its writes."""
+    base = tmp_path_factory.mktemp("ref")
+    out, trace = base / "run", base / "trace.txt"
+    proc = rlhf(out, env={"RLHF_FAULT_TRACE": str(trace)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, write_points(trace, out), trace
+
+
+@pytest.mark.slow
+def test_kill_every_stage_at_seeded_points_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
+    ref, counts, _ = reference
+    out = tmp_path / "run"
+    rng = random.Random(SEED)
+    kills = []
+    # Per stage: one kill at a seeded point among all its writes (the stage runs afresh, so the point exists),
+    # then one among the first writes of its resumed run (config, the log's repair, its first appends).
+    for stage in STAGES:
+        for n in (rng.randint(1, counts[stage]), rng.randint(1, 3)):
+            pattern = f"{out / stage}/"
+            proc = rlhf(out, env={"RLHF_FAULT": f"{n}:kill:{pattern}", "RLHF_FAULT_TRACE": str(tmp_path / "t")})
+            assert proc.returncode == -signal.SIGKILL, (stage, n, proc.returncode, proc.stderr[-2000:])
+            last = (tmp_path / "t").read_text().splitlines()[-1]
+            kills.append(f"{stage} write {n}: {last.replace(str(out), '<root>')}")
+            (tmp_path / "t").unlink()
+    # the pipeline's own record, written last
+    n = rng.randint(1, counts["pipeline"])
+    proc = rlhf(out, env={"RLHF_FAULT": f"{n}:kill:{out / 'pipeline.json'}"})
+    assert proc.returncode == -signal.SIGKILL
+    kills.append(f"pipeline write {n}: <root>/pipeline.json")
+    proc = rlhf(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = compare_runs(ref, out)
+    print(f"\n[faults] {len(kills)} kills at write points:\n  " + "\n  ".join(kills) + f"\n[faults] {result}")
+    (tmp_path.parent / "faults-write-points.json").write_text(json.dumps({"kills": kills, **result}, indent=1))
+
+
+@pytest.mark.slow
+def test_sigkill_from_outside_at_seeded_times_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
+    ref, _, _ = reference
+    out = tmp_path / "run"
+    rng = random.Random(SEED + 1)
+    times = []
+    for _ in range(4):
+        t = round(rng.uniform(4.0, 9.0), 2)
+        proc = rlhf(out, kill_after=t)
+        times.append((t, proc.returncode))
+        if proc.returncode == 0:
+            break
+    stages_seen = sorted({s for s in STAGES if (out / s / "config.yaml").exists()}, key=STAGES.index)
+    proc = rlhf(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = compare_runs(ref, out)
+    killed = sum(rc == -signal.SIGKILL for _, rc in times)
+    assert killed >= 2, times
+    print(f"\n[faults] external SIGKILL after (s, exit status): {times}; stages reached: {stages_seen}; {result}")
+    (tmp_path.parent / "faults-external.json").write_text(json.dumps({"times": times, **result}, indent=1))
+
+
+def test_two_writers_on_one_directory(tmp_path):
+    """A stage stalls in its first write (holding its directory); a second writer of that directory, of any
+    kind, is refused in one line naming the holder; killed, the holder's lock is stale and taken over."""
+    out = tmp_path / "sft"
+    cmd = [sys.executable, "-m", "rlhf.cli", "sft", "--config", "configs/tiny/sft.yaml", "--output_dir", str(out),
+           "--max_steps", "2", "--sample_count", "0"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen(cmd, cwd=ROOT, env={**env, "RLHF_FAULT": "1:stall:config"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        lock = out / ".rlhf.lock"
+        for _ in range(600):  # until it is stalled half-way through writing config.yaml
+            if list(out.glob(".config.yaml.tmp-*")):
+                break
+            time.sleep(0.1)
+        assert json.loads(lock.read_text())["pid"] == holder.pid
+        second = [cmd, cmd + ["--resume", "true"], cmd + ["--overwrite", "true"],
+                  [sys.executable, "-m", "rlhf.cli", "run", "configs/tiny/quickstart.yaml", "--output_dir",
+                   str(tmp_path), "--only", "collect"]]
+        for c in second:
+            proc = subprocess.run(c, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 2, (c, proc.stderr[-2000:])
+            err = proc.stderr.strip().splitlines()[-1]
+            assert f"pid {holder.pid}" in err and "being written by another process" in err, proc.stderr[-2000:]
+            assert "Traceback" not in proc.stderr
+        assert not (out / "config.yaml").exists()  # the holder is stalled before its config lands
+    finally:
+        holder.kill()
+        holder.wait()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"took over the lock left by pid {holder.pid}" in proc.stderr
+    assert (out / "model" / "model.safetensors").is_file() and not list(out.glob(".*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_full_disk_half_way_through_an_artefact_is_one_line_and_leaves_the_old_file(reference, tmp_path):
+    """ENOSPC half-way through report.json and through the policy's model/ on a finished run that is made to
+    rerun its last stages: exit status 1 with one line, the old files byte-equal, no temporary left; then the
+    same command finishes the run."""
+    import shutil
+
+    ref, _, _ = reference
+    out = tmp_path / "run"
+    shutil.copytree(ref, out)
+    (out / ".rlhf.lock").unlink(missing_ok=True)
+    for target in ("policy/model", "evaluate/report.json"):
+        before = {p: p.read_bytes() for p in (out / target).parent.rglob("*") if p.is_file()}
+        proc = rlhf(out, "--set", "policy.beta=0.03", env={"RLHF_FAULT": f"1:enospc:{out / target}"})
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        line = proc.stderr.strip().splitlines()[-1]
+        assert "No space left on device" in line and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        after = {p: p.read_bytes() for p in (out / target).parent.rglob("*") if p.is_file()
+                 and not p.name.startswith(".rlhf")}
+        if target == "evaluate/report.json":
+            assert after[out / target] == before[out / target]
+        else:  # the old model/ is whole: every file as it was
+            old = {p: b for p, b in before.items() if "/model/" in str(p)}
+            assert old and all(after[p] == b for p, b in old.items())
+        assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    proc = rlhf(out, "--set", "policy.beta=0.03")
+    assert proc.returncode == 0, proc.stderr[-3000:]
