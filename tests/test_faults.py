@@ -237,3 +237,77 @@ def test_full_disk_half_way_through_an_artefact_is_one_line_and_leaves_the_old_f
         assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     proc = rlhf(out, "--set", "policy.beta=0.03")
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ damaged lines: repaired or named, never a crash
+
+
+def test_torn_and_damaged_shard_lines_of_a_multi_process_collect_are_dropped_and_named(tmp_path, capsys):
+    from rlhf.stages.collect import merge_shards, read_written
+
+    row = lambda pid: {"prompt_id": pid, "prompt": [], "candidates": [{"text": pid, "num_tokens": 1,
+                                                                       "ended_with_eos": True}]}
+    path = tmp_path / "candidates.jsonl"
+    path.write_text(json.dumps(row("p0")) + "\n")
+    # rank 0 killed mid-append (torn last line); rank 1 with a damaged line before its last, and a second append
+    # that started after a torn one (the toolkit's appends end a whole line first, so the torn one stays whole)
+    (tmp_path / "candidates.rank0.jsonl").write_text(json.dumps(row("p2")) + "\n" + json.dumps(row("p4"))[:25])
+    (tmp_path / "candidates.rank1.jsonl").write_text(json.dumps(row("p1")) + "\n{\"prompt_id\": \"p3\", \"cand\n"
+                                                     + json.dumps(row("p5")) + "\n")
+    merge_shards(tmp_path, path, ["p0", "p1", "p2", "p3", "p4", "p5"], 2)
+    out = capsys.readouterr().out
+    assert "candidates.rank0.jsonl:2: dropped a candidates line torn by an interruption" in out
+    assert "candidates.rank1.jsonl:2: dropped a damaged candidates line" in out
+    assert [r["prompt_id"] for r in read_written(path, repair=True)] == ["p0", "p1", "p2", "p5"]
+    assert not list(tmp_path.glob("candidates.rank*"))  # folded in, then removed
+
+
+def test_a_damaged_log_line_is_named_on_resume_not_a_crash(tmp_path, capsys):
+    """SFT stopped at step 4 of 6; a line of its log.jsonl damaged (a disk error, an editor); --resume true
+    names the line, drops it, and finishes with the same weights as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from rlhf.config import load_config
+    from rlhf.stages.sft import SFTConfig, train
+
+    def cfg(out, **kw):
+        values = {"output_dir": str(out), "max_steps": "6", "save_every": "2", "sample_count": "0",
+                  "eval_at_start": "false", **{k: str(v) for k, v in kw.items()}}
+        return load_config(SFTConfig, str(ROOT / "configs/tiny/sft.yaml"), values)
+
+    train(cfg(tmp_path / "full"))
+    assert train(cfg(tmp_path / "part", stop_after_step=4)) == {"stopped_at_step": 4}
+    log = tmp_path / "part" / "log.jsonl"
+    lines = log.read_text().splitlines()
+    lines[1] = lines[1][:10] + "\x00\x00" + lines[1][20:]
+    log.write_text("\n".join(lines) + "\n" + lines[2][:15])  # and a torn last line
+    capsys.readouterr()
+    train(cfg(tmp_path / "part", resume=True))
+    out = capsys.readouterr().out
+    assert "log.jsonl:2: dropped a damaged log line" in out and "log.jsonl:5: dropped a log line torn" in out
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 3, 4, 5, 6]  # step 2's line was the damaged one
+    wa = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "part" / "model" / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+
+
+def test_decision_store_keeps_a_whole_last_line_without_newline_and_appends_without_reading(tmp_path, monkeypatch):
+    from rlhf.labeling.store import DecisionStore
+
+    path = tmp_path / "decisions.jsonl"
+    path.write_text('{"seq": 0, "event": "undo", "undoes": 7}\n{"seq": 1, "event": "undo", "undoes": 8}')
+    store = DecisionStore(path)
+    assert [e["seq"] for e in store.events] == [0, 1]
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("append re-read the store"))
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: pytest.fail("append re-read the store"))
+    store.undo("terminal")  # nothing live to undo: no event
+    store._append({"event": "undo", "undoes": 9, "labeler": "t"})
+    monkeypatch.undo()
+    assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [0, 1, 2]
+    # a torn last line (never acknowledged) is cut once, before the next append
+    with open(path, "ab") as f:
+        f.write(b'{"seq": 3, "ev')
+    store = DecisionStore(path)
+    store._append({"event": "undo", "undoes": 10, "labeler": "t"})
+    assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [0, 1, 2, 3]

@@ -17,7 +17,6 @@ Nothing is ever rewritten: an undo is itself an event that cancels the latest de
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

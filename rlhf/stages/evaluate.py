@@ -27,7 +27,6 @@ is written by the main process.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import time
 from dataclasses import dataclass

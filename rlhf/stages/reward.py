@@ -19,7 +19,6 @@ over the training responses (stored with the model for normalisation in stage 4)
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time

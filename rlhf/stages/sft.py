@@ -14,7 +14,6 @@ batch sizes are named apart and checked at start.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
