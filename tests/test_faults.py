@@ -64,8 +64,8 @@ def normalise(obj, root: str):
 def load_any(path: Path, root: str):
     if path.name == "pipeline.json":  # per-invocation statuses and seconds; the result is "improvement"
         return normalise(json.loads(path.read_text()).get("improvement"), root)
-    if path.name == "DONE.json":
-        return json.loads(path.read_text())["config_hash"]
+    if path.name == "DONE.json":  # its hash covers input paths, which name the run directory
+        return sorted(json.loads(path.read_text()))
     if path.suffix == ".json":
         return normalise(json.loads(path.read_text()), root)
     if path.suffix == ".jsonl":
@@ -311,3 +311,69 @@ def test_decision_store_keeps_a_whole_last_line_without_newline_and_appends_with
     store = DecisionStore(path)
     store._append({"event": "undo", "undoes": 10, "labeler": "t"})
     assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_process_collect_killed_mid_shard_resumes_to_the_same_candidates(tmp_path):
+    """Rank 1 of a 2-process collect SIGKILLs itself half-way through its second shard append (a torn shard
+    line; the launcher then stops rank 0); the same launch with --resume true folds the shards in, drops the
+    torn line (naming it), samples what is missing, and ends with one process's candidates."""
+    collect = [str(ROOT / "scripts/collect.py"), "--config", "configs/tiny/collect.yaml",
+               "--prompts", str(ROOT / "reward_data/prompts_train.jsonl"), "--batch_size", "4"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              "29547"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *collect, "--output_dir", str(tmp_path / "one")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = tmp_path / "two"
+    killed = subprocess.run([*launch, *collect, "--output_dir", str(two)], cwd=ROOT, timeout=300,
+                            env={**env, "RLHF_FAULT": "2:kill:candidates.rank1"}, capture_output=True, text=True)
+    assert killed.returncode != 0
+    shard = (two / "candidates.rank1.jsonl").read_bytes()
+    assert not shard.endswith(b"\n")  # the torn line is there
+    resumed = subprocess.run([*launch, *collect, "--output_dir", str(two), "--resume", "true"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(r"candidates.rank1.jsonl:\d+: dropped a candidates line torn by an interruption", resumed.stdout)
+    strip = lambda p: [{**r, "provenance": {k: v for k, v in r["provenance"].items() if k != "time"}}
+                       for r in map(json.loads, p.read_text().splitlines())]
+    assert strip(two / "candidates.jsonl") == strip(tmp_path / "one" / "candidates.jsonl")
+    assert not list(two.glob("candidates.rank*"))
+
+
+def test_a_second_labeler_on_one_output_directory_is_refused(tmp_path):
+    """A person labels in the terminal; a second labeler (any kind) on the same output directory is refused
+    naming the first and writes nothing; once the first quits, the next session continues its decisions."""
+    cands = tmp_path / "candidates.jsonl"
+    cands.write_text("".join(json.dumps({"prompt_id": f"p{i}", "prompt": "Say hi.", "candidates": ["hi", "hello"]})
+                             + "\n" for i in range(3)))
+    out = tmp_path / "label"
+    base = [sys.executable, "-m", "rlhf.cli", "label", "--candidates", str(cands), "--output_dir", str(out)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    first = subprocess.Popen(base + ["--labeler", "terminal"], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first.stdin.write("1\n")
+        first.stdin.flush()
+        for _ in range(300):  # until its first decision is on disk
+            if (out / "decisions.jsonl").is_file() and (out / "decisions.jsonl").read_text().endswith("\n"):
+                break
+            time.sleep(0.1)
+        for labeler in ("simulated", "terminal"):
+            proc = subprocess.run(base + ["--labeler", labeler, "--resume", "true"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=120, input="2\n")
+            assert proc.returncode == 2 and f"pid {first.pid}" in proc.stderr, proc.stderr[-2000:]
+        first.stdin.write("q\n")
+        first.stdin.flush()
+        assert first.wait(60) == 0
+    finally:
+        first.kill()
+        first.wait()
+    proc = subprocess.run(base + ["--labeler", "terminal", "--resume", "true"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, input="2\nt\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(x) for x in (out / "decisions.jsonl").read_text().splitlines()]
+    assert [(e["seq"], e["item"], e["choice"]) for e in events] == [(0, "p0:0-1", "first"), (1, "p1:0-1", "second"),
+                                                                   (2, "p2:0-1", "tie")]
