@@ -25,7 +25,8 @@ import torch
 import yaml
 
 from rlhf.config import ConfigError, save_config, to_dict
-from rlhf.fsio import append_jsonl, atomic_write_json, atomic_write_text, fault_point, fsync_dir, fsync_tree, read_jsonl
+from rlhf.fsio import (append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, fault_point, fsync_dir,
+                       fsync_tree, read_jsonl)
 
 CHECKPOINTS = "checkpoints"
 SHARDED_STATE = "sharded_state"  # in a checkpoint under DeepSpeed/FSDP: every rank's model and optimiser shards
@@ -102,7 +103,7 @@ class RunLogger:
                     print(f"[resume] {note}", flush=True)
                 keep = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= resume_step]
                 self.resumed = keep
-                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep), what="log")
+                atomic_write_jsonl(self.path, keep, what="log")
         if self.tracking:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in to_dict(cfg).items()}
             accelerator.init_trackers(project, config=flat)
