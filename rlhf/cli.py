@@ -29,7 +29,8 @@ STAGES = {
 }
 
 
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # reported in one line, not as a traceback
+# reported in one line, not as a traceback
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def usage() -> str:
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in DISK_ERRORS:
             raise
         # every artefact is written atomically (rlhf.fsio), so the files already there are whole
-        print(f"rlhf {argv[0]}: error: {e.strerror} writing {e.filename}; the files already written are intact; "
-              "free space and run the command again (a stage with --resume true)", file=sys.stderr)
+        fix = "free space and" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that and"
+        print(f"rlhf {argv[0]}: error: {e.strerror}: {e.filename}; the files already written are intact; "
+              f"{fix} run the command again (a stage with --resume true)", file=sys.stderr)
         return 1
     return 0
 

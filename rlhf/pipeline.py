@@ -240,7 +240,10 @@ def resumable(cfg, out: Path) -> bool:
     old_path = out / "config.yaml"
     if not old_path.is_file():
         return True
-    old = yaml.safe_load(old_path.read_text()) or {}
+    try:
+        old = yaml.safe_load(old_path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):  # damaged outside the toolkit (its writes are atomic)
+        return False
     new = to_dict(cfg)
     return all(old.get(k, v) == v for k, v in new.items() if k not in cfg.RESUMABLE_CHANGES)
 
