@@ -244,6 +244,8 @@ def resumable(cfg, out: Path) -> bool:
         old = yaml.safe_load(old_path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError):  # damaged outside the toolkit (its writes are atomic)
         return False
+    if not isinstance(old, dict):
+        return False
     new = to_dict(cfg)
     return all(old.get(k, v) == v for k, v in new.items() if k not in cfg.RESUMABLE_CHANGES)
 
