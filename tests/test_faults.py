@@ -377,3 +377,14 @@ def test_a_second_labeler_on_one_output_directory_is_refused(tmp_path):
     events = [json.loads(x) for x in (out / "decisions.jsonl").read_text().splitlines()]
     assert [(e["seq"], e["item"], e["choice"]) for e in events] == [(0, "p0:0-1", "first"), (1, "p1:0-1", "second"),
                                                                    (2, "p2:0-1", "tie")]
+
+
+def test_a_damaged_config_yaml_is_one_line_on_resume(tmp_path):
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "config.yaml").write_bytes(b"seed: [0\nlearning_rate: \xff\x00")
+    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "sft", "--config", "configs/tiny/sft.yaml",
+                           "--output_dir", str(out), "--resume", "true"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{out / 'config.yaml'} is damaged" in proc.stderr.strip().splitlines()[-1]
