@@ -105,13 +105,16 @@ def compare_runs(ref: Path, run: Path) -> dict:
     return {"files": files, "tensors": tensors, "largest_weight_difference": largest}
 
 
-def write_points(trace: Path, root: Path) -> dict[str, int]:
-    """Writes per stage (and the pipeline's own) in an uninterrupted run's trace."""
+def write_points(trace: Path, root: Path) -> dict:
+    """Writes per stage (and the pipeline's own) in an uninterrupted run's trace: counts, and under
+    "<stage>/writes" the (kind, path) of each in order."""
     counts = {s: 0 for s in STAGES + ["pipeline"]}
     for line in trace.read_text().splitlines():
         what, path = line.split(" ", 1)
         rel = Path(path).relative_to(root)
-        counts[rel.parts[0] if rel.parts[0] in STAGES else "pipeline"] += 1
+        stage = rel.parts[0] if rel.parts[0] in STAGES else "pipeline"
+        counts[stage] += 1
+        counts.setdefault(stage + "/writes", []).append((what, str(rel)))
     return counts
 
 
@@ -125,22 +128,35 @@ def reference(tmp_path_factory):
     return out, write_points(trace, out), trace
 
 
+# per stage, the kind of write its first kill targets: its checkpoint or its product
+TARGET = {"sft": "checkpoint", "collect": "candidates", "label": "decision", "reward": "model", "policy": "checkpoint",
+          "evaluate": "report"}
+
+
 @pytest.mark.slow
 def test_kill_every_stage_at_seeded_points_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
     ref, counts, _ = reference
     out = tmp_path / "run"
     rng = random.Random(SEED)
-    kills = []
-    # Per stage: one kill at a seeded point among all its writes (the stage runs afresh, so the point exists),
-    # then one among the first writes of its resumed run (config, the log's repair, its first appends).
+    kills, finished = [], []
+    # Per stage, each invocation running that stage alone (--only): (a) a kill at a seeded occurrence of its
+    # checkpoint or product write (the stage runs afresh, so it exists), (b) one among the first writes of its
+    # resumed run (config, the log's repair, its first appends), (c) one at a seeded point among all the writes
+    # of an uninterrupted run of the stage (the resumed run may finish first: then it is not counted).
     for stage in STAGES:
-        for n in (rng.randint(1, counts[stage]), rng.randint(1, 3)):
+        writes = counts[stage + "/writes"]
+        target = rng.choice([i for i, (w, _) in enumerate(writes, 1) if w == TARGET[stage]])
+        for n, must in ((target, True), (rng.randint(1, 3), True), (rng.randint(1, len(writes)), False)):
             pattern = f"{out / stage}/"
-            proc = rlhf(out, env={"RLHF_FAULT": f"{n}:kill:{pattern}", "RLHF_FAULT_TRACE": str(tmp_path / "t")})
+            trace = tmp_path / "t"
+            proc = rlhf(out, "--only", stage, env={"RLHF_FAULT": f"{n}:kill:{pattern}", "RLHF_FAULT_TRACE": str(trace)})
+            if proc.returncode == 0 and not must:
+                finished.append(f"{stage} write {n}")
+                continue
             assert proc.returncode == -signal.SIGKILL, (stage, n, proc.returncode, proc.stderr[-2000:])
-            last = (tmp_path / "t").read_text().splitlines()[-1]
+            last = trace.read_text().splitlines()[-1]
             kills.append(f"{stage} write {n}: {last.replace(str(out), '<root>')}")
-            (tmp_path / "t").unlink()
+            trace.unlink()
     # the pipeline's own record, written last
     n = rng.randint(1, counts["pipeline"])
     proc = rlhf(out, env={"RLHF_FAULT": f"{n}:kill:{out / 'pipeline.json'}"})
@@ -149,8 +165,12 @@ def test_kill_every_stage_at_seeded_points_then_resume_equals_the_uninterrupted_
     proc = rlhf(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = compare_runs(ref, out)
-    print(f"\n[faults] {len(kills)} kills at write points:\n  " + "\n  ".join(kills) + f"\n[faults] {result}")
-    (tmp_path.parent / "faults-write-points.json").write_text(json.dumps({"kills": kills, **result}, indent=1))
+    kinds = sorted({k.split(": ")[1].split(" ")[0] for k in kills})
+    assert {"checkpoint", "model", "candidates", "decision", "report"} <= set(kinds), kinds
+    print(f"\n[faults] {len(kills)} kills at write points:\n  " + "\n  ".join(kills)
+          + f"\n[faults] finished before the drawn point: {finished}\n[faults] {result}")
+    (tmp_path.parent / "faults-write-points.json").write_text(
+        json.dumps({"kills": kills, "finished": finished, **result}, indent=1))
 
 
 @pytest.mark.slow
@@ -232,7 +252,7 @@ def test_full_disk_half_way_through_an_artefact_is_one_line_and_leaves_the_old_f
         if target == "evaluate/report.json":
             assert after[out / target] == before[out / target]
         else:  # the old model/ is whole: every file as it was
-            old = {p: b for p, b in before.items() if "/model/" in str(p)}
+            old = {p: b for p, b in before.items() if out / target in p.parents}
             assert old and all(after[p] == b for p, b in old.items())
         assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
     proc = rlhf(out, "--set", "policy.beta=0.03")
