@@ -22,7 +22,7 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, parse_args, require_at_least, save_config
 from rlhf.dialogue.envs import ENVS
 from rlhf.runs import RunExistsError
-from rlhf.fsio import atomic_write_json, atomic_write_jsonl, publish_dir
+from rlhf.fsio import atomic_write_json, atomic_write_jsonl, lock_run, publish_dir, releases_run_lock
 
 ALGORITHMS = ("bc", "filtered_bc", "mc", "ilql", "chai")
 
@@ -134,6 +134,7 @@ class DialogueEvalConfig(RunConfig):
 
 def _prepare(cfg, product: str) -> Path:
     out = Path(cfg.output_dir)
+    lock_run(out, say=print)  # one writer per run directory (released when the command returns)
     if (out / product).exists() and not cfg.overwrite:
         raise RunExistsError(f"{out} already holds {product}; pass --overwrite true to replace it")
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +142,7 @@ def _prepare(cfg, product: str) -> Path:
     return out
 
 
+@releases_run_lock
 def make_data(cfg: DialogueDataConfig) -> dict:
     from rlhf.dialogue.data import generate, save_jsonl
 
@@ -168,6 +170,7 @@ def load_lm(directory: str | Path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
+@releases_run_lock
 def train(cfg: DialogueTrainConfig) -> dict:
     """Train one learner; returns metrics including the compute it took (wall time, steps, parameters)."""
     from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q
@@ -239,6 +242,7 @@ def load_agent(run: str | Path, beta: float = 16.0, k: int = 8, temperature: flo
                  top_p=top_p, adv_clip=adv_clip or None), cfg
 
 
+@releases_run_lock
 def evaluate_run(cfg: DialogueEvalConfig) -> dict:
     from rlhf.dialogue.agents import evaluate, scripted_return
     from rlhf.dialogue.data import load_jsonl
