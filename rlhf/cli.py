@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -29,6 +30,10 @@ STAGES = {
 }
 
 
+# reported in one line, not as a traceback
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def usage() -> str:
     lines = ["usage: rlhf <stage> [--config FILE.yaml] [--<field> VALUE ...]", "", "stages:"]
     lines += [f"  {name:<10} {desc}" for name, (_, desc) in STAGES.items()]
@@ -39,6 +44,7 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     from rlhf.config import ConfigError
     from rlhf.data import DataError
+    from rlhf.fsio import RunLockedError
     from rlhf.runs import RunExistsError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -55,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module.main(argv[1:])
         forget_fresh_runs()
+    except RunLockedError as e:  # another process writes that run: nothing there is this process's to remove
+        forget_fresh_runs()
+        print(f"rlhf {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
         from rlhf.runs import discard_fresh_runs
 
@@ -62,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).strip().replace("\n", " ")
         print(f"rlhf {argv[0]}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        # every artefact is written atomically (rlhf.fsio), so the files already there are whole
+        fix = "free space and" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that and"
+        print(f"rlhf {argv[0]}: error: {e.strerror}: {e.filename}; the files already written are intact; "
+              f"{fix} run the command again (a stage with --resume true)", file=sys.stderr)
+        return 1
     return 0
 
 

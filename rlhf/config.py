@@ -296,7 +296,9 @@ def to_dict(cfg) -> dict[str, Any]:
 
 def save_config(cfg, path: str | Path) -> None:
     """Write the resolved config as YAML that `load_config` reads back to an equal config."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    from rlhf.fsio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False), what="config")
 
 
 # ------------------------------------------------------------------------------------- command line

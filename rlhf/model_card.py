@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from rlhf.fsio import atomic_write_text
+
 # Aliases of embedded / test models -> the hub id the weights come from (None: no hub base).
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct", "tiny-llama": None}
 # Config fields that name training or evaluation data, in any stage.
@@ -103,7 +105,7 @@ def render(model_dir: Path, cfg: Any, stage: str, metrics: dict[str, Any]) -> st
 def write(model_dir: str | Path, cfg: Any, stage: str, metrics: dict[str, Any]) -> Path:
     """Write `model_dir/README.md` (replacing the template peft writes for an adapter)."""
     path = Path(model_dir) / "README.md"
-    path.write_text(render(Path(model_dir), cfg, stage, metrics), encoding="utf-8")
+    atomic_write_text(path, render(Path(model_dir), cfg, stage, metrics), what="model card")
     return path
 
 

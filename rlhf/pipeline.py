@@ -46,6 +46,7 @@ from pathlib import Path
 import yaml
 
 from rlhf.config import ConfigError, load_config, read_yaml, to_dict
+from rlhf.fsio import atomic_write_json, lock_run_collective, unlock_run
 
 # stage -> (module, config class, entry function), in pipeline order
 STAGES = {
@@ -208,8 +209,16 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
             raise ConfigError(f"--only {','.join(bad)}: not in {path} (stages: {', '.join(stages)})")
     cfgs = {name: resolve(name, section, root, present) for name, section in stages.items()}
 
+    # One writer: the pipeline's directory and every stage's, held for the whole invocation (a stage run alone on
+    # one of them, or a second `rlhf run`, is refused naming this process; the stages re-enter the locks).
+    locks = [root, *(Path(cfg.output_dir) for cfg in cfgs.values())]
+    for d in locks:
+        lock_run_collective(d, state.is_main_process)
     record_path = root / "pipeline.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    try:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    except ValueError:  # a file damaged outside the toolkit (its writes are atomic): the record starts afresh
+        record = {}
     record.setdefault("stages", {})
     say = (lambda msg: print(msg, flush=True)) if state.is_main_process else (lambda msg: None)
     started = time.time()
@@ -242,7 +251,7 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
         if state.is_main_process:  # the old DONE.json must not outlive this run, finished or not
             out.mkdir(parents=True, exist_ok=True)
             (out / DONE).unlink(missing_ok=True)
-            (out / RUNNING).write_text(json.dumps({"config_hash": digest, "inputs": inputs}, indent=2) + "\n")
+            atomic_write_json(out / RUNNING, {"config_hash": digest, "inputs": inputs}, what="running")
         state.wait_for_everyone()
         t0 = time.time()
         module_name, _, fn = STAGES[name]
@@ -264,9 +273,9 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
                                       "headline": headline(name, metrics)}
             break
         if state.is_main_process:
-            (out / DONE).write_text(json.dumps({"config_hash": digest, "inputs": inputs, "partial": partial,
-                                                "seconds": seconds,
-                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
+            atomic_write_json(out / DONE, {"config_hash": digest, "inputs": inputs, "partial": partial,
+                                           "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                                  what="done")
             (out / RUNNING).unlink(missing_ok=True)
             record["stages"][name] = {"status": "ran", "seconds": round(seconds, 1), "output_dir": str(out),
                                       "peak_rss_mb": metrics.get("memory/peak_rss_mb"),
@@ -279,8 +288,10 @@ def run_pipeline(path: str, only: list[str] | None = None, sets: list[str] | Non
     if state.is_main_process:
         record["improvement"] = improvement(root) if "evaluate" in cfgs else None
         root.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(record_path, record, what="pipeline")
         print_summary(root, cfgs, record)
+    for d in locks:
+        unlock_run(d)
     return record
 
 
@@ -289,7 +300,12 @@ def resumable(cfg, out: Path) -> bool:
     old_path = out / "config.yaml"
     if not old_path.is_file():
         return True
-    old = yaml.safe_load(old_path.read_text()) or {}
+    try:
+        old = yaml.safe_load(old_path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):  # damaged outside the toolkit (its writes are atomic)
+        return False
+    if not isinstance(old, dict):
+        return False
     new = to_dict(cfg)
     return all(old.get(k, v) == v for k, v in new.items() if k not in cfg.RESUMABLE_CHANGES)
 

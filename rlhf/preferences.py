@@ -546,18 +546,20 @@ def write_pairs(path: str | Path, pairs: list[PreferencePair], format: str) -> N
     path = Path(path)
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet)")
+    from rlhf.fsio import atomic_file, atomic_write_json, atomic_write_jsonl
+
     records = [to_record(p, format) for p in pairs]
     path.parent.mkdir(parents=True, exist_ok=True)
+    # written under a temporary name and renamed (rlhf.fsio): a kill or a full disk leaves the old file whole
     if path.suffix == ".jsonl":
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        atomic_write_jsonl(path, records, what="pairs")
     elif path.suffix == ".json":
-        path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        atomic_write_json(path, records, indent=1, what="pairs")
     else:
         import datasets
 
         try:
-            datasets.Dataset.from_list(records).to_parquet(str(path))
+            with atomic_file(path, what="pairs") as tmp:
+                datasets.Dataset.from_list(records).to_parquet(str(tmp))
         except (ValueError, TypeError) as e:  # pyarrow's errors subclass these
             raise DataError(f"{path}: cannot write as parquet (records of differing shapes?): {e}") from None

@@ -28,6 +28,8 @@ import torch
 import yaml
 
 from rlhf.config import ConfigError, save_config, to_dict
+from rlhf.fsio import (append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, fault_point, fsync_dir,
+                       fsync_tree, read_jsonl)
 from rlhf.memory import peak, reset_peak
 
 CHECKPOINTS = "checkpoints"
@@ -76,17 +78,27 @@ def record_inputs(cfg, out: Path) -> None:
 def prepare_output_dir(cfg, accelerator) -> Path:
     """Create output_dir; refuse to mix a fresh run into an old one unless `resume` or `overwrite`.
 
-    Resuming checks that the config is the one the run started with, except RESUMABLE_CHANGES. Every stage
-    calls it first, so it also starts the stage's own peak-memory span (rlhf.memory).
+    Resuming checks that the config is the one the run started with, except RESUMABLE_CHANGES. The main process
+    first takes the directory's lock (rlhf.fsio.RunLock): a second process writing the same run is refused.
+    Every stage calls it first, so it also starts the stage's own peak-memory span (rlhf.memory).
     """
+    from rlhf.fsio import lock_run_collective
+
     reset_peak()
     out = Path(cfg.output_dir)
+    lock_run_collective(out, accelerator.is_main_process)
     has_run = (out / "config.yaml").exists() or (out / CHECKPOINTS).exists()
     if has_run and not cfg.resume and not cfg.overwrite:
         raise RunExistsError(f"{out} already holds a run; pass --resume true to continue it or "
                              "--overwrite true to start over")
     if cfg.resume and (out / "config.yaml").exists():
-        old = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        try:
+            old = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{out / 'config.yaml'} is damaged ({type(e).__name__}); cannot check the config "
+                              "to resume: use --overwrite true to start over") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"{out / 'config.yaml'} is damaged (not a mapping); use --overwrite true to start over")
         new = to_dict(cfg)
         changed = sorted(k for k in new if k not in cfg.RESUMABLE_CHANGES and old.get(k, new[k]) != new[k])
         if changed:
@@ -125,13 +137,18 @@ class RunLogger:
         self.path = Path(cfg.output_dir) / "log.jsonl"
         self.tracking = cfg.report_to != "none"
         self.start = time.time()
+        self.resumed: list[dict] = []  # rows kept from before a resume (main process), for whole-run metrics
         if accelerator.is_main_process:
             if resume_step is None:
-                self.path.write_text("")
+                atomic_write_text(self.path, "", what="log")
             elif self.path.exists():  # drop lines logged after the checkpoint we resume from
-                keep = [ln for ln in self.path.read_text().splitlines()
-                        if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-                self.path.write_text("".join(ln + "\n" for ln in keep))
+                # a line torn by the interruption, or damaged otherwise, is dropped and named, never fatal
+                rows, notes = read_jsonl(self.path, on_damaged="drop", what="log line")
+                for note in notes:
+                    print(f"[resume] {note}", flush=True)
+                keep = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= resume_step]
+                self.resumed = keep
+                atomic_write_jsonl(self.path, keep, what="log")
         if self.tracking:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in to_dict(cfg).items()}
             accelerator.init_trackers(project, config=flat)
@@ -140,8 +157,7 @@ class RunLogger:
         if not self.accelerator.is_main_process:
             return
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(self.path, [row], what="log")
         if self.tracking:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
 
@@ -149,7 +165,7 @@ class RunLogger:
         metrics = {**{k: _jsonable(v) for k, v in metrics.items()},
                    "num_processes": self.accelerator.num_processes, **peak()}
         if self.accelerator.is_main_process:
-            (self.path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            atomic_write_json(self.path.parent / "metrics.json", metrics, what="metrics")
             from rlhf.model_card import write_for_run
 
             write_for_run(self.cfg, self.project, metrics)  # README.md in output_dir/model/, if saved
@@ -198,8 +214,11 @@ def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, s
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        fault_point("checkpoint", final)
+        fsync_tree(tmp)  # every file on disk before the rename makes the checkpoint visible
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        fsync_dir(root)
         old = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
         for p in old[:-keep] if keep > 0 else []:
             shutil.rmtree(p, ignore_errors=True)

@@ -22,6 +22,7 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, parse_args, require_at_least, save_config
 from rlhf.dialogue.envs import ENVS
 from rlhf.runs import RunExistsError
+from rlhf.fsio import atomic_write_json, atomic_write_jsonl, lock_run, publish_dir, releases_run_lock
 
 ALGORITHMS = ("bc", "filtered_bc", "mc", "ilql", "chai")
 
@@ -133,6 +134,7 @@ class DialogueEvalConfig(RunConfig):
 
 def _prepare(cfg, product: str) -> Path:
     out = Path(cfg.output_dir)
+    lock_run(out, say=print)  # one writer per run directory (released when the command returns)
     if (out / product).exists() and not cfg.overwrite:
         raise RunExistsError(f"{out} already holds {product}; pass --overwrite true to replace it")
     out.mkdir(parents=True, exist_ok=True)
@@ -140,6 +142,7 @@ def _prepare(cfg, product: str) -> Path:
     return out
 
 
+@releases_run_lock
 def make_data(cfg: DialogueDataConfig) -> dict:
     from rlhf.dialogue.data import generate, save_jsonl
 
@@ -152,7 +155,7 @@ def make_data(cfg: DialogueDataConfig) -> dict:
         summary[p] = {"success": sum(r["success"] for r in rs) / len(rs),
                       "return": sum(r["return"] for r in rs) / len(rs),
                       "turns": sum(len(r["turns"]) for r in rs) / len(rs)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "summary.json", summary, what="summary")
     print(json.dumps(summary))
     return summary
 
@@ -167,6 +170,7 @@ def load_lm(directory: str | Path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
+@releases_run_lock
 def train(cfg: DialogueTrainConfig) -> dict:
     """Train one learner; returns metrics including the compute it took (wall time, steps, parameters)."""
     from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q
@@ -185,8 +189,9 @@ def train(cfg: DialogueTrainConfig) -> dict:
         lm, st = train_bc(data, tokenizer, hidden=cfg.hidden, layers=cfg.layers, steps=cfg.bc_steps,
                           batch_size=cfg.bc_batch_size, lr=cfg.bc_lr, seed=cfg.seed, log_every=cfg.log_every,
                           env_tokens=cfg.bc_env_tokens)
-        lm.save_pretrained(out / "lm", safe_serialization=True)
-        tokenizer.save_pretrained(out / "lm")
+        with publish_dir(out / "lm", what="model") as tmp:
+            lm.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         metrics.update({"bc/steps": st.steps, "bc/seconds": st.seconds, "bc/parameters": st.parameters,
                         "bc/episodes": len(data)})
         log += st.log
@@ -209,8 +214,8 @@ def train(cfg: DialogueTrainConfig) -> dict:
                         "value/feature_seconds": st.extra_seconds})
         log += st.log
     metrics["seconds"] = time.time() - start
-    (out / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_jsonl(out / "log.jsonl", log, what="log")
+    atomic_write_json(out / "metrics.json", metrics, what="metrics")
     print(json.dumps(metrics))
     return metrics
 
@@ -237,6 +242,7 @@ def load_agent(run: str | Path, beta: float = 16.0, k: int = 8, temperature: flo
                  top_p=top_p, adv_clip=adv_clip or None), cfg
 
 
+@releases_run_lock
 def evaluate_run(cfg: DialogueEvalConfig) -> dict:
     from rlhf.dialogue.agents import evaluate, scripted_return
     from rlhf.dialogue.data import load_jsonl
@@ -254,7 +260,7 @@ def evaluate_run(cfg: DialogueEvalConfig) -> dict:
         r_opt = scripted_return(env, "optimal", 2000, cfg.seed)
         result["normalised_score"] = normalised_score(result["return"]["mean"], r_random, r_opt)
     result.pop("returns")
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "eval.json", result, what="eval")
     print(json.dumps({k: v for k, v in result.items() if k != "transcripts"}))
     return result
 

@@ -30,6 +30,7 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.dt.sequences import episode_offsets
 from rlhf.losses import returns_to_go
+from rlhf.fsio import releases_run_lock
 
 # ------------------------------------------------------------------------------------------- tasks
 
@@ -323,6 +324,7 @@ class DTDataConfig(RunConfig):
             require_at_least(self, 1, "max_episode_steps")
 
 
+@releases_run_lock
 def make_data(cfg) -> dict:
     from rlhf.distributed import make_accelerator
     from rlhf.runs import RunLogger, prepare_output_dir

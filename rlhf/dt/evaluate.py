@@ -11,7 +11,6 @@ target) and the output contract to `output_dir`.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.dt.data import encode_obs, get_task
 from rlhf.dt.model import DecisionTransformer
 from rlhf.dt.sequences import left_pad, padding_mask, stack_windows, timestep_indices
+from rlhf.fsio import atomic_write_json, releases_run_lock
 
 EVAL_SEED_BASE = 100_000_000  # reset seeds of evaluation episodes: EVAL_SEED_BASE + 10_000 * seed + i
 
@@ -111,6 +111,7 @@ def rollout(model: DecisionTransformer, targets: list[float], episodes: int, see
     return [[float(achieved[k]) for k, (ti, _) in enumerate(jobs) if ti == t] for t in range(len(targets))]
 
 
+@releases_run_lock
 def evaluate(cfg: DTEvalConfig) -> dict:
     from rlhf.distributed import make_accelerator
     from rlhf.runs import RunLogger, prepare_output_dir
@@ -138,7 +139,7 @@ def evaluate(cfg: DTEvalConfig) -> dict:
     result = {"env": model.spec.env, "method": model.spec.method, "model": cfg.model, "seed": cfg.seed,
               "episodes": cfg.episodes, "sample_actions": cfg.sample_actions, "data_returns": model.spec.data_returns,
               "results": rows, "seconds": time.time() - t0}
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "eval.json", result, what="eval")
     print(f"{'target':>10} {'achieved':>16}   ({model.spec.method}, {model.spec.env}, {cfg.episodes} episodes)")
     for row in rows:
         tgt = "-" if row["target"] is None else f"{row['target']:.1f}"

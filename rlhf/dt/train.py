@@ -28,6 +28,7 @@ from rlhf.dt.data import OfflineDataset
 from rlhf.dt.model import DecisionTransformer, return_stats, spec_from_dataset
 from rlhf.dt.sequences import stack_windows, window
 from rlhf.losses import dt_action_loss
+from rlhf.fsio import releases_run_lock
 
 
 @dataclass
@@ -107,6 +108,7 @@ def loss_on_batch(model: DecisionTransformer, batch: dict[str, torch.Tensor]) ->
     return dt_action_loss(preds, targets, batch["mask"], model.spec.discrete)
 
 
+@releases_run_lock
 def train(cfg: DTTrainConfig) -> dict:
     from tqdm.auto import tqdm
 

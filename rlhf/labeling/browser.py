@@ -22,17 +22,27 @@ Standard library only (`http.server`). Routes:
     POST /api/quit      -> state with "finished": true, then the server shuts down and `serve` returns
 
 `item` is null once every comparison is decided; `finished` turns true when the person quits. Errors are
-JSON `{"error": ...}`: 400 bad request, 403 a POST from another origin, 404 unknown path, 409 stale item.
+JSON `{"error": ...}`: 400 bad request, 403 a request from another origin or for another host, 404 unknown
+path, 409 stale item.
+
+Every request, GET included, is checked: its Host must be a loopback name or the bound address (a
+DNS-rebinding page, whose Host is its own name, cannot read the prompts and completions), and an Origin or
+Sec-Fetch-Site header, when the browser sends one, must say the page's own origin. No response may be framed
+(`frame-ancestors 'none'`, X-Frame-Options DENY). Text is sent through `rlhf.labeling.display.visible`:
+control characters, escape sequences, bidi overrides and lone surrogates are shown as visible marks.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from rlhf.config import ConfigError
+from rlhf.labeling.display import visible_json
 from rlhf.labeling.store import CHOICES, LabelSession
 
 MAX_BODY = 64 * 1024  # bytes; a decision is a few dozen
@@ -41,7 +51,10 @@ LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 # The page fetches everything else as JSON and writes user text with textContent only; the CSP below
 # forbids any resource from elsewhere, so a completion holding HTML or a <script> stays inert text.
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'")
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# on every response, JSON included: never framed (clickjacking), never read by another site
+SAFETY_HEADERS = {"X-Frame-Options": "DENY", "Cross-Origin-Resource-Policy": "same-origin",
+                  "Referrer-Policy": "no-referrer"}
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -205,7 +218,7 @@ class LabelServer(ThreadingHTTPServer):
 
     def state(self) -> dict:
         item = self.session.current()
-        return {"item": item.to_json() if item else None, "progress": self.session.progress(),
+        return {"item": visible_json(item.to_json()) if item else None, "progress": self.session.progress(),
                 "finished": self.finished}
 
     def trusts_host(self, host_header: str) -> bool:
@@ -227,6 +240,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = urlsplit(self.path).path
+        refused = self._refusal()
+        if refused:
+            return self._json(403, {"error": refused})
         if path == "/":
             self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8", {"Content-Security-Policy": CSP})
         elif path == "/api/state":
@@ -239,8 +255,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path not in ("/api/decide", "/api/undo", "/api/quit"):
             return self._json(404, {"error": f"no such path: {path}"})
-        if not self._same_origin():
-            return self._json(403, {"error": f"cross-origin request refused (Origin {self.headers['Origin']})"})
+        refused = self._refusal()
+        if refused:
+            return self._json(403, {"error": refused})
         try:
             body = self._read_json()
         except ValueError as e:
@@ -269,14 +286,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ helpers
 
-    def _same_origin(self) -> bool:
-        """A small CSRF guard: a browser sends Origin with every POST; it must be this page's own origin.
-        Requests without Origin (curl, scripts) are not from a page and pass."""
+    def _refusal(self) -> str | None:
+        """Why this request is refused (None: it is not). Checked on every request, GET included.
+
+        Host must be trusted (`trusts_host`): a DNS-rebinding page reaches this server under its own name, so
+        its requests carry that name as Host. A browser sends Origin with every POST and with cross-origin
+        GETs, and Sec-Fetch-Site with every request; they must say the page's own origin. Requests with
+        neither (curl, scripts) are not from a page and pass."""
+        host = self.headers.get("Host")
+        if host is not None and not self.server.trusts_host(host):
+            return f"cross-origin request refused (Host {host!r} is not this labeler's address)"
         origin = self.headers.get("Origin")
-        if origin is None:
-            return True
-        host = self.headers.get("Host", "")
-        return origin == f"http://{host}" and self.server.trusts_host(host)
+        if origin is not None and not (host is not None and origin == f"http://{host}"):
+            return f"cross-origin request refused (Origin {origin})"
+        site = self.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            return f"cross-origin request refused (Sec-Fetch-Site {site})"
+        return None
 
     def _read_json(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
@@ -294,7 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _json(self, status: int, obj: dict) -> None:
-        self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+        # ASCII JSON (\u escapes): encodable whatever the text holds; the page decodes it exactly
+        self._send(status, json.dumps(obj).encode("ascii"), "application/json; charset=utf-8")
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
@@ -302,7 +329,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (headers or {}).items():
+        headers = {"Content-Security-Policy": "frame-ancestors 'none'", **SAFETY_HEADERS, **(headers or {})}
+        for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
@@ -310,8 +338,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_server(session: LabelSession, host: str = "127.0.0.1", port: int = 0) -> tuple[LabelServer, str]:
     """A ready (bound, not yet serving) server and its URL; port 0 picks a free port. Run it with
-    `server.serve_forever()`; `POST /api/quit` or `server.shutdown()` stops it."""
-    server = LabelServer(session, host, port)
+    `server.serve_forever()`; `POST /api/quit` or `server.shutdown()` stops it. A port in use is a ConfigError
+    (one line, naming the port), not a traceback."""
+    try:
+        server = LabelServer(session, host, port)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use (another labeler or program); pass "
+                              "--port with a free port, or --port 0 to pick one") from None
+        if e.errno == errno.EADDRNOTAVAIL or isinstance(e, socket.gaierror):
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        raise
     return server, server.url
 
 

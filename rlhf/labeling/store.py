@@ -27,13 +27,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlhf.data import DataError, read_records
+from rlhf.fsio import append_jsonl, read_jsonl
 
 CHOICES = ("first", "second", "tie", "skip")
 
@@ -148,35 +148,25 @@ class DecisionStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.events: list[dict] = []
+        self._torn = False  # the file ends in a line torn by a kill: cut before the first append
         if self.path.exists():
             self.events = self._read()
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def _read(self) -> list[dict]:
-        events = []
-        lines = self.path.read_bytes().split(b"\n")
-        for lineno, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                events.append(json.loads(raw.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                if lineno == len(lines):  # a line torn by a kill mid-write (never acknowledged): ignore it
-                    continue
-                raise DataError(f"{self.path}:{lineno}: corrupt decision line; the store is append-only, "
-                                "so this was edited by hand") from None
+        # A last line without its newline is kept when it is a whole event (written, then killed before the
+        # newline), dropped when torn (never acknowledged); a bad line before the last was edited by hand.
+        events, notes = read_jsonl(self.path, what="decision line",
+                                   hint="the store is append-only, so this was edited by hand")
+        self._torn = bool(notes)
         return events
 
     def _append(self, event: dict) -> dict:
         event = {"seq": len(self.events), **event, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with open(self.path, "ab") as f:
-            if f.tell() > 0:
-                data = self.path.read_bytes()
-                if not data.endswith(b"\n"):  # a torn, never-acknowledged last line: cut it off
-                    f.truncate(data.rfind(b"\n") + 1)
-            f.write((json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        if self._torn:  # once: cut the torn tail; later appends never read the file again
+            read_jsonl(self.path, repair=True)
+            self._torn = False
+        append_jsonl(self.path, [event], what="decision")  # ends a whole last line first; fsynced
         self.events.append(event)
         return event
 

@@ -7,6 +7,9 @@
 
 Keys act at once where standard input is a terminal (cbreak mode); otherwise a line per key is read, so the
 labeler can also be driven by a script.
+
+Model output is printed through `rlhf.labeling.display.visible`: an escape sequence, carriage return, backspace
+or bidi override in a completion is shown as a visible mark (ESC as "␛") and cannot rewrite the screen.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 import sys
 import textwrap
 
+from rlhf.labeling.display import visible
 from rlhf.labeling.store import Comparison, LabelSession
 
 KEYS = {"1": "first", "2": "second", "t": "tie", "s": "skip"}
@@ -37,11 +41,12 @@ def side_by_side(left: str, right: str, width: int) -> list[str]:
 
 
 def render(item: Comparison, progress: dict, width: int) -> str:
+    """The screen for one comparison; every text from the data passes through `visible`."""
     bar = "=" * width
-    head = (f"[{progress['done'] + 1}/{progress['total']}] {item.item}   decided {progress['done']}: "
+    head = (f"[{progress['done'] + 1}/{progress['total']}] {visible(item.item)}   decided {progress['done']}: "
             f"first {progress['first']}, second {progress['second']}, tie {progress['tie']}, skip {progress['skip']}")
-    prompt = "\n".join(f"{m['role']}: {m['content']}" for m in item.prompt)
-    cols = side_by_side(item.first, item.second, width)
+    prompt = "\n".join(f"{visible(str(m['role']))}: {visible(m['content'])}" for m in item.prompt)
+    cols = side_by_side(visible(item.first), visible(item.second), width)
     col = max(20, (width - 3) // 2)
     return "\n".join([bar, head, bar, "PROMPT", prompt, "-" * width,
                       f"{'FIRST':<{col}} | SECOND", *cols, "-" * width, HELP, "> "])
@@ -103,7 +108,7 @@ def run_terminal(session: LabelSession, stdin=None, stdout=None) -> str:
                 out.write(f"{KEYS[key]}\n")
             elif key == "u":
                 undone = session.undo()
-                out.write(f"undone: {undone['item']}\n" if undone else "nothing to undo\n")
+                out.write(f"undone: {visible(undone['item'])}\n" if undone else "nothing to undo\n")
             elif key == "q":
                 p = session.progress()
                 out.write(f"\nQuit with {p['done']}/{p['total']} decided; they are saved in {session.store.path}. "
@@ -111,4 +116,4 @@ def run_terminal(session: LabelSession, stdin=None, stdout=None) -> str:
                 out.flush()
                 return "quit"
             else:
-                out.write(f"unknown key {key!r}; {HELP}\n")
+                out.write(f"unknown key {visible(key)!r}; {HELP}\n")

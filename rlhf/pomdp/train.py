@@ -23,6 +23,7 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, parse_args, require_at_least
 from rlhf.pomdp.agents import AGENTS, POLICY_AGENTS, Episode, build_agent
 from rlhf.pomdp.envs import ENV_NAMES, make_env
+from rlhf.fsio import atomic_file, atomic_write_json, releases_run_lock
 
 
 @dataclasses.dataclass
@@ -201,6 +202,7 @@ def evaluate_agent(agent, cfg: PomdpConfig, episodes: int, seed: int, greedy_pol
 # ------------------------------------------------------------------------------------------ training
 
 
+@releases_run_lock
 def train(cfg: PomdpConfig) -> dict:
     """Train one agent; returns the metrics written to metrics.json."""
     from tqdm.auto import tqdm
@@ -278,8 +280,9 @@ def train(cfg: PomdpConfig) -> dict:
     train_seconds = time.time() - start
 
     # 4. save and evaluate the final and the best network on fresh episodes
-    torch.save(agent.net.state_dict(), out / "agent.pt")
-    torch.save(best_state, out / "best.pt")
+    for name, state in (("agent.pt", agent.net.state_dict()), ("best.pt", best_state)):
+        with atomic_file(out / name, what="weights") as tmp:
+            torch.save(state, tmp)
     metrics = {"env": cfg.env, "agent": cfg.agent, "seed": cfg.seed, "env_steps": steps,
                "train_seconds": train_seconds, "updates": agent.updates, "eval_history": history,
                "best_periodic": best, "reached_stop_at": reached_at}
@@ -311,7 +314,7 @@ def evaluate(cfg: PomdpConfig) -> dict:
     agent = load_agent(cfg, cfg.checkpoint)
     result = {"env": cfg.env, "agent": cfg.agent, "checkpoint": cfg.checkpoint, "seed": cfg.seed,
               **evaluate_agent(agent, cfg, max(1, cfg.final_eval_episodes), seed=123_456 + cfg.seed)}
-    (Path(cfg.output_dir) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(Path(cfg.output_dir) / "eval.json", result, what="eval")
     print(json.dumps(result))
     return result
 

@@ -32,6 +32,7 @@ from rlhf.data import DataError, read_records
 from rlhf.distributed import is_main_process, make_accelerator
 from rlhf.models import generate_shared_prompts
 from rlhf.runs import RunLogger, prepare_output_dir
+from rlhf.fsio import append_jsonl, atomic_write_text, read_jsonl, releases_run_lock
 
 
 @dataclass
@@ -187,6 +188,7 @@ def sample_batch(model, tokenizer, prompts: list[dict], cfg: CollectConfig, batc
 # --------------------------------------------------------------------------------------------- run
 
 
+@releases_run_lock
 def run(cfg: CollectConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
@@ -198,7 +200,9 @@ def run(cfg: CollectConfig) -> dict:
     out = prepare_output_dir(cfg, accelerator)
     path = out / "candidates.jsonl"
     if accelerator.is_main_process and not cfg.resume:
-        path.write_text("")
+        atomic_write_text(path, "", what="candidates")
+        for stale in out.glob("candidates.rank*.jsonl"):  # shards of an earlier run
+            stale.unlink()
     logger = RunLogger(accelerator, cfg, "rlhf-collect", resume_step=0 if cfg.resume else None)
 
     # 1. Prompts and model (the main process first: it may convert the embedded model into the cache).
@@ -215,6 +219,9 @@ def run(cfg: CollectConfig) -> dict:
     #    seed depends only on (seed, batch number), so the candidates do not depend on the process count.
     done = set()
     if path.exists():
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # shards left by an interrupted multi-process run: fold them in first
+            merge_shards(out, path, [p["prompt_id"] for p in prompts], accelerator.num_processes)
         accelerator.wait_for_everyone()
         done = {row["prompt_id"] for row in read_written(path, repair=accelerator.is_main_process)}
         accelerator.wait_for_everyone()
@@ -238,8 +245,7 @@ def run(cfg: CollectConfig) -> dict:
             stats["ended_with_eos"] += sum(c["ended_with_eos"] for c in cands)
         # 3. Each process appends whole batches to its own shard; the main process merges them in order.
         shard = path if accelerator.num_processes == 1 else out / f"candidates.rank{accelerator.process_index}.jsonl"
-        with open(shard, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+        append_jsonl(shard, lines, what="candidates")
         bar.update(len(batch) * accelerator.num_processes)
     bar.close()
     accelerator.wait_for_everyone()
@@ -251,9 +257,13 @@ def run(cfg: CollectConfig) -> dict:
                           device=accelerator.device)
     totals = accelerator.reduce(totals, reduction="sum").tolist()
     elapsed = time.time() - started
-    metrics = {"collect/prompts": len(prompts), "collect/k": cfg.k, "collect/completions_sampled": totals[0],
-               "collect/mean_tokens": totals[1] / max(totals[0], 1),
-               "collect/eos_fraction": totals[2] / max(totals[0], 1), "collect/seconds": elapsed,
+    # counts over the whole file, so that a resumed run reports what an uninterrupted one does; the rate is
+    # this session's
+    whole = [c for row in read_jsonl(path)[0] for c in row["candidates"]]
+    metrics = {"collect/prompts": len(prompts), "collect/k": cfg.k, "collect/completions_sampled": len(whole),
+               "collect/mean_tokens": sum(c["num_tokens"] for c in whole) / max(len(whole), 1),
+               "collect/eos_fraction": sum(c["ended_with_eos"] for c in whole) / max(len(whole), 1),
+               "collect/completions_this_session": totals[0], "collect/seconds": elapsed,
                "collect/tokens_per_second": totals[1] / elapsed if elapsed > 0 else 0.0,
                "candidates": str(path)}
     logger.log(metrics, step=1)
@@ -267,36 +277,32 @@ def run(cfg: CollectConfig) -> dict:
 def read_written(path: Path, repair: bool) -> list[dict]:
     """Rows already in candidates.jsonl. A last line torn by an interruption is dropped (and, with `repair`,
     cut from the file) so that its prompts are sampled again; any other bad line is an error."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise DataError(f"{path}:{i + 1}: corrupt line in candidates; remove it or start again") from None
-            if repair:
-                path.write_text("".join(ln + "\n" for ln in lines[:i] if ln.strip()), encoding="utf-8")
+    rows, notes = read_jsonl(path, repair=repair, what="candidates line")
+    for note in notes if repair else []:
+        print(f"[collect] {note}; its prompts are sampled again", flush=True)
     return rows
 
 
 def merge_shards(out: Path, path: Path, order: list[str], num_processes: int) -> None:
-    """Fold the per-rank shards into candidates.jsonl in prompt order, then remove them."""
+    """Fold the per-rank shards into candidates.jsonl in prompt order (atomically), then remove them.
+
+    Shards come from this run or from an interrupted one, with any number of processes: every
+    candidates.rank*.jsonl is read. A shard line torn by a kill, or damaged otherwise, is dropped and named (its
+    prompt is sampled again on resume); the merged file is written whole before any shard is removed."""
     rows = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        if line.strip():
-            rows[json.loads(line)["prompt_id"]] = line
-    for r in range(num_processes):
-        shard = out / f"candidates.rank{r}.jsonl"
-        if shard.exists():
-            for line in shard.read_text().splitlines():
-                if line.strip():
-                    rows[json.loads(line)["prompt_id"]] = line
-    path.write_text("".join(rows[pid] + "\n" for pid in order if pid in rows))
-    for r in range(num_processes):
-        (out / f"candidates.rank{r}.jsonl").unlink(missing_ok=True)
+    shards = sorted(out.glob("candidates.rank*.jsonl"))
+    if not shards and num_processes == 1:
+        return
+    for file in ([path] if path.exists() else []) + shards:
+        found, notes = read_jsonl(file, on_damaged="drop" if file != path else "raise", what="candidates line")
+        for note in notes:
+            print(f"[collect] {note}; its prompts are sampled again", flush=True)
+        for row in found:
+            rows[row["prompt_id"]] = row
+    atomic_write_text(path, "".join(json.dumps(rows[pid], ensure_ascii=False) + "\n" for pid in order if pid in rows),
+                      what="candidates")
+    for shard in shards:
+        shard.unlink()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -27,7 +27,6 @@ is written by the main process.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.stats import distinct_n, mean_and_ci, repetition_rate, win_outcomes
+from rlhf.fsio import atomic_file, atomic_write_json, atomic_write_jsonl, atomic_write_text, releases_run_lock
 
 DECODINGS = ("greedy", "sampled")
 
@@ -230,6 +230,7 @@ def same_vocabulary(tok_a, tok_b) -> bool:
 # ------------------------------------------------------------------------------------------ run
 
 
+@releases_run_lock
 def run(cfg: EvaluateConfig) -> dict:
     from accelerate.utils import gather_object
     from transformers.utils import logging as hf_logging
@@ -440,7 +441,7 @@ def print_table(report: dict) -> None:
 
 
 def write_report(out: Path, report: dict, rows: list[dict], prompts: list[dict], cfg: EvaluateConfig) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "report.json", report, what="report")
     md = ["# Evaluation report", "", "Checkpoints: " + ", ".join(f"`{n}` = {p}" for n, p in report["paths"].items()),
           f"KL reference: {report['reference']}", ""] + table_lines(report)
     if report["notices"]:
@@ -448,14 +449,15 @@ def write_report(out: Path, report: dict, rows: list[dict], prompts: list[dict],
     if cfg.plots:
         paths = write_plots(out, report, rows)
         md += [f"![{p.stem}]({p.name})" for p in paths]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    with open(out / "completions.jsonl", "w") as f:  # every completion, for reading and re-scoring
-        for p_i, p in enumerate(prompts):
-            rec = {"prompt_id": p["prompt_id"], "prompt": p["prompt"]}
-            for name, r in zip(report["names"], rows):
-                rec[name] = {"greedy": r["greedy"][p_i] if r["greedy"] else None,
-                             "sampled": r["sampled"][p_i * cfg.num_samples:(p_i + 1) * cfg.num_samples]}
-            f.write(json.dumps(rec) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n", what="report")
+    recs = []  # every completion, for reading and re-scoring
+    for p_i, p in enumerate(prompts):
+        rec = {"prompt_id": p["prompt_id"], "prompt": p["prompt"]}
+        for name, r in zip(report["names"], rows):
+            rec[name] = {"greedy": r["greedy"][p_i] if r["greedy"] else None,
+                         "sampled": r["sampled"][p_i * cfg.num_samples:(p_i + 1) * cfg.num_samples]}
+        recs.append(rec)
+    atomic_write_jsonl(out / "completions.jsonl", recs, what="completions")
 
 
 def log_report_tables(accelerator, report: dict, rows: list[dict], prompts: list[dict], cfg) -> None:
@@ -499,7 +501,8 @@ def write_plots(out: Path, report: dict, rows: list[dict]) -> list[Path]:
         ax.set_title("score against KL")
         fig.tight_layout()
         paths.append(out / "reward_vs_kl.png")
-        fig.savefig(paths[-1], dpi=100)
+        with atomic_file(paths[-1], what="plot") as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 4))
     for n, r in zip(names, rows):
@@ -510,7 +513,8 @@ def write_plots(out: Path, report: dict, rows: list[dict]) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     paths.append(out / "lengths.png")
-    fig.savefig(paths[-1], dpi=100)
+    with atomic_file(paths[-1], what="plot") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return paths
 

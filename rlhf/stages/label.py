@@ -39,6 +39,7 @@ import numpy as np
 from rlhf.config import ConfigError, RunConfig, option
 from rlhf.labeling.store import (Candidates, DecisionStore, LabelSession, applies, comparison_at, comparisons,
                                  read_candidates, same_text)
+from rlhf.fsio import releases_run_lock
 
 
 @dataclass
@@ -241,6 +242,7 @@ def gold_agreement(pairs) -> tuple[float, int]:
 # --------------------------------------------------------------------------------------------- run
 
 
+@releases_run_lock
 def run(cfg: LabelConfig) -> dict:
     from rlhf.distributed import make_accelerator
     from rlhf.preferences import write_pairs
@@ -254,7 +256,8 @@ def run(cfg: LabelConfig) -> dict:
     cands = read_candidates(cfg.candidates)
     store = DecisionStore(out / "decisions.jsonl")
     # log.jsonl is stepped by the number of decision events, so earlier sessions' lines are kept
-    logger = RunLogger(accelerator, cfg, "rlhf-label", resume_step=len(store.events) if cfg.resume else None)
+    # (a row at the current count is the summary of a session that ended here; this one's replaces it)
+    logger = RunLogger(accelerator, cfg, "rlhf-label", resume_step=len(store.events) - 1 if cfg.resume else None)
     started = time.time()
 
     judge = judge_of(cfg)

@@ -49,6 +49,7 @@ from rlhf.losses import (
     whiten,
 )
 from rlhf.models import cache_keyword, generate_shared_prompts, shared_prompt_cache
+from rlhf.fsio import publish_dir, releases_run_lock
 
 
 @dataclass
@@ -281,6 +282,7 @@ def prompt_batch(update: int, n_prompts: int, per_update: int, seed: int) -> lis
 # ------------------------------------------------------------------------------------------ train
 
 
+@releases_run_lock
 def train(cfg: PolicyConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
@@ -376,7 +378,8 @@ def train(cfg: PolicyConfig) -> dict:
     nograd_piece = max(group, cfg.micro_batch_size // group * group) if cfg.micro_batch_size else 0
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     bar = tqdm(total=cfg.num_updates, initial=start, desc="policy", disable=not accelerator.is_main_process)
-    started, history = time.time(), []
+    # whole-run metrics after a resume too: the updates before it come from the log
+    started, history = time.time(), [r for r in logger.resumed if "objective/scores" in r]
     for update in range(start, cfg.num_updates):
         t0 = time.time()
         beta = kl_ctl.value if kl_ctl else cfg.beta
@@ -549,7 +552,8 @@ def train(cfg: PolicyConfig) -> dict:
     if full is not None and value_head is not None:  # PolicyWithValue: the policy's own weights
         full = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
     if accelerator.is_main_process:
-        save_pretrained(core, tokenizer, out / "model", state_dict=full)
+        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
+            save_pretrained(core, tokenizer, tmp, state_dict=full)
     accelerator.wait_for_everyone()
     first = history[: max(1, len(history) // 5)]
     last = history[-max(1, len(history) // 5):]
@@ -558,7 +562,8 @@ def train(cfg: PolicyConfig) -> dict:
         "policy/updates": cfg.num_updates, "policy/seconds": time.time() - started,
         "objective/scores_first": mean(first, "objective/scores"), "objective/scores_last": mean(last, "objective/scores"),
         "objective/kl_last": mean(last, "objective/kl"), "model_dir": str(out / "model"),
-        "completions_per_second": cfg.prompts_per_update * cfg.k * len(history) / max(time.time() - started, 1e-9),
+        "completions_per_second": cfg.prompts_per_update * cfg.k * (cfg.num_updates - start)
+        / max(time.time() - started, 1e-9),
     })
     accelerator.print(f"[policy] score {metrics['objective/scores_first']:.3f} -> {metrics['objective/scores_last']:.3f}"
                       f" (first vs last fifth of updates), KL {metrics['objective/kl_last']:.3f}; model in {out / 'model'}")

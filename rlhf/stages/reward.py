@@ -37,6 +37,7 @@ from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.distributed import (derive_batch_sizes, gather_rows, global_batch_indices, is_main_process,
                                make_accelerator, micro_batch, rank_slice, shards_parameters)
 from rlhf.losses import bradley_terry_loss, expected_calibration_error, reward_centering_loss
+from rlhf.fsio import atomic_write_json, atomic_write_jsonl, publish_dir, releases_run_lock
 
 
 @dataclass
@@ -359,9 +360,10 @@ def write_eval_margins(model, pairs: PairSet, features, path: Path, device) -> N
         rc, rr = pair_rewards(pairs, idx, device, head=model.head, features=features, model=model,
                               encode=model.encode)
         margins += (rc - rr).float().tolist()
-    path.write_text(json.dumps(margins) + "\n")
+    atomic_write_json(path, margins, indent=None, what="eval margins")
 
 
+@releases_run_lock
 def train(cfg: RewardConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
@@ -478,7 +480,8 @@ def train(cfg: RewardConfig) -> dict:
         core.backbone = core.backbone.merge_and_unload()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        core.save(out / "model")
+        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
+            core.save(tmp)
         if eval_set is not None:
             write_eval_margins(core, eval_set, features, out / "eval_margins.json", accelerator.device)
     accelerator.wait_for_everyone()
@@ -649,7 +652,7 @@ def score_file(cfg: ScoreConfig) -> dict:
             raise DataError(f"{rec.source}: expected a pair (chosen, rejected), a completion (prompt, completion) "
                             "or candidates")
         rows.append(d)
-    out_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_jsonl(out_path, rows, what="scored")
     metrics = {"score/records": len(rows), "output": str(out_path)}
     if n_pairs:
         metrics["score/pair_accuracy"] = agree / n_pairs

@@ -14,7 +14,6 @@ batch sizes are named apart and checked at start.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from rlhf.distributed import (derive_batch_sizes, full_state_dict, global_batch_
                                rank_slice)
 from rlhf.losses import token_nll_sum
 from rlhf.runs import SHARDED_STATE, RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
+from rlhf.fsio import atomic_write_jsonl, publish_dir, releases_run_lock
 
 
 @dataclass
@@ -244,6 +244,7 @@ def evaluate(model, examples, accelerator, batch_size: int, pad_id: int) -> dict
 # --------------------------------------------------------------------------------------------- train
 
 
+@releases_run_lock
 def train(cfg: SFTConfig) -> dict:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -293,7 +294,8 @@ def train(cfg: SFTConfig) -> dict:
         save_checkpoint(accelerator, out, step, lambda d: save_pretrained(unwrapped, tokenizer, d), optimizer,
                         scheduler, {"epoch": step // max(steps_per_epoch, 1)}, cfg.keep_checkpoints)
 
-    baseline = {}
+    # after a resume, the baseline evaluated before the first step comes from the log
+    baseline = next((r for r in logger.resumed if r.get("step") == 0 and "eval/loss" in r), {})
     if cfg.eval_at_start and eval_set and start_step == 0:
         baseline = evaluate(model, eval_set, accelerator, sizes.per_device, pad_id)
         logger.log(baseline, step=0)
@@ -328,18 +330,19 @@ def train(cfg: SFTConfig) -> dict:
 
     # 4. Final evaluation, checkpoint and artefact.
     final_eval = evaluate(model, eval_set, accelerator, sizes.per_device, pad_id) if eval_set else {}
-    if final_eval:
+    if final_eval and start_step < total_steps:  # (resumed from the final checkpoint: already in the log)
         logger.log(final_eval, step=total_steps)
     if start_step < total_steps:
         checkpoint(total_steps)
     accelerator.wait_for_everyone()
     full_state = full_state_dict(accelerator, model)  # collective; None unless ZeRO-3/FSDP shard the weights
     if accelerator.is_main_process:
-        save_pretrained(unwrapped, tokenizer, out / "model", state_dict=full_state)
+        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
+            save_pretrained(unwrapped, tokenizer, tmp, state_dict=full_state)
         if cfg.sample_count and eval_set and full_state is None:  # (sharded weights: no sample table)
             spread = eval_set[:: max(1, len(eval_set) // cfg.sample_count)][: cfg.sample_count]
             rows = sample_table(unwrapped, tokenizer, spread, cfg.sample_max_new_tokens)
-            (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_jsonl(out / "samples.jsonl", rows, what="samples")
             print_samples(rows)
     accelerator.wait_for_everyone()
     elapsed = time.time() - started
