@@ -23,7 +23,7 @@ FORMAT = 2  # bump when the pooling or rendering changes
 
 
 def text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()  # a lone surrogate is text too
 
 
 class FeatureCache:

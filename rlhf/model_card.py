@@ -105,7 +105,7 @@ def render(model_dir: Path, cfg: Any, stage: str, metrics: dict[str, Any]) -> st
 def write(model_dir: str | Path, cfg: Any, stage: str, metrics: dict[str, Any]) -> Path:
     """Write `model_dir/README.md` (replacing the template peft writes for an adapter)."""
     path = Path(model_dir) / "README.md"
-    atomic_write_text(path, render(Path(model_dir), cfg, stage, metrics), what="model card")
+    atomic_write_text(path, render(Path(model_dir), cfg, stage, metrics), what="model_card")
     return path
 
 

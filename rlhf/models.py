@@ -264,7 +264,11 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: lis
 def enable_gradient_checkpointing(model) -> None:
     """Recompute each block's activations in backward (transformers' checkpointing, non-reentrant, so frozen
     layers and LoRA adapters need no input-gradient hooks). Active in training mode only; same gradients."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers 5 renamed it activation checkpointing (the old name warns); older releases have only the old
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def save_pretrained(model, tokenizer, directory: str | os.PathLike, state_dict: dict | None = None) -> None:

@@ -342,7 +342,9 @@ def test_reward_two_processes_through_the_preset_match_one_process(tmp_path, mon
     write_pairs(tmp_path)
     args = ["--config", str(ROOT / "configs/tiny/reward.yaml"), "--train_pairs", str(tmp_path / "train.jsonl"),
             "--eval_pairs", str(tmp_path / "test.jsonl"), "--num_epochs", "2", "--global_batch_size", "16",
-            "--per_device_batch_size", "4", "--learning_rate", "0.05"]
+            "--per_device_batch_size", "4", "--learning_rate", "0.05",
+            # the head trained by SGD in micro-batches on the final layer (the validated fit: test_reward_features)
+            "--head_fit", "sgd", "--layers", "final", "--pooling", "last", "--logprob_features", "false"]
     one = launch(tmp_path, "one", "reward", args, None, monkeypatch, capsys)
     two = launch(tmp_path, "two", "reward", args, "cpu_multiprocess", monkeypatch, capsys)
     m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (one, two))

@@ -133,7 +133,9 @@ def reward_cfg(tmp_path, name, **overrides):
 
     values = {"output_dir": str(tmp_path / name), "train_pairs": str(ROOT / "reward_data/pairs_train.jsonl"),
               "eval_pairs": "", "max_train_pairs": "64", "num_epochs": "2", "global_batch_size": "16",
-              "per_device_batch_size": "8", **{k: str(v) for k, v in overrides.items()}}
+              "per_device_batch_size": "8", "head_fit": "sgd", "layers": "final", "pooling": "last",
+              "logprob_features": "false",  # the head trained by SGD on the final layer (the full-forward path)
+              **{k: str(v) for k, v in overrides.items()}}
     return load_config(RewardConfig, ROOT / "configs/tiny/reward.yaml", values)
 
 
@@ -159,7 +161,8 @@ def test_reward_full_forward_runs_in_bf16(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_FEATURE_CACHE", str(tmp_path / "features"))
     rlhf("reward", "--config", "configs/tiny/reward.yaml", "--output_dir", str(tmp_path / "bf16"), "--eval_pairs", "",
          "--max_train_pairs", "64", "--num_epochs", "2", "--global_batch_size", "16", "--per_device_batch_size", "8",
-         "--unfreeze_top_layers", "1", "--bf16", "true", "--gradient_checkpointing", "true")
+         "--unfreeze_top_layers", "1", "--bf16", "true", "--gradient_checkpointing", "true",
+         "--head_fit", "sgd", "--layers", "final", "--pooling", "last", "--logprob_features", "false")
     rows = log_rows(tmp_path / "bf16")
     assert len(rows) == 8 and all(torch.isfinite(torch.tensor(r["train/loss"])) for r in rows)
     assert all(v.dtype == torch.float32 for v in weights(tmp_path / "bf16/model").values())

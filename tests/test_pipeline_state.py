@@ -185,7 +185,9 @@ def test_a_person_who_quits_stops_the_run_until_labelling_is_finished(tmp_path, 
     out = capsys.readouterr().out
     assert "label is incomplete: 8 comparisons are still undecided" in out
     assert "Run the same command to continue" in out and "--partial_labels true" in out
-    assert not (tmp_path / "run/label/DONE.json").exists() and not (tmp_path / "run/reward").exists()
+    # nothing downstream ran (its directory may hold the run's lock file, rlhf.fsio, and nothing else)
+    assert not (tmp_path / "run/label/DONE.json").exists()
+    assert not [p.name for p in (tmp_path / "run/reward").glob("*") if not p.name.startswith(".")]
     # sitting 2, asked explicitly to train on the partial labels: quits at once, reward trains on 4 pairs
     monkeypatch.setattr(sys, "stdin", io.StringIO("q\n"))
     record = run_pipeline(str(path), partial_labels=True)

@@ -45,13 +45,14 @@ def normalize_text(text: str) -> str:
 
 def text_hash(text: str) -> str:
     """Content hash of a completion, up to whitespace (16 hex digits of SHA-256)."""
-    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()[:16]
+    # surrogatepass: a model can emit a lone surrogate; it is hashed as written, never an error
+    return hashlib.sha256(normalize_text(text).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def prompt_hash(prompt: list[dict]) -> str:
     """Content hash of a prompt's chat messages (roles and whitespace-normalised contents)."""
     blob = json.dumps([[m.get("role", ""), normalize_text(str(m.get("content", "")))] for m in prompt])
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def same_text(a: str, b: str) -> bool:

@@ -360,7 +360,7 @@ def write_eval_margins(model, pairs: PairSet, features, path: Path, device) -> N
         rc, rr = pair_rewards(pairs, idx, device, head=model.head, features=features, model=model,
                               encode=model.encode)
         margins += (rc - rr).float().tolist()
-    atomic_write_json(path, margins, indent=None, what="eval margins")
+    atomic_write_json(path, margins, indent=None, what="eval_margins")
 
 
 @releases_run_lock
