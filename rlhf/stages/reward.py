@@ -586,7 +586,8 @@ def finish_validated(cfg: RewardConfig, model, train_set: PairSet, eval_set: Pai
     model.mean, model.std = rewards.mean().item(), max(rewards.std().item(), 1e-6)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        model.save(out / "model")
+        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
+            model.save(tmp)
         if eval_set is not None:
             write_eval_margins(model, eval_set, features, out / "eval_margins.json", accelerator.device)
     accelerator.wait_for_everyone()
