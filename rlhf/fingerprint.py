@@ -98,9 +98,10 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-# Inside a model directory, what a stage wrote about its own run is not part of the model.
+# Inside a model directory, what a stage wrote about its own run is not part of the model: its bookkeeping,
+# and the model card (README.md, rlhf.model_card), which records the run's timings and metrics.
 _NOT_CONTENT = {"checkpoints", "log.jsonl", "metrics.json", "DONE.json", "RUNNING.json", "inputs.json",
-                "__pycache__", ".cache"}
+                "__pycache__", ".cache", "README.md"}
 
 
 def path_digest(path: str | Path) -> str:
