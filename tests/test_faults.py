@@ -6,7 +6,7 @@ Kills come from the rlhf.fsio test hook (RLHF_FAULT="<n>:kill:<pattern>": the pr
 through its n-th write whose path contains <pattern>, leaving a torn temporary file or a torn appended line)
 and from outside, at seeded random times. The pipeline is the tiny quickstart, made smaller and checkpointing
 often. After the kills the last invocation runs to the end, and every artefact is compared with the
-uninterrupted run's: weights within 1e-6, files equal apart from timing and provenance fields (times, seconds,
+uninterrupted run's: weights within 1e-6, files equal apart from timing and provenance fields (times, seconds, peak memory,
 rates, the session-only counters, the run directory's path) and the pipeline's per-invocation statuses.
 """
 
@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = ["sft.max_steps=8", "sft.save_every=2", "sft.sample_count=2", "policy.num_updates=4", "policy.save_every=1",
         "evaluate.max_prompts=8", "evaluate.bootstrap_samples=100", "reward.num_epochs=1"]
 STAGES = ["sft", "collect", "label", "reward", "policy", "evaluate"]
-VOLATILE = re.compile(r"(seconds|per_second|^time$|^time/|finished|this_session|features_computed|^since$)")
+# (peak memory too: a measurement of the process, rlhf.memory, as timings are)
+VOLATILE = re.compile(r"(seconds|per_second|^time$|^time/|finished|this_session|features_computed|^since$|"
+                      r"^memory/|peak_rss_mb|peak_gpu_mb)")
 SEED = 19
 
 

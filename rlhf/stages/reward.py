@@ -574,7 +574,8 @@ def finish_validated(cfg: RewardConfig, model, train_set: PairSet, eval_set: Pai
     fit = {"method": "validated", **{k: v for k, v in choice.items() if k != "table"},
            "validation_fraction": cfg.validation_fraction, "ensemble_size": cfg.ensemble_size,
            "candidates": {name: {"features": s.to_dict(), "dim": len(c)} for name, (s, c) in sets.items()},
-           "table": choice["table"], "seconds": time.time() - fit_started}
+           "table": choice["table"]}  # (no timing: reward_config.json describes the model, alike on every run)
+    fit_seconds = time.time() - fit_started
     model.set_head(head.to(accelerator.device), spec, fit)
     features = features[:, cols]
     final = pair_metrics(model, train_set, features, cfg, accelerator, "train")
@@ -596,7 +597,7 @@ def finish_validated(cfg: RewardConfig, model, train_set: PairSet, eval_set: Pai
         **final, "reward/mean": model.mean, "reward/std": model.std, **extra,
         "reward/head_features": choice["features"], "reward/head_l2": choice["l2"],
         "reward/val_accuracy": choice["val_accuracy"], "reward/ensemble_size": cfg.ensemble_size,
-        "reward/fit_seconds": fit["seconds"], "reward/seconds": elapsed, "model_dir": str(out / "model"),
+        "reward/fit_seconds": fit_seconds, "reward/seconds": elapsed, "model_dir": str(out / "model"),
     })
     accelerator.print(f"[reward] chose {choice['features']} at l2 {choice['l2']:g} (validation accuracy "
                       f"{choice['val_accuracy']:.3f}); refit on all {len(train_set)} training pairs"
