@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = ["sft.max_steps=8", "sft.save_every=2", "sft.sample_count=2", "policy.num_updates=4", "policy.save_every=1",
         "evaluate.max_prompts=8", "evaluate.bootstrap_samples=100", "reward.num_epochs=1"]
 STAGES = ["sft", "collect", "label", "reward", "policy", "evaluate"]
-# (peak memory too: a measurement of the process, rlhf.memory, as timings are)
+# (peak memory too: a measurement of the process, rlhf.memory, as timings are; and the stage keys, content
+# hashes of the upstream files, which hold timings of their own: those files are compared themselves)
 VOLATILE = re.compile(r"(seconds|per_second|^time$|^time/|finished|this_session|features_computed|^since$|"
-                      r"^memory/|peak_rss_mb|peak_gpu_mb)")
+                      r"^memory/|peak_rss_mb|peak_gpu_mb|^inputs$|^config_hash$)")
 SEED = 19
 
 
