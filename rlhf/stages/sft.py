@@ -124,9 +124,9 @@ def build_model(cfg: SFTConfig):
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules, base_name=cfg.model_name_or_path)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if cfg.use_peft:
-            model.enable_input_require_grads()
+        from rlhf.models import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)  # non-reentrant: frozen layers and adapters need no input hooks
     model.config.use_cache = False
     return model
 
