@@ -80,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf {argv[0]}: error: {e.strerror}: {e.filename}; the files already written are intact; "
               f"{fix} run the command again (a stage with --resume true)", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        # torch.save reports a failed write (a full disk, say) as a RuntimeError of its C++ stream writer, not an
+        # OSError; its checkpoint goes to a temporary name first (rlhf.runs), so nothing older is damaged
+        if not any(m in str(e) for m in ("PytorchStreamWriter", "file write failed", "No space left",
+                                         "inline_container.cc")) or "Reader" in str(e):
+            raise
+        print(f"rlhf {argv[0]}: error: a checkpoint could not be written ({str(e).splitlines()[0][:200]}); "
+              "the files already written are intact; free space and run the command again (a stage with "
+              "--resume true)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -260,3 +260,16 @@ def test_simulated_labels_for_prompts_without_a_reference_are_one_line(tmp_path,
     err = cli(capsys, "label", "--candidates", str(cands), "--output_dir", str(tmp_path / "l"))
     assert "c.jsonl:1: the simulated annotator needs the task's reference answer" in err
     assert not (tmp_path / "l" / "config.yaml").exists()
+
+
+def test_a_checkpoint_write_that_fails_inside_torch_save_is_one_line(monkeypatch, capsys):
+    """torch.save reports a failed write (here: /dev/full, as a full disk) as a RuntimeError of its stream writer,
+    not an OSError; the command still ends with one line and status 1, no traceback."""
+    import torch
+
+    import rlhf.stages.sft as sft
+
+    monkeypatch.setattr(sft, "main", lambda argv: torch.save({"w": torch.zeros(100_000)}, "/dev/full"))
+    assert main(["sft"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlhf sft: error: a checkpoint could not be written"), err
