@@ -214,11 +214,14 @@ class OfflineDataset:
         return self.subset(np.sort(order))
 
     def save(self, directory: str | Path) -> Path:
+        from rlhf.fsio import atomic_file, atomic_write_json
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(directory / "dataset.npz", observations=self.observations, actions=self.actions,
-                            rewards=self.rewards, lengths=self.lengths, levels=self.levels)
-        (directory / "dataset.json").write_text(json.dumps(self.meta, indent=2) + "\n")
+        with atomic_file(directory / "dataset.npz", what="dataset") as tmp:  # (the .npz suffix is kept)
+            np.savez_compressed(tmp, observations=self.observations, actions=self.actions,
+                                rewards=self.rewards, lengths=self.lengths, levels=self.levels)
+        atomic_write_json(directory / "dataset.json", self.meta, what="dataset")
         return directory
 
     @classmethod

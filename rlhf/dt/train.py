@@ -175,7 +175,12 @@ def train(cfg: DTTrainConfig) -> dict:
                             {"method": cfg.method}, cfg.keep_checkpoints)
     bar.close()
     model.eval()
-    model.save(out / "model")
+    if accelerator.is_main_process:
+        from rlhf.fsio import publish_dir
+
+        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
+            model.save(tmp)
+    accelerator.wait_for_everyone()
     with torch.no_grad():  # loss over a fixed set of windows, for comparing runs
         final = loss_on_batch(model, sampler.batch(2**31 - 1, 512, cfg.seed)).item()
     metrics = logger.finish({"train/final_loss": final, "train/steps": cfg.max_steps,
