@@ -44,7 +44,8 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing $WANT_TORCH"
   pip_install "$WANT_TORCH"
 fi
-TORCH="$("$PY" -c 'import torch; print(torch.__version__)')"
+# (read from the package metadata: importing torch before numpy is installed prints a warning)
+TORCH="$("$PY" -c 'from importlib.metadata import version; print(version("torch"))')"
 
 # The lock without torch and the packages that come with a torch build: the installed torch stays.
 CONSTRAINTS="$PREFIX/.rlhf-constraints.txt"
