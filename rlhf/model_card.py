@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# What a run measured of the machine rather than of the model (timings, rates, memory): metrics.json keeps them;
+# the card describes the model, and so reads the same for a resumed run as for an uninterrupted one.
+_MEASURED = re.compile(r"(seconds|per_second|^time/|^memory/)")
+
+
 def render(model_dir: Path, cfg: Any, stage: str, metrics: dict[str, Any]) -> str:
     meta = metadata(model_dir, cfg, stage)
     config = dataclasses.asdict(cfg)
@@ -95,7 +101,7 @@ def render(model_dir: Path, cfg: Any, stage: str, metrics: dict[str, Any]) -> st
         lines += ["", "## Data", ""] + [f"- `{s}`" for s in sources]
     lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if isinstance(v, (int, float, str))
-              and not isinstance(v, bool) and k != "model_dir"]
+              and not isinstance(v, bool) and k != "model_dir" and not _MEASURED.search(k)]
     lines += ["", "## Training config", "",
               f"Resolved config (`rlhf {stage} --config config.yaml` reproduces the run):", "", "```yaml",
               yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]

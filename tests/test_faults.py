@@ -29,9 +29,10 @@ SETS = ["sft.max_steps=8", "sft.save_every=2", "sft.sample_count=2", "policy.num
         "evaluate.max_prompts=8", "evaluate.bootstrap_samples=100", "reward.num_epochs=1"]
 STAGES = ["sft", "collect", "label", "reward", "policy", "evaluate"]
 # (peak memory too: a measurement of the process, rlhf.memory, as timings are; and the stage keys, content
-# hashes of the upstream files, which hold timings of their own: those files are compared themselves)
+# hashes of the upstream files, which hold timings of their own: those files are compared themselves; and the
+# labeler's per-session counts of reused and new decisions, which a resumed session splits differently)
 VOLATILE = re.compile(r"(seconds|per_second|^time$|^time/|finished|this_session|features_computed|^since$|"
-                      r"^memory/|peak_rss_mb|peak_gpu_mb|^inputs$|^config_hash$)")
+                      r"^memory/|peak_rss_mb|peak_gpu_mb|^inputs$|^config_hash$|^label/(reused|stale|made)$)")
 SEED = 19
 
 
