@@ -90,7 +90,8 @@ _MEASURED = re.compile(r"(seconds|per_second|^time/|^memory/)")
 
 def render(model_dir: Path, cfg: Any, stage: str, metrics: dict[str, Any]) -> str:
     meta = metadata(model_dir, cfg, stage)
-    config = dataclasses.asdict(cfg)
+    # the training config, without how this invocation was started (a resumed run trained the same model)
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "overwrite")}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "",
              f"# {meta['model_name']}: {stage} model trained with rlhf", ""]
     lines.append(f"Trained with `rlhf {stage}` from `{getattr(cfg, 'model_name_or_path', '?')}`"
