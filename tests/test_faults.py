@@ -127,8 +127,10 @@ def reference(tmp_path_factory):
     """The uninterrupted run, with the trace of its writes."""
     base = tmp_path_factory.mktemp("ref")
     out, trace = base / "run", base / "trace.txt"
+    started = time.time()
     proc = rlhf(out, env={"RLHF_FAULT_TRACE": str(trace)})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (base / "seconds.txt").write_text(f"{time.time() - started:.2f}\n")  # for kills timed from outside
     return out, write_points(trace, out), trace
 
 
@@ -183,9 +185,13 @@ def test_sigkill_from_outside_at_seeded_times_then_resume_equals_the_uninterrupt
     ref, _, _ = reference
     out = tmp_path / "run"
     rng = random.Random(SEED + 1)
+    # Kill times are fractions of the uninterrupted run's wall time (so they land on a quiet machine and a busy
+    # one alike): a kill at 30-50% of the whole lands in the first invocation, and in the second, which has at
+    # least half the work left (plus its start-up); a third may run to the end, and the last one always does.
+    whole = float((ref.parent / "seconds.txt").read_text())
     times = []
     for _ in range(3):
-        t = round(rng.uniform(4.0, 9.0), 2)
+        t = round(rng.uniform(0.3, 0.5) * whole, 2)
         proc = rlhf(out, kill_after=t)
         times.append((t, proc.returncode))
         if proc.returncode == 0:
