@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -231,6 +232,16 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+@contextlib.contextmanager
+def quiet_peft():
+    """peft (0.21) reads a model's `is_gradient_checkpointing`, which transformers 5 deprecated in favour of
+    `is_activation_checkpointing`: a FutureWarning about peft's code, not the user's, whenever an adapter is
+    created or loaded. Silenced there and nowhere else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_model(name: str, *, dtype: torch.dtype = torch.float32, trainable_adapter: bool = False):
     """Load a causal LM. A PEFT adapter directory returns a PeftModel on its resolved base."""
     from transformers import AutoModelForCausalLM
@@ -240,7 +251,8 @@ def load_model(name: str, *, dtype: torch.dtype = torch.float32, trainable_adapt
         from peft import PeftModel
 
         base = load_model(adapter_base(path), dtype=dtype)
-        return PeftModel.from_pretrained(base, path, is_trainable=trainable_adapter)
+        with quiet_peft():
+            return PeftModel.from_pretrained(base, path, is_trainable=trainable_adapter)
     # No trust_remote_code: only architectures that transformers itself implements are loaded.
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
@@ -252,10 +264,7 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: lis
     targets = target_modules[0] if target_modules == ["all-linear"] else target_modules
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type="CAUSAL_LM")
-    with warnings.catch_warnings():
-        # peft (0.21) reads the model's `is_gradient_checkpointing`, which transformers 5 deprecated in favour
-        # of `is_activation_checkpointing`: a FutureWarning about peft's code, not the user's, on every run.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_peft():
         model = get_peft_model(model, config)
     model.rlhf_base_name = base_name  # written into adapter_config.json by save_pretrained below
     return model

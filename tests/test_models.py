@@ -96,3 +96,18 @@ def test_embedded_smollm2_loads_applies_its_chat_template_and_generates(tmp_path
     copy = models.load_model(str(tmp_path / "copy"))
     for (name, p), q in zip(model.named_parameters(), copy.parameters()):
         assert torch.equal(p, q), name
+
+
+def test_creating_and_loading_an_adapter_warns_nothing(tmp_path):
+    """The quickstart prints no stray warnings: peft's read of transformers' deprecated
+    `is_gradient_checkpointing` (a FutureWarning on every adapter made or loaded) is silenced where it arises."""
+    import warnings
+
+    from rlhf.models import apply_lora, load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = apply_lora(load_model("tiny-llama"), r=2, alpha=4, dropout=0.0, target_modules=["all-linear"],
+                           base_name="tiny-llama")
+        model.save_pretrained(tmp_path / "adapter")
+        assert hasattr(load_model(str(tmp_path / "adapter")), "peft_config")

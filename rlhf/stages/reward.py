@@ -402,8 +402,11 @@ def train(cfg: RewardConfig) -> dict:
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
-        model.backbone = get_peft_model(model.backbone, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                                   target_modules="all-linear"))
+        from rlhf.models import quiet_peft
+
+        with quiet_peft():
+            model.backbone = get_peft_model(model.backbone, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                                       target_modules="all-linear"))
     if cfg.gradient_checkpointing and not cfg.frozen:
         from rlhf.models import enable_gradient_checkpointing
 
