@@ -1,7 +1,7 @@
 """Write constraints.txt: the exact version of every package in a working environment.
 
     .venv/bin/python scripts/lock.py            # after `bash scripts/test.sh` passed in .venv
-    .venv/bin/python scripts/lock.py --check    # is constraints.txt what this environment holds?
+    .venv/bin/python scripts/lock.py --check    # which packages here differ from constraints.txt?
 
 scripts/setup.sh installs the toolkit through constraints.txt (`pip install -c constraints.txt ...`), so the
 README's two commands reproduce the environment the suite passed in, whatever was released since. setup.cfg keeps
@@ -93,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = installed()
+    if args.check:  # what this environment holds against the lock: versions that differ, packages it lacks
+        want = read_lock(Path(args.out))
+        have = {canonicalize_name(x.split("==")[0]): x.split("==")[1] for x in lock_lines(env)}
+        diff = sorted(f"{k}: lock {want[k]}, here {have[k]}" for k in set(want) & set(have) if want[k] != have[k])
+        extra = sorted(set(have) - set(want))
+        print("\n".join(diff + [f"{k}: here {have[k]}, not in the lock" for k in extra]) or
+              f"every package here is at its locked version ({len(have)} of the lock's {len(want)})")
+        return 1 if diff or extra else 0
     problems = []
     for req in declared_requirements():
         have = env.get(canonicalize_name(req.name))
@@ -106,13 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lines = lock_lines(env)
     out = Path(args.out)
-    if args.check:
-        want = read_lock(out)
-        have = {canonicalize_name(x.split("==")[0]): x.split("==")[1] for x in lines}
-        diff = sorted(f"{k}: lock {want.get(k)}, here {have.get(k)}" for k in set(want) | set(have)
-                      if want.get(k) != have.get(k))
-        print("\n".join(diff) if diff else f"{out.name} matches this environment ({len(want)} packages)")
-        return 1 if diff else 0
     header = [
         "# The exact versions the test suite passed with: every package of the environment, written by",
         "#     .venv/bin/python scripts/lock.py",
