@@ -3,8 +3,9 @@
 # the lock: how to find out whether the next `scripts/lock.py` refresh is safe. Not part of CI.
 #     bash scripts/test_latest.sh                 # whole suite
 #     bash scripts/test_latest.sh -m "not slow"   # extra arguments go to pytest
-# torch stays the locked build (2.13.0 CPU) unless RLHF_TORCH names another; the rest is upgraded to the newest
-# releases each run. Then `.venv-latest/bin/python scripts/lock.py --check` lists what moved.
+# Everything is upgraded to the newest releases each run, torch included (on the project's CPU machines pip caps
+# it at the 2.14.1 build that lies on disk, a CUDA build). Then `.venv-latest/bin/python scripts/lock.py --check`
+# lists what moved.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
