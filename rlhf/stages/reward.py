@@ -350,6 +350,18 @@ def pair_metrics(model, pairs: PairSet, features, cfg: RewardConfig, accelerator
             f"{prefix}/pairs": len(d)}
 
 
+def save_model(accelerator, model, out: Path, eval_set, features) -> None:
+    """The main process publishes model/ atomically (an older one stays whole until replaced), then the held-out
+    margins; every rank waits for it."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with publish_dir(out / "model", what="model") as tmp:
+            model.save(tmp)
+        if eval_set is not None:
+            write_eval_margins(model, eval_set, features, out / "eval_margins.json", accelerator.device)
+    accelerator.wait_for_everyone()
+
+
 @torch.no_grad()
 def write_eval_margins(model, pairs: PairSet, features, path: Path, device) -> None:
     """r(chosen) - r(rejected) of every held-out pair, in file order, as a JSON list (for per-pair analysis)."""
@@ -481,13 +493,7 @@ def train(cfg: RewardConfig) -> dict:
     core.mean, core.std = rewards.mean().item(), max(rewards.std().item(), 1e-6)
     if cfg.use_peft:
         core.backbone = core.backbone.merge_and_unload()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
-            core.save(tmp)
-        if eval_set is not None:
-            write_eval_margins(core, eval_set, features, out / "eval_margins.json", accelerator.device)
-    accelerator.wait_for_everyone()
+    save_model(accelerator, core, out, eval_set, features)
     elapsed = time.time() - started
     metrics = logger.finish({
         **final, "reward/mean": core.mean, "reward/std": core.std, "reward/unique_texts": len(texts),
@@ -588,13 +594,7 @@ def finish_validated(cfg: RewardConfig, model, train_set: PairSet, eval_set: Pai
     with torch.no_grad():
         rewards = model.head(features[responses].to(accelerator.device)).mean(-1).float()
     model.mean, model.std = rewards.mean().item(), max(rewards.std().item(), 1e-6)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
-            model.save(tmp)
-        if eval_set is not None:
-            write_eval_margins(model, eval_set, features, out / "eval_margins.json", accelerator.device)
-    accelerator.wait_for_everyone()
+    save_model(accelerator, model, out, eval_set, features)
     elapsed = time.time() - started
     metrics = logger.finish({
         **final, "reward/mean": model.mean, "reward/std": model.std, **extra,
