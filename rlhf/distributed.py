@@ -114,8 +114,9 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def leave_process_group() -> None:
+def leave_process_group() -> bool:
     """End a launched run's process group on every rank together: a barrier, then destroy_process_group.
+    True when there was a group to leave.
 
     Called once a command has finished without an error (`rlhf.cli.entry`), never after one: a rank that
     waits at the barrier for a peer that has failed would hang instead of exiting. Without it each process
@@ -127,6 +128,8 @@ def leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        return True
+    return False
 
 
 def gather_rows(accelerator, rows: torch.Tensor) -> torch.Tensor:
