@@ -4,10 +4,10 @@ and its arguments parse into the command's config (without running it).
 Commands are the lines that start with `rlhf `, `python scripts/...`, `python -m rlhf...`, `accelerate launch`,
 `torchrun` or `bash scripts/...` (after an indent, a `$ ` prompt or a YAML comment's `# `) in README.md,
 docs/*.md, the comments of configs/**/*.yaml and scripts/*.sh, and the docstrings of rlhf/ and scripts/. Paths
-under runs/ are what an earlier command writes, so they are not required to exist; a `<placeholder>` marks a
-usage pattern, which is checked up to the placeholder. A path that an earlier command of the same file writes
-(the value of --output_dir, --output, --out or --write) need not exist either. `--help` commands run (in this process: they print and
-exit). All bad commands are reported together.
+under runs/ are what an earlier command writes, so they are not required to exist, nor is a path that the
+command or an earlier one of the same file writes (the value of --output_dir, --output, --out or --write); a
+`<placeholder>`, `[option]` or `...` marks a usage pattern, whose subcommand and paths are checked. `--help`
+commands run (in this process: they print and exit). All bad commands are reported together.
 """
 
 from __future__ import annotations
