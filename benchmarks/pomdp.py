@@ -7,7 +7,7 @@ steps and wall time to a mean return of 475.
 
 What runs, on the same environment (`rlhf.pomdp.envs.make_env("masked-cartpole")`: CartPole-v1 observing
 (x, theta) only):
-- **rpg**, **drqn**: `rlhf pomdp train` with configs/pomdp/masked_cartpole_{rpg_gae,drqn}.yaml (CONFIGS below;
+- **rpg**, **drqn**: `rlhf pomdp train` with configs/pomdp/train_masked_cartpole_{rpg_gae,drqn}.yaml (CONFIGS below;
   8 environments, observation normalisation), evaluated every `--eval_every` steps;
 - **sb3**: `sb3_contrib.RecurrentPPO` with the RL Zoo's settings for CartPoleNoVel-v1 (as published with its
   model, which reaches 500 within 100k steps): MlpLstmPolicy, 8 environments, n_steps 32, batch 256, 20 epochs,
@@ -82,11 +82,11 @@ def from_results(agent: str, seed: int, args) -> dict:
 
 
 def run_toolkit(agent: str, seed: int, args) -> dict:
-    cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"{CONFIGS[agent]}.yaml", {
+    cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"train_{CONFIGS[agent]}.yaml", {
         "seed": str(seed), "output_dir": f"{args.runs_dir}/{agent}-seed{seed}", "overwrite": "true",
         "stop_at_return": str(TARGET), "final_eval_episodes": "0"})
     if cfg.eval_every != args.eval_every or cfg.eval_episodes != 20:
-        raise SystemExit(f"{CONFIGS[agent]}.yaml: evaluates every {cfg.eval_every} steps on {cfg.eval_episodes} "
+        raise SystemExit(f"train_{CONFIGS[agent]}.yaml: evaluates every {cfg.eval_every} steps on {cfg.eval_episodes} "
                          f"episodes, not every {args.eval_every} on 20")
     m = timed(lambda: train(cfg))
     reached = m["reached_stop_at"]
@@ -223,7 +223,7 @@ def main() -> None:
               "summary": summary, "machine": {"platform": platform.platform(), "torch": torch.__version__,
                                               "sb3_contrib": sb3_contrib.__version__, "threads": 1,
                                               "cpus": os.cpu_count(), "autogroup_nice": autogroup_nice()},
-              "configs": {side: f"configs/pomdp/{CONFIGS[side]}.yaml" for side in CONFIGS}}
+              "configs": {side: f"configs/pomdp/train_{CONFIGS[side]}.yaml" for side in CONFIGS}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

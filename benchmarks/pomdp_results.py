@@ -6,7 +6,7 @@
     python benchmarks/pomdp_results.py --groups tmaze,corridor,doors --seeds 0,1   # a subset, other seeds
 
 Every row is one config on its seeds (ROWS below; `--seeds` overrides them all); each run is `rlhf pomdp train
---config configs/pomdp/<config>.yaml --seed S --output_dir <runs_dir>/<config>-seed<S>`, so the YAMLs hold every
+--config configs/pomdp/train_<config>.yaml --seed S --output_dir <runs_dir>/<config>-seed<S>`, so the YAMLs hold every
 hyperparameter. Groups:
 - masked_cartpole, flicker_cartpole: CartPole without velocities, and CartPole whose observation is blanked
   with probability 0.5. Training stops at the first periodic evaluation (20 episodes) whose mean return reaches
@@ -67,12 +67,12 @@ ROWS = {
         ("masked_cartpole_rpg_gae", SEEDS, "GAE(0.95), lr decay; stops at 500"),
         ("masked_cartpole_rpg_gae_lr1e3", SEEDS, "as rpg_gae, lr 1e-3 -> 1e-4; stops at 500"),
         ("masked_cartpole_rpg_long", SEEDS, "reward-to-go; stops at 490"),
-        # masked_cartpole_rpg.yaml (stop at 475) is the same run as rpg_long up to its first evaluation >= 475,
-        # which the table's "20-ep eval >= 475" columns report; masked_cartpole_drqn_every8.yaml (1 update per 8
+        # train_masked_cartpole_rpg.yaml (stop at 475) is the same run as rpg_long up to its first evaluation >= 475,
+        # which the table's "20-ep eval >= 475" columns report; train_masked_cartpole_drqn_every8.yaml (1 update per 8
         # steps, the earlier stop-at-475 rule) is left out for compute
         ("masked_cartpole_dqn_window", SEEDS, ""),
         ("masked_cartpole_dqn", SEEDS, ""),
-        # masked_cartpole_vae.yaml exists but is left out for compute (about 3x a DRQN update)
+        # train_masked_cartpole_vae.yaml exists but is left out for compute (about 3x a DRQN update)
     ],
     "flicker_cartpole": [(f"flicker_cartpole_{a}", SEEDS, "") for a in ("drqn", "rpg", "dqn_window", "dqn")],
     "tmaze": [(f"tmaze_{a}", SEEDS, "") for a in ("drqn", "rpg", "vae_qgrad", "vae", "dqn", "dqn_window", "pg")],
@@ -90,7 +90,7 @@ def run_one(name: str, seed: int, runs_dir: Path, reuse: bool, skip_missing: boo
         return json.loads((out / "metrics.json").read_text())
     if skip_missing:
         return None
-    cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"{name}.yaml",
+    cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"train_{name}.yaml",
                       {"seed": str(seed), "output_dir": str(out), "overwrite": "true"})
     print(f"[pomdp_results] {name} seed {seed}", file=sys.stderr, flush=True)
     return train(cfg)

@@ -19,13 +19,13 @@ STAGES = {
                "`rlhf reward score` scores a file."),
     "policy": ("rlhf.stages.policy", "Stage 4: KL-penalised, importance-sampled policy gradient."),
     "dpo": ("rlhf.stages.dpo", "Stage 4 (offline): DPO on the same preference pairs (TRL's DPOTrainer)."),
-    "dialogue": ("rlhf.dialogue.stage", "Multi-step offline RL on text games: `rlhf dialogue data|train|evaluate`."),
+    "dialogue": ("rlhf.dialogue.cli", "Multi-step offline RL on text games: `rlhf dialogue data|train|evaluate`."),
     "launch": ("rlhf.launch", "Run a stage under `accelerate launch` with a preset from configs/accelerate/ "
                "(`rlhf launch --list`)."),
     "evaluate": ("rlhf.stages.evaluate", "Stage 5: checkpoints side by side (report.json, report.md, plots)."),
     "run": ("rlhf.pipeline", "Every stage chained from one pipeline file (configs/quickstart.yaml); completed "
             "stages are skipped, interrupted ones resume."),
-    "pomdp": ("rlhf.pomdp.train", "POMDP baselines: `rlhf pomdp train|evaluate` any agent on any environment."),
+    "pomdp": ("rlhf.pomdp.cli", "POMDP baselines: `rlhf pomdp train|evaluate` any agent on any environment."),
     "dt": ("rlhf.dt.cli", "Decision Transformer: `rlhf dt data | train | evaluate` (offline RL, gymnasium tasks)."),
 }
 

@@ -55,6 +55,9 @@ class RunConfig:
     # Fields that may differ between a run and its resumption (they do not change the result).
     RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = (
         "output_dir", "resume", "overwrite", "log_every", "report_to")
+    # Why a run of this config cannot continue with `resume: true` (refused when the config is loaded); empty:
+    # it can.
+    NOT_RESUMABLE: typing.ClassVar[str] = ""
 
     def validate(self) -> None:
         """Check values beyond their types. Subclasses extend this; errors name the key."""
@@ -287,6 +290,9 @@ def load_config(cls, path: str | Path | None = None, overrides: dict[str, Any] |
         cfg = from_dict(cls, overrides, source="command-line flags", base=cfg, from_cli=True)
     elif path is None:
         check(cfg)
+    if getattr(cfg, "resume", False) and getattr(cls, "NOT_RESUMABLE", ""):
+        raise ConfigError(f"key 'resume': {cls.NOT_RESUMABLE}; start afresh (--overwrite true replaces a run "
+                          "already in output_dir)")
     return cfg
 
 

@@ -89,8 +89,8 @@ def prepare_output_dir(cfg, accelerator) -> Path:
     lock_run_collective(out, accelerator.is_main_process)
     has_run = (out / "config.yaml").exists() or (out / CHECKPOINTS).exists()
     if has_run and not cfg.resume and not cfg.overwrite:
-        raise RunExistsError(f"{out} already holds a run; pass --resume true to continue it or "
-                             "--overwrite true to start over")
+        resume = "" if getattr(cfg, "NOT_RESUMABLE", "") else "--resume true to continue it or "
+        raise RunExistsError(f"{out} already holds a run; pass {resume}--overwrite true to start over")
     if cfg.resume and (out / "config.yaml").exists():
         try:
             old = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -128,6 +128,16 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def start_trackers(accelerator, cfg, project: str) -> bool:
+    """Start the trackers `cfg.report_to` names, the resolved config as their hyperparameters; False (and nothing
+    started) when it is "none"."""
+    if cfg.report_to == "none":
+        return False
+    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in to_dict(cfg).items()}
+    accelerator.init_trackers(project, config=flat)
+    return True
+
+
 class RunLogger:
     """Rank-safe metrics: log.jsonl lines plus accelerate trackers (a no-op when `report_to` is "none")."""
 
@@ -135,7 +145,6 @@ class RunLogger:
         self.accelerator = accelerator
         self.cfg, self.project = cfg, project
         self.path = Path(cfg.output_dir) / "log.jsonl"
-        self.tracking = cfg.report_to != "none"
         self.start = time.time()
         self.resumed: list[dict] = []  # rows kept from before a resume (main process), for whole-run metrics
         if accelerator.is_main_process:
@@ -149,17 +158,18 @@ class RunLogger:
                 keep = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= resume_step]
                 self.resumed = keep
                 atomic_write_jsonl(self.path, keep, what="log")
-        if self.tracking:
-            flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in to_dict(cfg).items()}
-            accelerator.init_trackers(project, config=flat)
+        self.tracking = start_trackers(accelerator, cfg, project)
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
+    def log(self, metrics: dict[str, Any], step: int, tracker_step: int | None = None) -> None:
+        """One log.jsonl line at `step`; trackers get it at `tracker_step` where given (a run whose phases each
+        count their steps from 1 in log.jsonl gives trackers, which want one increasing step, a running count)."""
         if not self.accelerator.is_main_process:
             return
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         append_jsonl(self.path, [row], what="log")
         if self.tracking:
-            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))},
+                                 step=step if tracker_step is None else tracker_step)
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:
         metrics = {**{k: _jsonable(v) for k, v in metrics.items()},

@@ -19,19 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from rlhf.tasks.qa import (  # noqa: E402
+from rlhf.tasks.qa.examples import build_examples, demonstration, prompt_messages, prompt_record  # noqa: E402
+from rlhf.tasks.qa.synthetic import (  # noqa: E402
     MIN_MARGIN,
     PAIR_MIX,
     PAIR_TYPES,
-    VARIANT_STYLES,
     UNHELPFUL_SHARE,
-    build_examples,
-    demonstration,
+    VARIANT_STYLES,
     mixed_demonstrations,
     pair_type,
     preference_pairs,
-    prompt_messages,
-    prompt_record,
 )
 
 PAIRS_PER_EXAMPLE = 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing
 from pathlib import Path
 
@@ -11,11 +12,6 @@ import yaml
 
 from rlhf.cli import main as cli_main
 from rlhf.config import ConfigError, load_config, parse_args, read_yaml, save_config
-from rlhf.dialogue.stage import DialogueDataConfig, DialogueEvalConfig, DialogueTrainConfig
-from rlhf.dt.data import DTDataConfig
-from rlhf.dt.evaluate import DTEvalConfig
-from rlhf.dt.train import DTTrainConfig
-from rlhf.pomdp.train import PomdpConfig
 from rlhf.stages.collect import CollectConfig
 from rlhf.stages.evaluate import EvaluateConfig
 from rlhf.stages.label import LabelConfig
@@ -29,12 +25,14 @@ CONFIGS = ROOT / "configs"
 
 # Stage name (a config file's stem up to its first "_") -> that stage's config dataclass.
 # Every YAML under configs/ (except configs/accelerate/) must map to an entry here: add new stages as they land.
-STAGE_CONFIGS = {"sft": SFTConfig, "collect": CollectConfig, "label": LabelConfig, "reward": RewardConfig, "policy": PolicyConfig}
-# `rlhf dt <command>` configs are configs/dt/dt-<command>_<experiment>.yaml.
-STAGE_CONFIGS["dpo"] = DPOConfig
-STAGE_CONFIGS.update({"dt-data": DTDataConfig, "dt-train": DTTrainConfig, "dt-evaluate": DTEvalConfig})
-STAGE_CONFIGS.update({"evaluate": EvaluateConfig, "pomdp": PomdpConfig, "dialogue/data": DialogueDataConfig,
-                      "dialogue/train": DialogueTrainConfig, "dialogue/evaluate": DialogueEvalConfig})
+STAGE_CONFIGS = {"sft": SFTConfig, "collect": CollectConfig, "label": LabelConfig, "reward": RewardConfig,
+                 "policy": PolicyConfig, "dpo": DPOConfig, "evaluate": EvaluateConfig}
+# The sibling modules' configs are configs/<module>/<command>[_<experiment>].yaml, <command> one of the module's
+# `rlhf <module> <command>` commands (its cli.COMMANDS), as the pipeline's are configs/<stage>[_<variant>].yaml.
+MODULES = ("dialogue", "pomdp", "dt")
+for _module in MODULES:
+    for _name, _command in importlib.import_module(f"rlhf.{_module}.cli").COMMANDS.items():
+        STAGE_CONFIGS[f"{_module}/{_name}"] = _command.config_class()
 PIPELINES = {"quickstart"}  # `rlhf run` pipeline files: checked by resolving every stage they name
 
 
@@ -44,15 +42,11 @@ def stage_yaml_files() -> list[Path]:
 
 
 def stage_of(path: Path) -> str:
-    """"<dir>/<stem up to _>" for a module's directory (configs/dialogue/data.yaml), else the stem up to "_"
-    (configs/tiny/sft_lora.yaml -> sft), else the directory (configs/pomdp/tmaze_drqn.yaml -> pomdp)."""
+    """"<module>/<stem up to _>" in a module's directory (configs/dt/train_cartpole.yaml -> dt/train), else the
+    stem up to "_" (configs/tiny/sft_lora.yaml -> sft)."""
     parts = path.relative_to(CONFIGS).parts if path.is_absolute() else path.parts
     stem = path.stem.split("_", 1)[0]
-    top = parts[0] if len(parts) > 1 and parts[0] != "tiny" else ""
-    for key in (f"{top}/{stem}" if top else "", stem, top):
-        if key and (key in STAGE_CONFIGS or key in PIPELINES):
-            return key
-    return stem
+    return f"{parts[0]}/{stem}" if len(parts) > 1 and parts[0] in MODULES else stem
 
 
 def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
@@ -76,6 +70,18 @@ def test_configs_directory_has_stage_files():
     assert {"sft.yaml", "tiny/sft.yaml", "tiny/sft_lora.yaml"} <= names
     assert not any(n.startswith("accelerate/") for n in names)
     assert stage_of(Path("sft_lora.yaml")) == "sft" and stage_of(Path("sft.yaml")) == "sft"
+    assert stage_of(Path("dt/train_cartpole.yaml")) == "dt/train"
+    assert stage_of(Path("pomdp/train_tmaze_drqn.yaml")) == "pomdp/train"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_configs_are_named_command_underscore_experiment(module):
+    """configs/<module>/<command>[_<experiment>].yaml: the file names the command that reads it."""
+    commands = importlib.import_module(f"rlhf.{module}.cli").COMMANDS
+    files = sorted((CONFIGS / module).glob("*.yaml"))
+    assert files
+    bad = [p.name for p in files if p.stem.split("_", 1)[0] not in commands]
+    assert not bad, f"configs/{module}/: {bad} do not start with one of {list(commands)}"
 
 
 @pytest.mark.parametrize("path", stage_yaml_files(), ids=lambda p: str(p.relative_to(CONFIGS)))

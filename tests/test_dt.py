@@ -216,7 +216,7 @@ def test_data_regenerates_from_its_seed_with_mixed_quality():
 
 def test_configs_parse_and_bad_keys_fail():
     for path in sorted((ROOT / "configs" / "dt").glob("*.yaml")):
-        cls = {"dt-data": DTDataConfig, "dt-train": DTTrainConfig, "dt-evaluate": DTEvalConfig}[path.stem.split("_")[0]]
+        cls = {"data": DTDataConfig, "train": DTTrainConfig, "evaluate": DTEvalConfig}[path.stem.split("_")[0]]
         assert type(load_config(cls, path)) is cls
     with pytest.raises(ConfigError, match="context_lenn"):
         parse_args(DTTrainConfig, ["--context_lenn", "3"])

@@ -16,7 +16,7 @@ from rlhf.data import DataError
 from rlhf.labeling.simulated import SimulatedAnnotator, gold_scores
 from rlhf.labeling.store import DecisionStore, LabelSession, comparisons, read_candidates
 from rlhf.stages.label import LabelConfig, export_pairs, ranking_pairs, run
-from rlhf.tasks.qa import build_examples, demonstration, prompt_record
+from rlhf.tasks.qa.examples import build_examples, demonstration, prompt_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 from rlhf.config import load_config
 from rlhf.labeling.store import DecisionStore, LabelSession, comparisons, read_candidates
 from rlhf.stages.label import LabelConfig, run
-from rlhf.tasks.qa import build_examples, demonstration, prompt_record
+from rlhf.tasks.qa.examples import build_examples, demonstration, prompt_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

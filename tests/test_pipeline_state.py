@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.pipeline import STAGES, run_pipeline
-from rlhf.tasks.qa import build_examples, demonstration, prompt_record
+from rlhf.tasks.qa.examples import build_examples, demonstration, prompt_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

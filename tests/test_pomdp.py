@@ -427,7 +427,7 @@ def test_results_rows_name_shipped_configs_on_disjoint_seeds():
     seen: dict[str, set] = {}
     for group, rows in results.ROWS.items():
         for name, seeds, _ in rows:
-            cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"{name}.yaml")
+            cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"train_{name}.yaml")
             assert name.startswith(group.split("_")[0]), (group, name)
             if group == "flicker_cartpole":
                 assert (cfg.env, cfg.p_blank) == ("flicker-cartpole", 0.5)

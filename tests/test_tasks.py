@@ -20,13 +20,12 @@ from rlhf.tasks import (
     prompt_messages,
     prompt_record,
 )
-from rlhf.tasks.qa import (
-    FACT_ENTITIES,
+from rlhf.tasks.qa.judging import FACT_ENTITIES, mentions
+from rlhf.tasks.qa.synthetic import (
     PAIR_MIX,
     PAIR_TYPES,
     UNHELPFUL_SHARE,
     VARIANT_STYLES,
-    _mentions,
     _template_texts,
     mixed_demonstrations,
     pair_type,
@@ -222,7 +221,7 @@ def test_every_variant_gets_its_judge_outcome(seed):
             assert not j[style].correct and j[style].score <= 0, (style, context)
         assert j["wrong"].score == 0.0 and j["hedging"].score == 0.0, context
         _wrong_of(ex, texts["wrong"])  # a right answer to a question whose reference is the wrong value
-        assert _mentions(texts["hedging"].lower(), ex.reference), context
+        assert mentions(texts["hedging"].lower(), ex.reference), context
         assert len(set(texts.values())) == len(texts), context
 
 
@@ -235,7 +234,7 @@ def _wrong_of(ex, text):
         values = [n for n in re.findall(r"\d+", text) if n not in operands]
     else:
         category = ex.id.split("-")[1]
-        values = [e for e in FACT_ENTITIES[category] if _mentions(low, e) and not _mentions(ex.question.lower(), e)]
+        values = [e for e in FACT_ENTITIES[category] if mentions(low, e) and not mentions(ex.question.lower(), e)]
     assert len(values) == 1, (ex, text, values)
     as_reference = TaskExample(ex.id, ex.kind, ex.question, values[0])
     assert judge(as_reference, text).score == 1.0, (ex, text)
@@ -256,7 +255,7 @@ def test_wrong_answers_are_near_misses_in_the_right_answers_phrasings():
         else:  # another answer of the same category, not in the question
             category = ex.id.split("-")[1]
             assert wrong.lower() in FACT_ENTITIES[category] - {ex.reference.lower()}, (ex, wrong)
-            assert not _mentions(ex.question.lower(), wrong), (ex, wrong)
+            assert not mentions(ex.question.lower(), wrong), (ex, wrong)
     # Half in the demonstration's form, half paraphrased, like the correct answers' concise and paraphrase
     # styles: the phrasing alone says nothing of correctness.
     assert 0.4 < forms["demonstration"] / sum(forms.values()) < 0.6, forms
@@ -285,7 +284,7 @@ def test_variant_templates_hold_no_digit_and_no_entity():
     for text in _template_texts():
         assert not re.search(r"\d", text), text
         low = " ".join(text.lower().split())
-        assert not [e for e in entities if _mentions(low, e)], text
+        assert not [e for e in entities if mentions(low, e)], text
 
 
 def test_variants_are_deterministic_and_varied():

@@ -41,7 +41,7 @@ def stage_classes():
 
 
 def write_candidates(path: Path, n: int = 3, bom: bool = False) -> Path:
-    from rlhf.tasks.qa import build_examples, demonstration, prompt_record
+    from rlhf.tasks.qa.examples import build_examples, demonstration, prompt_record
 
     rows = []
     for ex in build_examples(seed=0)[0][:n]:

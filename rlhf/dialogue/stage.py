@@ -1,8 +1,13 @@
-"""`rlhf dialogue`: multi-step offline RL on text environments (data / train / evaluate).
+"""The `rlhf dialogue` commands (rlhf/dialogue/cli.py): multi-step offline RL on text environments.
 
     rlhf dialogue data     --config configs/dialogue/data.yaml       # scripted trajectories (jsonl)
     rlhf dialogue train    --config configs/dialogue/train.yaml --algorithm ilql
-    rlhf dialogue evaluate --config configs/dialogue/evaluate.yaml --run runs/dialogue/ilql
+    rlhf dialogue evaluate --config configs/dialogue/evaluate.yaml --run runs/dialogue/guess/ilql
+
+Each command writes the output contract of `rlhf.runs` (config.yaml, log.jsonl, metrics.json) to its output_dir
+beside its product (trajectories.jsonl and summary.json; lm/ and heads/; eval.json), and sends its config and
+numbers to the trackers of `--report_to`. `--resume true` redoes `data` and `evaluate`, which are deterministic
+in their config; `train` writes no checkpoint, so it refuses `resume` when the config is read.
 
 Algorithms: bc, filtered_bc (top fraction by return), mc (utterance-level Q on Monte-Carlo returns), ilql
 (per-token Q/V heads; acts on log pi_bc + beta (Q - V)) and chai (utterance-level Q over candidates from the
@@ -19,10 +24,9 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import ConfigError, RunConfig, option, parse_args, require_at_least, save_config
+from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.dialogue.envs import ENVS
-from rlhf.runs import RunExistsError
-from rlhf.fsio import atomic_write_json, atomic_write_jsonl, lock_run, publish_dir, releases_run_lock
+from rlhf.fsio import atomic_write_json, publish_dir, releases_run_lock
 
 ALGORITHMS = ("bc", "filtered_bc", "mc", "ilql", "chai")
 
@@ -31,8 +35,8 @@ ALGORITHMS = ("bc", "filtered_bc", "mc", "ilql", "chai")
 class DialogueDataConfig(RunConfig):
     """Generate offline dialogue data from scripted behaviour policies."""
 
-    output_dir: str = option("runs/dialogue/data", help="Where trajectories.jsonl, summary.json and "
-                             "config.yaml go.")
+    output_dir: str = option("runs/dialogue/data", help="Where trajectories.jsonl, summary.json and the run "
+                             "files go.")
     env: str = option("guess", help="Environment: the guessing game, the fully or the partially observed maze.",
                       choices=ENVS)
     episodes_per_policy: int = option(400, help="Episodes from each behaviour policy.")
@@ -50,6 +54,8 @@ class DialogueDataConfig(RunConfig):
 @dataclass
 class DialogueTrainConfig(RunConfig):
     """Train a dialogue agent offline on logged trajectories."""
+
+    NOT_RESUMABLE = "rlhf dialogue train writes no checkpoint to resume from"
 
     output_dir: str = option("runs/dialogue/agent", help="Where lm/, heads/, log.jsonl and metrics.json go.")
     data: str = option("runs/dialogue/data/trajectories.jsonl", help="Trajectories from `rlhf dialogue data`.")
@@ -107,7 +113,7 @@ class DialogueTrainConfig(RunConfig):
 class DialogueEvalConfig(RunConfig):
     """Evaluate a trained dialogue agent in its environment."""
 
-    output_dir: str = option("runs/dialogue/eval", help="Where eval.json goes.")
+    output_dir: str = option("runs/dialogue/eval", help="Where eval.json and the run files go.")
     run: str = option("runs/dialogue/agent", help="A `rlhf dialogue train` run directory.")
     env: str = option("", help="Environment (empty: the one of the run's data).", choices=("",) + ENVS)
     episodes: int = option(200, help="Evaluation episodes (fresh seeds, disjoint from the data's).")
@@ -132,21 +138,37 @@ class DialogueEvalConfig(RunConfig):
 # ------------------------------------------------------------------------------------------ commands
 
 
-def _prepare(cfg, product: str) -> Path:
-    out = Path(cfg.output_dir)
-    lock_run(out, say=print)  # one writer per run directory (released when the command returns)
-    if (out / product).exists() and not cfg.overwrite:
-        raise RunExistsError(f"{out} already holds {product}; pass --overwrite true to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    return out
+def _start(cfg, project: str):
+    """The output contract of `rlhf.runs`: output_dir checked and locked, config.yaml written, a RunLogger."""
+    from rlhf.distributed import make_accelerator
+    from rlhf.runs import RunLogger, prepare_output_dir
+
+    accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
+    out = prepare_output_dir(cfg, accelerator)
+    return out, RunLogger(accelerator, cfg, project)
+
+
+def _scalars(prefix: str, result: dict) -> dict:
+    """The numbers of a result, flat: {"success": {"mean": m, "ci95": c}} -> {"<prefix>/success": m,
+    "<prefix>/success_ci95": c}; strings and lists are left out."""
+    flat = {}
+    for key, value in result.items():
+        if isinstance(value, dict) and "mean" in value:
+            flat[f"{prefix}/{key}"] = value["mean"]
+            if "ci95" in value:
+                flat[f"{prefix}/{key}_ci95"] = value["ci95"]
+        elif isinstance(value, dict):
+            flat.update(_scalars(f"{prefix}/{key}", value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}/{key}"] = value
+    return flat
 
 
 @releases_run_lock
 def make_data(cfg: DialogueDataConfig) -> dict:
     from rlhf.dialogue.data import generate, save_jsonl
 
-    out = _prepare(cfg, "trajectories.jsonl")
+    out, logger = _start(cfg, "rlhf-dialogue-data")
     records = generate(cfg.env, cfg.episodes_per_policy, cfg.seed, cfg.policies)
     save_jsonl(records, out / "trajectories.jsonl")
     summary = {"env": cfg.env, "episodes": len(records)}
@@ -157,6 +179,8 @@ def make_data(cfg: DialogueDataConfig) -> dict:
                       "turns": sum(len(r["turns"]) for r in rs) / len(rs)}
     atomic_write_json(out / "summary.json", summary, what="summary")
     print(json.dumps(summary))
+    logger.log(_scalars("data", summary), step=1)
+    logger.finish({"env": cfg.env, **_scalars("data", summary)})
     return summary
 
 
@@ -177,12 +201,14 @@ def train(cfg: DialogueTrainConfig) -> dict:
     from rlhf.dialogue.data import load_jsonl, top_fraction
     from rlhf.models import build_tiny_tokenizer
 
-    out = _prepare(cfg, "metrics.json")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out, logger = _start(cfg, "rlhf-dialogue")
     torch.manual_seed(cfg.seed)
     records = load_jsonl(cfg.data)
     tokenizer = build_tiny_tokenizer()
     metrics: dict = {"algorithm": cfg.algorithm, "env": records[0]["env"], "episodes": len(records)}
-    log = []
+    bc_steps = 0  # trackers see the value phase's steps after the BC phase's (log.jsonl counts each from 1)
     start = time.time()
     if cfg.algorithm in ("bc", "filtered_bc") or not cfg.lm:
         data = top_fraction(records, cfg.filter_fraction) if cfg.algorithm == "filtered_bc" else records
@@ -194,7 +220,9 @@ def train(cfg: DialogueTrainConfig) -> dict:
             tokenizer.save_pretrained(tmp)
         metrics.update({"bc/steps": st.steps, "bc/seconds": st.seconds, "bc/parameters": st.parameters,
                         "bc/episodes": len(data)})
-        log += st.log
+        for row in st.log:
+            logger.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        bc_steps = st.steps
     else:
         lm = load_lm(cfg.lm)
         metrics["lm"] = cfg.lm
@@ -212,10 +240,11 @@ def train(cfg: DialogueTrainConfig) -> dict:
         heads.save(out / "heads")
         metrics.update({"value/steps": st.steps, "value/seconds": st.seconds, "value/parameters": st.parameters,
                         "value/feature_seconds": st.extra_seconds})
-        log += st.log
+        for row in st.log:
+            logger.log({k: v for k, v in row.items() if k != "step"}, step=row["step"],
+                       tracker_step=bc_steps + row["step"])
     metrics["seconds"] = time.time() - start
-    atomic_write_jsonl(out / "log.jsonl", log, what="log")
-    atomic_write_json(out / "metrics.json", metrics, what="metrics")
+    metrics = logger.finish(metrics)
     print(json.dumps(metrics))
     return metrics
 
@@ -248,7 +277,9 @@ def evaluate_run(cfg: DialogueEvalConfig) -> dict:
     from rlhf.dialogue.data import load_jsonl
     from rlhf.dialogue.envs import normalised_score
 
-    out = _prepare(cfg, "eval.json")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out, logger = _start(cfg, "rlhf-dialogue-eval")
     agent, run_cfg = load_agent(cfg.run, cfg.beta, cfg.k, cfg.temperature, cfg.top_p, cfg.adv_clip)
     env = cfg.env or load_jsonl(run_cfg["data"])[0]["env"]
     torch.manual_seed(cfg.seed)
@@ -262,18 +293,7 @@ def evaluate_run(cfg: DialogueEvalConfig) -> dict:
     result.pop("returns")
     atomic_write_json(out / "eval.json", result, what="eval")
     print(json.dumps({k: v for k, v in result.items() if k != "transcripts"}))
+    scores = _scalars("eval", {k: v for k, v in result.items() if k != "transcripts"})
+    logger.log(scores, step=1)
+    logger.finish({"algorithm": run_cfg["algorithm"], "env": env, **scores})
     return result
-
-
-def main(argv: list[str] | None = None):
-    argv = list(argv or [])
-    commands = {"data": (DialogueDataConfig, make_data), "train": (DialogueTrainConfig, train),
-                "evaluate": (DialogueEvalConfig, evaluate_run)}
-    if not argv or argv[0] not in commands:
-        raise ConfigError("usage: rlhf dialogue {data,train,evaluate} [--config FILE.yaml] [--<field> VALUE]"
-                          + (f"; unknown subcommand '{argv[0]}'" if argv and not argv[0].startswith("-") else ""))
-    cls, fn = commands[argv[0]]
-    cfg = parse_args(cls, argv[1:], prog=f"rlhf dialogue {argv[0]}")
-    if getattr(cfg, "threads", 0) > 0:
-        torch.set_num_threads(cfg.threads)
-    return fn(cfg)

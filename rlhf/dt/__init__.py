@@ -5,7 +5,7 @@
     rlhf/dt/model.py       the policy: transformers' DecisionTransformerModel + discrete actions, normalisation
     rlhf/dt/train.py       `rlhf dt train`: DT, BC and filtered BC in the same network
     rlhf/dt/evaluate.py    `rlhf dt evaluate`: roll-outs conditioned on target returns
-    rlhf/dt/cli.py         the `rlhf dt <command>` dispatcher
+    rlhf/dt/cli.py         the `rlhf dt <command>` table (rlhf/subcommands.py dispatches it)
 
 Return-to-go and the action loss are in rlhf/losses.py (`returns_to_go`, `dt_action_loss`).
 """

@@ -346,9 +346,3 @@ def make_data(cfg) -> dict:
     return logger.finish({"data/episodes": int(len(rets)), "data/steps": int(len(data.rewards)),
                           "data/return_mean": float(rets.mean()), "data/return_min": float(rets.min()),
                           "data/return_max": float(rets.max())})
-
-
-def main(argv: list[str] | None = None) -> dict:
-    from rlhf.config import parse_args
-
-    return make_data(parse_args(DTDataConfig, argv, prog="rlhf dt data"))

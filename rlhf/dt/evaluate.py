@@ -43,6 +43,8 @@ class DTEvalConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        if not self.model:
+            raise ConfigError("model must name a directory from `rlhf dt train`")
         require_at_least(self, 1, "episodes")
         require_at_least(self, 0, "num_threads")
         if self.max_episode_steps is not None:
@@ -146,12 +148,3 @@ def evaluate(cfg: DTEvalConfig) -> dict:
         print(f"{tgt:>10} {row['mean']:>9.1f} ± {row['std']:<6.1f}")
     metrics = {f"eval/return@{'bc' if r['target'] is None else round(r['target'], 2)}": r["mean"] for r in rows}
     return {**logger.finish(metrics), "results": rows}
-
-
-def main(argv: list[str] | None = None) -> dict:
-    from rlhf.config import parse_args
-
-    cfg = parse_args(DTEvalConfig, argv, prog="rlhf dt evaluate")
-    if not cfg.model:
-        raise ConfigError("model must name a directory from `rlhf dt train`")
-    return evaluate(cfg)

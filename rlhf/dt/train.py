@@ -191,9 +191,3 @@ def train(cfg: DTTrainConfig) -> dict:
         raise RuntimeError(f"training diverged: final loss {final}")
     print(f"dt train: final loss {final:.4f}; model in {out / 'model'}")
     return metrics
-
-
-def main(argv: list[str] | None = None) -> dict:
-    from rlhf.config import parse_args
-
-    return train(parse_args(DTTrainConfig, argv, prog="rlhf dt train"))

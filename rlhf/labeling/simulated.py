@@ -21,7 +21,8 @@ import numpy as np
 
 from rlhf.data import DataError
 from rlhf.labeling.store import Candidates
-from rlhf.tasks.qa import example_from_record, judge
+from rlhf.tasks.qa.examples import example_from_record
+from rlhf.tasks.qa.judging import judge
 
 
 def gold_scores(cands: Candidates) -> list[float]:

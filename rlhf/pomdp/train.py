@@ -1,12 +1,14 @@
-"""`rlhf pomdp`: train or evaluate any POMDP agent on any environment.
+"""Training and evaluation of any POMDP agent on any environment (`rlhf pomdp train|evaluate`, rlhf/pomdp/cli.py).
 
-    rlhf pomdp train --config configs/pomdp/drqn_masked_cartpole.yaml --seed 1 --output_dir runs/pomdp/drqn-1
+    rlhf pomdp train --config configs/pomdp/train_masked_cartpole_drqn.yaml --seed 1 --output_dir runs/pomdp/drqn-1
     rlhf pomdp evaluate --output_dir runs/pomdp/drqn-1 --final_eval_episodes 100
     rlhf pomdp train --help            # every field with its help text and default
 
 A run writes the output contract of `rlhf.runs` (config.yaml, log.jsonl, metrics.json) plus agent.pt (the
 final network) and best.pt (the network with the best periodic evaluation). `evaluate` reads the run's
-config.yaml, loads agent.pt (or best.pt with `--checkpoint best`) and writes eval.json.
+config.yaml, loads agent.pt (or best.pt with `--checkpoint best`) and writes eval.json into the run (and, with
+report_to, sends its numbers to the trackers). Runs are short and keep no checkpoint to continue from, so
+`resume: true` is refused when the config is read.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf.config import ConfigError, RunConfig, option, parse_args, require_at_least
+from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.pomdp.agents import AGENTS, POLICY_AGENTS, Episode, build_agent
 from rlhf.pomdp.envs import ENV_NAMES, make_env
 from rlhf.fsio import atomic_file, atomic_write_json, releases_run_lock
@@ -87,10 +89,10 @@ class PomdpConfig(RunConfig):
                                           "this (null: train for total_steps).")
     checkpoint: str = option("final", help="evaluate: which network to load.", choices=("final", "best"))
 
+    NOT_RESUMABLE = "pomdp runs are short and keep no checkpoint to resume from"
+
     def validate(self) -> None:
         super().validate()
-        if self.resume:
-            raise ConfigError("resume is not supported for pomdp runs (they are short); start afresh")
         require_at_least(self, 1, "total_steps", "num_envs", "hidden_size", "window", "batch_size", "buffer_size",
                          "train_every", "n_step", "seq_len", "eval_every", "eval_episodes", "latent_size")
         require_at_least(self, 0, "burn_in", "learning_starts", "final_eval_episodes")
@@ -310,24 +312,37 @@ def load_agent(cfg: PomdpConfig, which: str = "final"):
 
 
 def evaluate(cfg: PomdpConfig) -> dict:
+    """Evaluate the run in cfg.output_dir on fresh episodes; writes eval.json there."""
     torch.manual_seed(cfg.seed)
     agent = load_agent(cfg, cfg.checkpoint)
-    result = {"env": cfg.env, "agent": cfg.agent, "checkpoint": cfg.checkpoint, "seed": cfg.seed,
-              **evaluate_agent(agent, cfg, max(1, cfg.final_eval_episodes), seed=123_456 + cfg.seed)}
+    scores = evaluate_agent(agent, cfg, max(1, cfg.final_eval_episodes), seed=123_456 + cfg.seed)
+    result = {"env": cfg.env, "agent": cfg.agent, "checkpoint": cfg.checkpoint, "seed": cfg.seed, **scores}
     atomic_write_json(Path(cfg.output_dir) / "eval.json", result, what="eval")
+    if cfg.report_to != "none":  # the run's trackers get the evaluation too (eval.json stays the record)
+        from rlhf.distributed import make_accelerator
+        from rlhf.runs import start_trackers
+
+        accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
+        start_trackers(accelerator, cfg, "rlhf-pomdp-eval")
+        accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=0)
+        accelerator.end_training()
     print(json.dumps(result))
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = list(argv or [])
-    if not argv or argv[0] not in ("train", "evaluate"):
-        raise ConfigError("usage: rlhf pomdp train|evaluate [--config FILE.yaml] [--<field> VALUE ...]")
-    command, rest = argv[0], argv[1:]
-    if command == "evaluate" and "--config" not in rest and "-h" not in rest and "--help" not in rest:
-        # the run's own config is the base; flags (e.g. --final_eval_episodes, --seed) go on top
-        out_dir = rest[rest.index("--output_dir") + 1] if "--output_dir" in rest[:-1] else PomdpConfig().output_dir
-        rest = ["--config", str(Path(out_dir) / "config.yaml"), *rest]
+def run_config_first(argv: list[str]) -> list[str]:
+    """`rlhf pomdp evaluate` without --config: the run's own config.yaml is the base, flags go on top."""
+    if "--config" in argv or "-h" in argv or "--help" in argv:
+        return argv
+    out_dir = argv[argv.index("--output_dir") + 1] if "--output_dir" in argv[:-1] else PomdpConfig().output_dir
+    return ["--config", str(Path(out_dir) / "config.yaml"), *argv]
+
+
+def train_command(cfg: PomdpConfig) -> dict:
+    torch.set_num_threads(1)  # the networks are small: one thread is the fastest on shared cores
+    return train(cfg)
+
+
+def evaluate_command(cfg: PomdpConfig) -> dict:
     torch.set_num_threads(1)
-    cfg = parse_args(PomdpConfig, rest, prog=f"rlhf pomdp {command}")
-    return train(cfg) if command == "train" else evaluate(cfg)
+    return evaluate(cfg)

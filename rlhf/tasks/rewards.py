@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from rlhf.tasks.qa import example_from_record, judge
+from rlhf.tasks.qa.examples import example_from_record
+from rlhf.tasks.qa.judging import judge
 
 
 def gold_judge(prompts: list, completions: list[str], records: list[dict]) -> list[float]:

@@ -1,399 +1,18 @@
-"""Short factual and arithmetic questions with reference answers, and a programmatic judge.
+"""Synthetic data for the QA task: responses of graded quality and judge-ordered preference pairs.
 
-This is the gold signal of the "simulated annotator": a small chat model is asked
-questions such as "What is 17 + 25?" or "What is the capital of France?", and
-`judge` scores its completion. The judge rewards exactly what likelihood-trained
-small models get wrong: being correct, being concise, and not repeating itself.
-
-Examples
---------
-- arithmetic: addition, subtraction (non-negative results) and multiplication of
-  small integers, drawn with `random.Random(seed)`; unique questions, and a
-  commutative question never appears twice in swapped order.
-- fact: five fixed tables of well-known facts (category in brackets):
-  country capitals [capital], chemical element symbols [symbol], the day after or
-  before a weekday [day], the month after or before a month [month], opposites of
-  common words [opposite]. An example id is "<kind>-<category>-<slug>", e.g.
-  "arith-add-0007" or "fact-capital-france"; the judge reads the category from it.
-
-Judge rules
------------
-The completion is lowercased and its whitespace collapsed before matching.
-
-1. Correctness (`correct`). The reference, or one of its aliases, must be present,
-   and no contradicting answer may be present.
-   - Words and phrases are matched whole (case-insensitively): the characters
-     around a match may not be letters, digits, "_" or "-", so "Rome" does not
-     match "Romeo" and "cold" does not match "cold-hearted".
-   - Numbers are matched as numbers: a number is a run of digits with an optional
-     decimal part, so "42" is not found in "142" or "4.2", while "42.0" equals 42.
-     Signs are ignored (all arithmetic answers are non-negative).
-   - Arithmetic contradiction: any number in the completion other than the
-     reference and the question's operands. "17 + 25 = 42." is correct,
-     "It is 42 or maybe 43." is not.
-   - Fact contradiction: any other entity of the same category (another capital,
-     another element symbol, another weekday, ...: the references and aliases of
-     that category's table), except entities that appear in the question itself.
-     "The day after Tuesday is Wednesday." is correct; "Paris, or maybe Lyon" is
-     correct (Lyon is no capital); "Paris or London" is not.
-   - The empty completion is incorrect. Negation is not understood: "not Paris"
-     counts as naming Paris. The judge is deliberately strict: it is meant for
-     short answers, and hedging between answers is a failure.
-2. Concision (`length_penalty`). Words are runs of letters/digits (`\\w+`), so
-   "17 + 25 = 42." has 3 words and "don't" has 2. Each word beyond `length_budget`
-   costs `length_cost`; the penalty is capped at `MAX_LENGTH_PENALTY`:
-       length_penalty = min(length_cost * max(0, n_words - length_budget), 0.25)
-3. Repetition (`repetition_penalty`). Over the same words, count word trigrams
-   that repeat an earlier trigram (= number of trigrams - number of distinct
-   trigrams). Each costs `repetition_cost`; the penalty is capped at
-   `MAX_REPETITION_PENALTY`:
-       repetition_penalty = min(repetition_cost * n_repeated_trigrams, 0.25)
-
-   score = 1.0 * correct - length_penalty - repetition_penalty,   in [-0.5, 1.0]
-
-Because the penalties together are at most 0.5, every correct answer (score in
-[0.5, 1]) beats every wrong one (score in [-0.5, 0]); among answers of equal
-correctness the shorter, less repetitive one wins. Every `demonstration` scores
-exactly 1.0. With the defaults a correct 30-word answer scores 1 - 10 * 0.005 = 0.95.
+Responses of graded quality to each question, in the styles a small chat model produces, and
+preference pairs between them whose order is the judge's. Every template below is free of digits and
+of every fact entity (capitals, symbols, weekdays, months, opposites), so that filling in the
+reference, the operands or a chosen rival answer is all that decides correctness.
 """
 
 import dataclasses
 import random
 import re
-from dataclasses import dataclass
 
-# --------------------------------------------------------------------------- examples
-
-
-@dataclass(frozen=True)
-class TaskExample:
-    """One question with its reference answer.
-
-    id:        stable id "<kind>-<category>-<slug>", e.g. "arith-add-0007", "fact-capital-france"
-    kind:      "arithmetic" or "fact"
-    question:  the user prompt text, e.g. "What is 17 + 25?"
-    reference: the canonical answer, e.g. "42" or "Paris"
-    aliases:   other accepted spellings of the reference, e.g. ("Kiev",) for "Kyiv"
-    """
-
-    id: str
-    kind: str
-    question: str
-    reference: str
-    aliases: tuple[str, ...] = ()
-
-
-# (country, capital, aliases of the capital). Countries with a disputed, split or
-# moving capital (e.g. Switzerland, Bolivia, South Africa, Indonesia) are left out.
-CAPITALS = [
-    ("France", "Paris", ()),
-    ("Germany", "Berlin", ()),
-    ("Italy", "Rome", ()),
-    ("Spain", "Madrid", ()),
-    ("Portugal", "Lisbon", ()),
-    ("the United Kingdom", "London", ()),
-    ("Ireland", "Dublin", ()),
-    ("the Netherlands", "Amsterdam", ()),
-    ("Belgium", "Brussels", ()),
-    ("Austria", "Vienna", ()),
-    ("Poland", "Warsaw", ()),
-    ("the Czech Republic", "Prague", ()),
-    ("Hungary", "Budapest", ()),
-    ("Greece", "Athens", ()),
-    ("Norway", "Oslo", ()),
-    ("Sweden", "Stockholm", ()),
-    ("Finland", "Helsinki", ()),
-    ("Denmark", "Copenhagen", ()),
-    ("Iceland", "Reykjavík", ("Reykjavik",)),
-    ("Russia", "Moscow", ()),
-    ("Ukraine", "Kyiv", ("Kiev",)),
-    ("Turkey", "Ankara", ()),
-    ("Egypt", "Cairo", ()),
-    ("Kenya", "Nairobi", ()),
-    ("Ethiopia", "Addis Ababa", ()),
-    ("Nigeria", "Abuja", ()),
-    ("Japan", "Tokyo", ()),
-    ("China", "Beijing", ()),
-    ("South Korea", "Seoul", ()),
-    ("India", "New Delhi", ()),
-    ("Pakistan", "Islamabad", ()),
-    ("Nepal", "Kathmandu", ()),
-    ("Thailand", "Bangkok", ()),
-    ("Vietnam", "Hanoi", ()),
-    ("the Philippines", "Manila", ()),
-    ("Iran", "Tehran", ()),
-    ("Iraq", "Baghdad", ()),
-    ("Saudi Arabia", "Riyadh", ()),
-    ("Afghanistan", "Kabul", ()),
-    ("Australia", "Canberra", ()),
-    ("New Zealand", "Wellington", ()),
-    ("Canada", "Ottawa", ()),
-    ("Cuba", "Havana", ()),
-    ("Argentina", "Buenos Aires", ()),
-    ("Brazil", "Brasília", ("Brasilia",)),
-    ("Peru", "Lima", ()),
-    ("Chile", "Santiago", ()),
-    ("Colombia", "Bogotá", ("Bogota",)),
-    ("Venezuela", "Caracas", ()),
-]
-
-# (element, symbol). Symbols that are common English words when lowercased
-# ("He", "I", "In", "As", "Be", "S" as in "it's", ...) are left out, since the
-# judge matches case-insensitively.
-SYMBOLS = [
-    ("hydrogen", "H"),
-    ("carbon", "C"),
-    ("nitrogen", "N"),
-    ("oxygen", "O"),
-    ("sodium", "Na"),
-    ("potassium", "K"),
-    ("iron", "Fe"),
-    ("gold", "Au"),
-    ("silver", "Ag"),
-    ("copper", "Cu"),
-    ("lead", "Pb"),
-    ("mercury", "Hg"),
-    ("tin", "Sn"),
-    ("zinc", "Zn"),
-    ("calcium", "Ca"),
-    ("chlorine", "Cl"),
-    ("neon", "Ne"),
-    ("lithium", "Li"),
-    ("nickel", "Ni"),
-    ("platinum", "Pt"),
-    ("uranium", "U"),
-]
-
-DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July",
-          "August", "September", "October", "November", "December"]
-# "May" is also an everyday word ("it may be"), so no month question involves May
-# and May is not a contradicting month.
-SKIPPED_MONTHS = {"May"}
-
-# Pairs of opposites, asked in both directions. Pairs whose words have several
-# common opposites (old: new/young, light: dark/heavy, ...) are left out.
-OPPOSITES = [
-    ("hot", "cold"), ("wet", "dry"), ("happy", "sad"), ("rich", "poor"),
-    ("early", "late"), ("fast", "slow"), ("push", "pull"), ("buy", "sell"),
-    ("north", "south"), ("east", "west"), ("strong", "weak"), ("black", "white"),
-    ("alive", "dead"), ("asleep", "awake"), ("wide", "narrow"), ("friend", "enemy"),
-]
-OPPOSITE_ALIASES = {"fast": ("quick",), "friend": ("ally",)}  # accepted besides the reference
-
-# Question and demonstration templates. The demonstration template is filled with
-# the question's captured groups (in order) and the reference, so a demonstration
-# can be rebuilt from any TaskExample, e.g. one loaded back from a jsonl record.
-TEMPLATES = [
-    (r"What is (\d+) ([-+×]) (\d+)\?", "{0} {1} {2} = {ref}."),
-    (r"What is the capital of (.+)\?", "The capital of {0} is {ref}."),
-    (r"What is the chemical symbol for (.+)\?", "The chemical symbol for {0} is {ref}."),
-    (r"What (day|month) comes (after|before) (.+)\?", "The {0} {1} {2} is {ref}."),
-    (r"What is the opposite of (.+)\?", "The opposite of {0} is {ref}."),
-]
-
-ARITHMETIC_OPS = {"add": ("+", lambda a, b: a + b),
-                  "sub": ("-", lambda a, b: a - b),
-                  "mul": ("×", lambda a, b: a * b)}
-
-
-def _slug(text: str) -> str:
-    text = text.lower().removeprefix("the ")
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
-
-
-def _arithmetic_examples(rng: random.Random, n: int) -> list[TaskExample]:
-    """n unique arithmetic questions, split as evenly as possible over add/sub/mul."""
-    examples = []
-    for i, (name, (symbol, fn)) in enumerate(ARITHMETIC_OPS.items()):
-        n_op = n // 3 + (i < n % 3)
-        seen = set()
-        while len(seen) < n_op:
-            if name == "mul":
-                a, b = rng.randint(2, 20), rng.randint(2, 20)
-            else:
-                a, b = rng.randint(1, 99), rng.randint(1, 99)
-                if name == "sub" and b > a:
-                    a, b = b, a  # keep results non-negative
-            key = (a, b) if name == "sub" else (min(a, b), max(a, b))  # 3+4 and 4+3 are one question
-            if key in seen:
-                continue
-            seen.add(key)
-            examples.append(TaskExample(
-                id=f"arith-{name}-{len(seen) - 1:04d}",
-                kind="arithmetic",
-                question=f"What is {a} {symbol} {b}?",
-                reference=str(fn(a, b)),
-            ))
-    return examples
-
-
-def _fact_examples() -> list[TaskExample]:
-    """All fact examples, in table order (independent of any seed)."""
-    def fact(category, slug, question, reference, aliases=()):
-        return TaskExample(f"fact-{category}-{slug}", "fact", question, reference, tuple(aliases))
-
-    examples = []
-    for country, capital, aliases in CAPITALS:
-        question = f"What is the capital of {country}?"
-        examples.append(fact("capital", _slug(country), question, capital, aliases))
-    for element, symbol in SYMBOLS:
-        examples.append(fact("symbol", element, f"What is the chemical symbol for {element}?", symbol))
-    for category, names in [("day", DAYS), ("month", MONTHS)]:
-        for i, name in enumerate(names):
-            for relation, other in [("after", names[(i + 1) % len(names)]), ("before", names[i - 1])]:
-                if {name, other} & SKIPPED_MONTHS:
-                    continue
-                examples.append(fact(category, f"{relation}-{_slug(name)}",
-                                     f"What {category} comes {relation} {name}?", other))
-    for a, b in OPPOSITES:
-        for word, opposite in [(a, b), (b, a)]:
-            examples.append(fact("opposite", word, f"What is the opposite of {word}?",
-                                 opposite, OPPOSITE_ALIASES.get(opposite, ())))
-    return examples
-
-
-def build_examples(seed: int = 0, n_arithmetic: int = 480,
-                   test_fraction: float = 0.2) -> tuple[list[TaskExample], list[TaskExample]]:
-    """Deterministic train/test split of all examples, disjoint by question text.
-
-    The arithmetic questions depend on `seed`; the fact tables are fixed, but which
-    facts land in the test split depends on `seed`. Each group (add, sub, mul, and
-    each fact category) is shuffled and round(test_fraction * len(group)) of it goes
-    to test, so both splits cover every group. Both lists are sorted by id.
-    """
-    rng = random.Random(seed)
-    examples = _arithmetic_examples(rng, n_arithmetic) + _fact_examples()
-    questions = [ex.question for ex in examples]
-    assert len(set(questions)) == len(questions), "duplicate questions"
-    assert len({ex.id for ex in examples}) == len(examples), "duplicate ids"
-
-    groups: dict[str, list[TaskExample]] = {}
-    for ex in examples:
-        groups.setdefault(_category(ex), []).append(ex)
-    train, test = [], []
-    for group in groups.values():
-        rng.shuffle(group)
-        n_test = round(test_fraction * len(group))
-        test += group[:n_test]
-        train += group[n_test:]
-    train.sort(key=lambda ex: ex.id)
-    test.sort(key=lambda ex: ex.id)
-    assert not {ex.question for ex in train} & {ex.question for ex in test}, "train/test overlap"
-    return train, test
-
-
-def prompt_messages(ex: TaskExample) -> list[dict]:
-    """The chat prompt for an example: a single user turn holding the question."""
-    return [{"role": "user", "content": ex.question}]
-
-
-def demonstration(ex: TaskExample) -> str:
-    """A short, correct answer in one sentence, e.g. "17 + 25 = 42." or
-    "The capital of France is Paris.". Deterministic; scores 1.0 under `judge`."""
-    for pattern, template in TEMPLATES:
-        m = re.fullmatch(pattern, ex.question)
-        if m:
-            return template.format(*m.groups(), ref=ex.reference)
-    raise ValueError(f"no demonstration template matches {ex.question!r}")
-
-
-def prompt_record(ex: TaskExample) -> dict:
-    """The jsonl record of an example (as in reward_data/prompts_*.jsonl)."""
-    return {"id": ex.id, "kind": ex.kind, "prompt": prompt_messages(ex),
-            "reference": ex.reference, "aliases": list(ex.aliases)}
-
-
-def example_from_record(record: dict) -> TaskExample:
-    """Inverse of `prompt_record`: rebuild the TaskExample from a prompts jsonl record."""
-    question = [m for m in record["prompt"] if m["role"] == "user"][-1]["content"]
-    return TaskExample(record["id"], record["kind"], question, record["reference"],
-                       tuple(record.get("aliases", ())))
-
-
-# --------------------------------------------------------------------------- judge
-
-MAX_LENGTH_PENALTY = 0.25
-MAX_REPETITION_PENALTY = 0.25
-REPETITION_NGRAM = 3
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """The judge's verdict on one completion.
-
-    score = 1.0 * correct - length_penalty - repetition_penalty, in [-0.5, 1.0]
-    (see the module docstring for the rules).
-    """
-
-    score: float
-    correct: bool
-    length_penalty: float
-    repetition_penalty: float
-
-
-def _category(ex: TaskExample) -> str:
-    """The group an example belongs to: "add" for "arith-add-0007", "capital" for "fact-capital-france"."""
-    return ex.id.split("-")[1]
-
-
-def _numbers(text: str) -> set[float]:
-    """All numbers in text: digit runs with an optional decimal part ("4.2" is one number)."""
-    return {float(s) for s in re.findall(r"\d+(?:\.\d+)?", text)}
-
-
-def _mentions(text: str, phrase: str) -> bool:
-    """Whether lowercased `text` contains `phrase` as a whole word/phrase."""
-    phrase = " ".join(phrase.lower().split())
-    return re.search(r"(?<![\w-])" + re.escape(phrase) + r"(?![\w-])", text) is not None
-
-
-def _entities_by_category() -> dict[str, set[str]]:
-    """Every accepted answer (reference or alias) of each fact category, lowercased."""
-    entities: dict[str, set[str]] = {}
-    for ex in _fact_examples():
-        entities.setdefault(_category(ex), set()).update(a.lower() for a in (ex.reference, *ex.aliases))
-    return entities
-
-
-FACT_ENTITIES = _entities_by_category()
-
-
-def is_correct(ex: TaskExample, completion: str) -> bool:
-    """The correctness rule of `judge`: the answer is present and nothing contradicts it."""
-    text = " ".join(completion.lower().split())
-    question = " ".join(ex.question.lower().split())
-    if ex.kind == "arithmetic":
-        found = _numbers(text)
-        answer = float(ex.reference)
-        return answer in found and not (found - _numbers(question) - {answer})
-    answers = {a.lower() for a in (ex.reference, *ex.aliases)}
-    if not any(_mentions(text, a) for a in answers):
-        return False
-    rivals = FACT_ENTITIES[_category(ex)] - answers
-    return not any(_mentions(text, r) and not _mentions(question, r) for r in rivals)
-
-
-def judge(ex: TaskExample, completion: str, *, length_budget: int = 20,
-          length_cost: float = 0.005, repetition_cost: float = 0.02) -> Judgement:
-    """Score a completion to `ex`: correctness minus capped length and repetition
-    penalties (rules in the module docstring)."""
-    words = re.findall(r"\w+", completion.lower())
-    length_penalty = min(length_cost * max(0, len(words) - length_budget), MAX_LENGTH_PENALTY)
-    ngrams = [tuple(words[i:i + REPETITION_NGRAM]) for i in range(len(words) - REPETITION_NGRAM + 1)]
-    n_repeated = len(ngrams) - len(set(ngrams))
-    repetition_penalty = min(repetition_cost * n_repeated, MAX_REPETITION_PENALTY)
-    correct = is_correct(ex, completion)
-    score = float(correct) - length_penalty - repetition_penalty
-    return Judgement(score, correct, length_penalty, repetition_penalty)
-
-
-# --------------------------------------------------------------------------- preference pairs
-#
-# Responses of graded quality to each question, in the styles a small chat model produces, and
-# preference pairs between them whose order is the judge's. Every template below is free of digits and
-# of every fact entity (capitals, symbols, weekdays, months, opposites), so that filling in the
-# reference, the operands or a chosen rival answer is all that decides correctness.
+from rlhf.tasks.qa.examples import (CAPITALS, DAYS, MONTHS, OPPOSITES, SYMBOLS, TEMPLATES, TaskExample, category_of,
+                                    demonstration, fact_examples, prompt_messages)
+from rlhf.tasks.qa.judging import REPETITION_NGRAM, judge, mentions
 
 VARIANT_STYLES = ("concise", "paraphrase", "rambling", "repetitive", "wrong", "hedging", "evasive")
 CORRECT_STYLES = ("concise", "paraphrase", "rambling", "repetitive")  # judged correct
@@ -498,8 +117,8 @@ def _fill(template: str, **values: str) -> str:
 def _rival_references() -> dict[str, list[str]]:
     """The references of each fact category, as spelled in the tables, in table order."""
     rivals: dict[str, list[str]] = {}
-    for ex in _fact_examples():
-        names = rivals.setdefault(_category(ex), [])
+    for ex in fact_examples():
+        names = rivals.setdefault(category_of(ex), [])
         if ex.reference not in names:
             names.append(ex.reference)
     return rivals
@@ -534,14 +153,14 @@ def _wrong_answer(ex: TaskExample, rng: random.Random) -> str:
         a, _, b = re.fullmatch(TEMPLATES[0][0], ex.question).groups()
         ref = int(ex.reference)
         deltas = [-10, -2, -1, 1, 2, 10]
-        if _category(ex) == "mul":
+        if category_of(ex) == "mul":
             deltas += [-int(a), int(a), -int(b), int(b)]  # one operand too few or too many times
         options = sorted({ref + d for d in deltas} - {ref, int(a), int(b)})
         return str(rng.choice([n for n in options if n >= 0]))
-    category = _category(ex)
+    category = category_of(ex)
     question = " ".join(ex.question.lower().split())
     answers = {s.lower() for s in (ex.reference, *ex.aliases)}
-    options = [n for n in FACT_REFERENCES[category] if n.lower() not in answers and not _mentions(question, n)]
+    options = [n for n in FACT_REFERENCES[category] if n.lower() not in answers and not mentions(question, n)]
     near = [n for n in options if n in _near_misses(category, ex.reference)]
     return rng.choice(near or options)
 
@@ -576,7 +195,7 @@ def _paraphrase(ex: TaskExample, s: dict, rng: random.Random) -> str:
 
 def _rambling(ex: TaskExample, s: dict, rng: random.Random) -> str:
     target = rng.randint(*RAMBLING_WORDS)
-    pool = _TOPIC_FILLERS[_category(ex)] + _FILLERS + (_ARITH_FILLERS if ex.kind == "arithmetic" else [])
+    pool = _TOPIC_FILLERS[category_of(ex)] + _FILLERS + (_ARITH_FILLERS if ex.kind == "arithmetic" else [])
     rng.shuffle(pool)
     answer = _fill(rng.choice(_RAMBLING_ANSWERS), **s)
     answer_last = rng.random() < 0.4
@@ -627,7 +246,7 @@ def _evasive(ex: TaskExample, rng: random.Random) -> str:
     if rng.random() < 0.4:
         parts.append(rng.choice(_LONG_EVASIONS))
     if rng.random() < 0.5:
-        parts.append(_EVASION_HINTS[_category(ex)])
+        parts.append(_EVASION_HINTS[category_of(ex)])
     rng.shuffle(parts)
     return " ".join(parts)
 
