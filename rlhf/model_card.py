@@ -83,9 +83,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-# What a run measured of the machine rather than of the model (timings, rates, memory): metrics.json keeps them;
+# What a run measured of the machine rather than of the model (timings, rates, memory, the feature-cache misses
+# of this invocation): metrics.json keeps them;
 # the card describes the model, and so reads the same for a resumed run as for an uninterrupted one.
-_MEASURED = re.compile(r"(seconds|per_second|^time/|^memory/)")
+_MEASURED = re.compile(r"(seconds|per_second|^time/|^memory/|features_computed)")
 
 
 def render(model_dir: Path, cfg: Any, stage: str, metrics: dict[str, Any]) -> str:

@@ -55,3 +55,17 @@ def test_header_names_hub_base_models_and_data_sets(tmp_path):
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert meta["datasets"] == ["trl-lib/Capybara"] and meta["library_name"] == "peft"
     assert meta["model_name"] == "my-run"
+
+
+def test_the_card_leaves_out_what_the_invocation_measured(tmp_path):
+    """Timings, memory and this invocation's feature-cache misses differ between a resumed and an
+    uninterrupted run of the same model; the card leaves them out (metrics.json keeps them)."""
+    from rlhf.model_card import render
+
+    cfg = SFTConfig(output_dir=str(tmp_path / "run"))
+    metrics = {"eval/loss": 1.25, "sft/seconds": 3.5, "memory/peak_rss_mb": 900.0, "time/update_seconds": 1.0,
+               "reward/features_computed": 29, "reward/extract_seconds": 2.0, "train/steps": 3}
+    text = render(tmp_path, cfg, "sft", metrics)
+    assert "| eval/loss | 1.25 |" in text and "| train/steps | 3 |" in text
+    for key in ("sft/seconds", "memory/peak_rss_mb", "time/update_seconds", "features_computed", "extract_seconds"):
+        assert key not in text, key
