@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_rows_sample_depends_on_its_global_row_not_on_its_batch():
     """Rows 2..5 sampled as the second half of one batch of 6 and as a batch of their own (first_row 2, as
     on a second process) draw the same tokens; another step draws other ones."""
-    from rlhf.distributed import RowSeededSampler
+    from rlhf.sampling import RowSeededSampler
 
     torch.manual_seed(0)
     logits = torch.randn(6, 50)
@@ -47,7 +47,7 @@ def test_a_rows_sample_depends_on_its_global_row_not_on_its_batch():
 def test_row_seeded_sampling_draws_from_the_tempered_nucleus():
     """20,000 rows on the same logits: token frequencies match softmax(logits / T) renormalised over the top-p
     nucleus (each within 4 standard errors), and no token outside the nucleus is ever drawn."""
-    from rlhf.distributed import RowSeededSampler
+    from rlhf.sampling import RowSeededSampler
 
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]])
     n, temperature, top_p = 20_000, 0.7, 0.9
@@ -70,7 +70,7 @@ def test_row_seeded_sampling_draws_from_the_tempered_nucleus():
 def test_generation_with_row_seeds_is_the_same_in_any_batch_split():
     """The tiny model generating 4 left-padded rows in one batch, and the same rows as two batches of 2 with
     their global row numbers: identical tokens."""
-    from rlhf.distributed import seeded_sampling_kwargs
+    from rlhf.sampling import seeded_sampling_kwargs
     from rlhf.models import load_model
 
     torch.manual_seed(0)
@@ -99,7 +99,7 @@ def test_generation_with_row_seeds_is_the_same_in_any_batch_split():
 
 def test_minibatches_partition_the_batch_as_a_pure_function_of_seed_step_and_epoch():
     from rlhf.config import ConfigError
-    from rlhf.distributed import minibatches
+    from rlhf.batching import minibatches
 
     a = minibatches(3, 7, 1, 32, 8)
     assert len(a) == 4 and all(len(mb) == 8 for mb in a)
@@ -161,7 +161,7 @@ def test_token_means_and_statistics_over_two_ranks_equal_those_over_the_whole_mi
 def test_gathering_is_a_no_op_on_one_process():
     from accelerate import Accelerator
 
-    from rlhf.distributed import gathered_for_generation, shards_optimizer, shards_parameters
+    from rlhf.backends import gathered_for_generation, shards_optimizer, shards_parameters
 
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(3, 2)
@@ -178,11 +178,11 @@ def test_a_sharded_checkpoint_goes_through_accelerate_save_state_and_back(tmp_pa
     and optimiser state that later steps had changed; SFT's weight loader leaves them to load_state."""
     from accelerate import Accelerator
 
-    import rlhf.distributed as dist_mod
+    import rlhf.backends as backends
     from rlhf.runs import SHARDED_STATE, load_checkpoint, save_checkpoint
     from rlhf.stages.sft import load_model_weights
 
-    monkeypatch.setattr(dist_mod, "shards_optimizer", lambda accelerator: True)
+    monkeypatch.setattr(backends, "shards_optimizer", lambda accelerator: True)
     accelerator = Accelerator()
     torch.manual_seed(0)
     model = accelerator.prepare(torch.nn.Linear(4, 3))
@@ -221,7 +221,8 @@ def fsdp2_worker() -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather
 
-    from rlhf.distributed import gathered_for_generation, leave_process_group
+    from rlhf.backends import gathered_for_generation
+    from rlhf.distributed import leave_process_group
     from rlhf.models import load_model
 
     torch.set_num_threads(1)
@@ -334,7 +335,7 @@ def read_log(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_reward_two_processes_through_the_preset_match_one_process(tmp_path, monkeypatch, capsys):
     """Global batch 16: one process x 4 micro-batches of 4, vs 2 processes (cpu_multiprocess preset) x 2
-    micro-batches of 4 each, synchronised on the last (rlhf.distributed.micro_batch). Every logged loss,
+    micro-batches of 4 each, synchronised on the last (rlhf.backends.micro_batch). Every logged loss,
     the final metrics and the head weights agree to 1e-5 (measured: <= 7e-7, summation order);
     a wrong normalisation or a duplicated shard moves them by > 1e-3."""
     from safetensors.torch import load_file

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
+from rlhf.backends import full_state_dict, gathered_for_generation, micro_batch, shards_optimizer
+from rlhf.batching import minibatches, rank_slice, split_evenly
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.distributed import (full_state_dict, gather_padded, gather_rows, gathered_for_generation, global_mean_share,
-                               make_accelerator, micro_batch, minibatches, rank_slice, reduce_token_stats,
-                               seeded_sampling_kwargs, shards_optimizer, split_evenly)
+from rlhf.distributed import gather_padded, gather_rows, global_mean_share, make_accelerator, reduce_token_stats
 from rlhf.losses import (
     AdaptiveKLController,
     gae,
@@ -49,6 +49,7 @@ from rlhf.losses import (
     whiten,
 )
 from rlhf.models import cache_keyword, generate_shared_prompts, shared_prompt_cache
+from rlhf.sampling import seeded_sampling_kwargs
 from rlhf.fsio import publish_dir, releases_run_lock
 
 
