@@ -16,6 +16,9 @@ import torch
 
 from rlhf.config import ConfigError
 
+EXAMPLE_SEED_STRIDE = 100_003  # the order of SFT and reward examples: seed * stride + epoch seeds a permutation
+PROMPT_SEED_STRIDE = 7_919  # the order of the policy stage's prompts
+
 
 @dataclass(frozen=True)
 class BatchSizes:
@@ -52,17 +55,20 @@ def derive_batch_sizes(global_batch: int, per_device: int, num_processes: int,
     return BatchSizes(global_batch, per_device, num_processes, local, local // per_device)
 
 
-def global_batch_indices(step: int, num_examples: int, global_batch: int, seed: int) -> tuple[list[int], int]:
+def global_batch_indices(step: int, num_examples: int, global_batch: int, seed: int, *, name: str = "global_batch_size",
+                         seed_stride: int = EXAMPLE_SEED_STRIDE) -> tuple[list[int], int]:
     """The dataset indices of optimiser step `step` and its epoch, as a pure function of (seed, step).
 
-    Each epoch is a fresh seeded permutation cut into full global batches (the remainder is left out of
-    that epoch). Being stateless, the data position after a resume is just the step number.
+    Each epoch is a fresh permutation, seeded by seed * seed_stride + epoch, cut into full global batches (the
+    remainder is left out of that epoch). A global batch larger than the data set is a ConfigError naming the
+    config key `name`. The SFT and reward stages draw their examples with EXAMPLE_SEED_STRIDE, the policy
+    stage its prompts with PROMPT_SEED_STRIDE: each keeps the order its runs have always had.
     """
     per_epoch = num_examples // global_batch
     if per_epoch == 0:
-        raise ConfigError(f"global_batch_size {global_batch} is larger than the data set ({num_examples} examples)")
+        raise ConfigError(f"{name} {global_batch} is larger than the data set ({num_examples} examples)")
     epoch, b = divmod(step, per_epoch)
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * seed_stride + epoch))
     return order[b * global_batch:(b + 1) * global_batch].tolist(), epoch
 
 

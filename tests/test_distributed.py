@@ -111,6 +111,30 @@ def test_minibatches_partition_the_batch_as_a_pure_function_of_seed_step_and_epo
         minibatches(0, 0, 0, 32, 5)
 
 
+def test_global_batch_indices_cut_each_epochs_seeded_permutation_into_full_batches():
+    """Step s of batches of 3 from 10 examples: batch s mod 3 of epoch s // 3's permutation, seeded by
+    seed * stride + epoch (the example left over sits out that epoch); the policy's prompts and the SFT/reward
+    examples each keep their stride. A batch larger than the data set is refused naming the config key."""
+    from rlhf.batching import EXAMPLE_SEED_STRIDE, PROMPT_SEED_STRIDE, global_batch_indices
+    from rlhf.config import ConfigError
+
+    assert (PROMPT_SEED_STRIDE, EXAMPLE_SEED_STRIDE) == (7919, 100_003)  # another stride reorders every run
+    for stride in (PROMPT_SEED_STRIDE, EXAMPLE_SEED_STRIDE):
+        seen = []
+        for step in range(7):
+            epoch, b = divmod(step, 3)
+            order = torch.randperm(10, generator=torch.Generator().manual_seed(5 * stride + epoch)).tolist()
+            indices, got_epoch = global_batch_indices(step, 10, 3, 5, seed_stride=stride)
+            assert (indices, got_epoch) == (order[3 * b:3 * b + 3], epoch)
+            seen.append(indices)
+        assert len(set(sum(seen[:3], []))) == 9 and seen[:3] != seen[3:6]  # an epoch: 9 distinct; then a new order
+    assert global_batch_indices(4, 10, 3, 5) == global_batch_indices(4, 10, 3, 5, seed_stride=EXAMPLE_SEED_STRIDE)
+    with pytest.raises(ConfigError, match=r"prompts_per_update 8 is larger than the data set \(5 examples\)"):
+        global_batch_indices(0, 5, 8, 0, name="prompts_per_update", seed_stride=PROMPT_SEED_STRIDE)
+    with pytest.raises(ConfigError, match="global_batch_size 8 is larger"):
+        global_batch_indices(0, 5, 8, 0)
+
+
 class TwoRanksAsOne:
     """What rlhf.distributed reads from an Accelerator, for rank 0 of 2 whose peer's gathered rows are given."""
 
