@@ -1,12 +1,28 @@
-"""Sampling that is the same on one process and on many: row-seeded draws.
+"""Sampling that is the same on one process and on many: row-seeded draws and the top-p nucleus.
 
 `RowSeededSampler` draws each completion from its own seed (`row_seed`), so N processes sample what one
-samples; `seeded_sampling_kwargs` hands it to `generate`.
+samples; `seeded_sampling_kwargs` hands it to `generate`. `nucleus` is the one top-p cut of the toolkit:
+the sampler keeps its tokens, and `rlhf.losses.top_p_support` (ILQL's acting support) is built on it.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def nucleus(probs: torch.Tensor, top_p: float, rank_by: torch.Tensor | None = None,
+            stable: bool = True) -> torch.Tensor:
+    """The top-p nucleus: probabilities [B, V] -> bool [B, V], True on the smallest set of most likely tokens
+    whose probabilities sum to at least `top_p`: a token is kept while the tokens ranked above it hold less
+    than top_p, so the most likely one always is.
+
+    Tokens are ranked by `rank_by` (log-probs or logits, which separate tokens whose probabilities round to
+    the same float; default: `probs`), ties broken by index; with `stable` false, tied tokens come in the order
+    of torch's default sort instead (its own, per row). The mass is summed in `probs`' own dtype."""
+    order = torch.argsort(probs if rank_by is None else rank_by, dim=-1, descending=True, stable=stable)
+    sorted_probs = probs.gather(-1, order)
+    before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
+    return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, before < top_p)
 
 
 def row_seed(seed: int, step: int, row: int) -> int:
@@ -39,11 +55,9 @@ class RowSeededSampler:
             self.start = input_ids.shape[1]
         t = input_ids.shape[1] - self.start
         probs = torch.softmax(scores.double() / self.temperature, dim=-1)  # [N, V]
-        if self.top_p < 1.0:  # nucleus: keep the most likely tokens until their mass reaches top_p
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the strictly more likely tokens
-            sorted_probs = sorted_probs.masked_fill(before >= self.top_p, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        if self.top_p < 1.0:  # renormalised over the nucleus
+            # torch's default sort orders tied tokens at the nucleus's edge, as this sampler always has
+            probs = probs.masked_fill(~nucleus(probs, self.top_p, stable=False), 0.0)
             probs = probs / probs.sum(-1, keepdim=True)
         cdf = probs.cumsum(-1)
         u = self.uniforms[:, t].to(cdf.device)[:, None] * cdf[:, -1:]  # [N, 1], scaled to the total mass

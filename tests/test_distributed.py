@@ -67,6 +67,29 @@ def test_row_seeded_sampling_draws_from_the_tempered_nucleus():
     assert ((freq - expected).abs() <= 4 * se + 1e-12).all(), (freq, expected)
 
 
+def test_nucleus_by_hand_is_the_one_top_p_cut_of_the_sampler_and_of_ilql():
+    """A token is kept while the tokens ranked above it hold less than top_p (ties by index, or by `rank_by`);
+    ILQL's top_p_support is nucleus over its log-probs, and the sampler draws only inside nucleus."""
+    from rlhf.losses import top_p_support
+    from rlhf.sampling import RowSeededSampler, nucleus
+
+    probs = torch.tensor([[0.125, 0.5, 0.25, 0.125], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    # row 0 ranked 1, 2, 0, 3 (0 and 3 tie: the lower index first), mass before each: 0, .5, .75, .875
+    assert nucleus(probs[:1], 0.5).tolist() == [[False, True, False, False]]
+    assert nucleus(probs[:1], 0.6).tolist() == [[False, True, True, False]]
+    assert nucleus(probs[:1], 0.8).tolist() == [[True, True, True, False]]
+    assert nucleus(probs, 0.9).tolist() == [[True] * 4, [True] * 4]
+    assert nucleus(probs[1:], 0.5).tolist() == [[True, True, False, False]]
+    by_index = torch.tensor([[0.0, 1.0, 2.0, 3.0]])  # ranks the tied row's tokens last to first
+    assert nucleus(probs[1:], 0.5, rank_by=by_index).tolist() == [[False, False, True, True]]
+    for top_p in (0.5, 0.6, 0.8):
+        assert torch.equal(top_p_support(probs.float().log(), top_p), nucleus(probs, top_p))
+    n = 4000
+    sampler = RowSeededSampler(seed=0, step=0, first_row=0, n_rows=n, max_new_tokens=1, top_p=0.6)
+    drawn = sampler(torch.zeros(n, 1, dtype=torch.long), probs[:1].log().float().expand(n, -1)).argmax(-1)
+    assert set(drawn.tolist()) == {1, 2}
+
+
 def test_generation_with_row_seeds_is_the_same_in_any_batch_split():
     """The tiny model generating 4 left-padded rows in one batch, and the same rows as two batches of 2 with
     their global row numbers: identical tokens."""
