@@ -219,6 +219,67 @@ def test_gathering_is_a_no_op_on_one_process():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_fsdp2_unsharded_restores_each_modules_reshard_setting(tmp_path):
+    """The installed torch, one process (a 1-rank gloo group): three FSDP2 modules with three settings (the
+    root: automatic, kept whole; a layer: automatic, resharded; a layer set to stay whole). Inside the block
+    none reshards after forward and the forward pass runs; after it each has its own setting back, as read
+    through the one adapter over FSDP2's private state (rlhf.backends._Internals)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    from rlhf.backends import _Internals, fsdp2_unsharded
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model[1], mesh=mesh, reshard_after_forward=False)
+        fully_shard(model, mesh=mesh)
+        modules = [m for m in model.modules() if isinstance(m, FSDPModule)]  # root, layer 0, layer 1
+        before = [_Internals.reshard_after_forward(m) for m in modules]
+        assert before == [(True, False), (True, True), (False, False)]
+        with fsdp2_unsharded(model):
+            assert all(_Internals.reshard_after_forward(m)[1] is False for m in modules)
+            assert model(torch.randn(2, 3)).shape == (2, 2)
+        assert [_Internals.reshard_after_forward(m) for m in modules] == before
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_fsdp2_adapter_reads_either_layout_of_torchs_private_state():
+    """Releases with a list of parameter groups per module and an automatic flag, and releases with one group
+    and no flag: the adapter reads both, and puts back only what the release has. An Accelerator without
+    `is_fsdp2` (accelerate before FSDP2) is FSDP version 1."""
+    from types import SimpleNamespace
+
+    from rlhf.backends import _Internals
+
+    class Module:  # what the adapter touches of an FSDPModule
+        def __init__(self, state):
+            self.state, self.calls = state, []
+
+        def _get_fsdp_state(self):
+            return self.state
+
+        def set_reshard_after_forward(self, value, recurse=True):
+            self.calls.append((value, recurse))
+            if hasattr(self.state, "_auto_reshard_after_forward"):
+                self.state._auto_reshard_after_forward = False
+
+    newer = Module(SimpleNamespace(_auto_reshard_after_forward=True, _fsdp_param_groups=[
+        SimpleNamespace(post_forward_mesh_info=None), SimpleNamespace(post_forward_mesh_info=object())]))
+    older = Module(SimpleNamespace(_fsdp_param_group=SimpleNamespace(post_forward_mesh_info=None)))
+    assert _Internals.reshard_after_forward(newer) == (True, True)
+    assert _Internals.reshard_after_forward(older) == (None, False)
+    _Internals.restore_reshard_after_forward(newer, (True, True))
+    assert newer.calls == [(True, False)] and newer.state._auto_reshard_after_forward is True
+    _Internals.restore_reshard_after_forward(older, (None, False))
+    assert older.calls == [(False, False)] and not hasattr(older.state, "_auto_reshard_after_forward")
+    assert _Internals.is_fsdp2(SimpleNamespace()) is False and _Internals.is_fsdp2(SimpleNamespace(is_fsdp2=True))
+
+
 def test_a_sharded_checkpoint_goes_through_accelerate_save_state_and_back(tmp_path, monkeypatch):
     """The DeepSpeed/FSDP branch of save_checkpoint/load_checkpoint, driven on one CPU process: every rank
     writes its shards with accelerator.save_state (no model/ or optimizer.pt), and loading restores weights
