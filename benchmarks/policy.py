@@ -20,7 +20,7 @@ What is compared, in one process, on the same model, prompts and settings:
 Same on both sides: the embedded SmolLM2-135M-Instruct in fp32 on the CPU, fresh LoRA adapters r=16, alpha 32,
 dropout 0 on every linear layer but the LM head (peft's "all-linear"), the reference being the same model with
 its adapters disabled; the chat-formatted prompts of reward_data/prompts_train.jsonl, the *same prompts in the
-same order* (the stage's own seeded order, `prompt_batch`, written out for TRL with its shuffling off),
+same order* (the stage's own seeded order, `global_batch_indices`, written out for TRL with its shuffling off),
 --prompts_per_update prompts x --k completions per update, sampling at temperature 1 with no top-p/top-k cut,
 --max_new_tokens new tokens, beta, the learning rate held constant, AdamW (torch's, weight decay 0.01: the
 stage uses torch's defaults, so TRL is given the same), gradient-norm clip 1.0, PPO-style clip 0.2, one pass
@@ -265,11 +265,13 @@ def trl_dataset(args, tokenizer):
     """The prompts of every update in the stage's order, as a conversational data set with the task fields."""
     from datasets import Dataset
 
+    from rlhf.batching import PROMPT_SEED_STRIDE, global_batch_indices
     from rlhf.stages.collect import CollectConfig, load_prompts
-    from rlhf.stages.policy import prompt_batch
 
     prompts = load_prompts(CollectConfig(prompts=args.prompts), tokenizer)
-    order = [i for u in range(args.updates) for i in prompt_batch(u, len(prompts), args.prompts_per_update, args.seed)]
+    order = [i for u in range(args.updates)  # the policy stage's prompt order
+             for i in global_batch_indices(u, len(prompts), args.prompts_per_update, args.seed,
+                                           name="prompts_per_update", seed_stride=PROMPT_SEED_STRIDE)[0]]
     return Dataset.from_list([{"prompt": prompts[i]["prompt"], "prompt_id": prompts[i]["prompt_id"],
                                "task_json": json.dumps(prompts[i]["task"])} for i in order])
 

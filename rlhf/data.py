@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from rlhf.jsonl import NonFiniteNumber, loads, scan
 from rlhf.losses import IGNORE_INDEX
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -37,32 +38,6 @@ class Record:
 
 
 # ------------------------------------------------------------------------------------------ reading
-
-
-class NonFiniteNumber(ValueError):
-    """NaN, Infinity or a number too large for a float in JSON data (Python's json accepts them)."""
-
-
-def _refuse_constant(token: str):
-    raise NonFiniteNumber(f"{token} is not a number (NaN and infinities are not valid JSON)")
-
-
-def _finite_float(token: str) -> float:
-    value = float(token)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise NonFiniteNumber(f"{token} overflows a float (not a finite number)")
-    return value
-
-
-def loads(text: str):
-    """json.loads that refuses NaN, Infinity and overflowing numbers (NonFiniteNumber)."""
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-
-
-def decode_line(raw: bytes, lineno: int) -> str:
-    """A JSONL line as text; a UTF-8 byte-order mark at the start of the file is dropped."""
-    line = raw.decode("utf-8")
-    return line[1:] if lineno == 1 and line.startswith("\ufeff") else line
 
 
 def read_records(path_or_name: str, split: str = "train") -> list[Record]:
@@ -89,23 +64,10 @@ def read_records(path_or_name: str, split: str = "train") -> list[Record]:
 
 def _read_jsonl(path: Path) -> list[Record]:
     records = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = decode_line(raw, lineno)
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
-            except NonFiniteNumber as e:
-                raise DataError(f"{path}:{lineno}: {e}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            records.append(Record(obj, f"{path}:{lineno}"))
+    for line in scan(path):  # the strict rules: UTF-8 (a BOM allowed), finite numbers, objects
+        if line.reason is not None:
+            raise DataError(f"{path}:{line.number}: {line.message}")
+        records.append(Record(line.value, f"{path}:{line.number}"))
     return records
 
 

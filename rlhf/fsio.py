@@ -49,6 +49,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from rlhf.jsonl import scan
+
 LOCK_NAME = ".rlhf.lock"
 
 # ------------------------------------------------------------------------------------------- fault hook
@@ -262,31 +264,24 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False, on_damaged: str
     from rlhf.data import DataError
 
     path = Path(path)
-    data = path.read_bytes()
-    lines = data.split(b"\n")  # the last element is b"" when the file ends with a newline
-    rows, notes, bad, torn = [], [], [], None
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            rows.append(json.loads(raw.decode("utf-8")))
-            continue
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            pass
-        if i == len(lines) - 1:  # no newline after it: the line being written when the writer died
-            torn = i
-            notes.append(f"{path}:{i + 1}: dropped a {what} torn by an interruption ({len(raw)} bytes)")
-            continue
-        if on_damaged != "drop":
-            raise DataError(f"{path}:{i + 1}: corrupt {what} (not JSON); {hint}")
-        bad.append(i)
-        notes.append(f"{path}:{i + 1}: dropped a damaged {what} (not JSON)")
-    if repair and bad:
-        keep = [ln for j, ln in enumerate(lines) if ln.strip() and j not in bad and j != torn]
-        atomic_write_bytes(path, b"".join(ln + b"\n" for ln in keep), what="repair")
+    rows, notes, keep, torn, damaged = [], [], [], None, False
+    for line in scan(path, strict=False):  # the tolerant rules: any JSON value
+        if line.reason is None:
+            rows.append(line.value)
+            keep.append(line.raw)
+        elif not line.ended:  # no newline after it: the line being written when the writer died
+            torn = line
+            notes.append(f"{path}:{line.number}: dropped a {what} torn by an interruption ({len(line.raw)} bytes)")
+        elif on_damaged != "drop":
+            raise DataError(f"{path}:{line.number}: corrupt {what} (not JSON); {hint}")
+        else:
+            damaged = True
+            notes.append(f"{path}:{line.number}: dropped a damaged {what} (not JSON)")
+    if repair and damaged:
+        atomic_write_bytes(path, b"".join(raw + b"\n" for raw in keep), what="repair")
     elif repair and torn is not None:
         with open(path, "rb+") as f:
-            f.truncate(len(data) - len(lines[torn]))
+            f.truncate(f.seek(0, os.SEEK_END) - len(torn.raw))
             f.flush()
             os.fsync(f.fileno())
     elif repair:

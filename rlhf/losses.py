@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhf.sampling import nucleus
+
 IGNORE_INDEX = -100
 
 
@@ -462,16 +464,12 @@ def perturbed_logits(bc_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, 
 
 
 def top_p_support(logp: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The nucleus of a distribution: log-probs [B, V] -> bool [B, V], True on the smallest set of most
-    likely tokens whose probabilities sum to at least `top_p` (the most likely token always kept; ties
-    broken by index). top_p >= 1 keeps every token."""
+    """The nucleus of a distribution (`rlhf.sampling.nucleus`): log-probs [B, V] -> bool [B, V], True on the
+    smallest set of most likely tokens whose probabilities sum to at least `top_p` (the most likely token
+    always kept; ties broken by index). top_p >= 1 keeps every token."""
     if top_p >= 1.0:
         return torch.ones_like(logp, dtype=torch.bool)
-    order = torch.argsort(logp, dim=-1, descending=True, stable=True)
-    probs = torch.softmax(logp.float(), dim=-1).gather(-1, order)
-    before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
-    keep_sorted = before < top_p
-    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return nucleus(torch.softmax(logp.float(), dim=-1), top_p, rank_by=logp)  # ranked by the log-probs
 
 
 def ilql_acting_logits(bc_logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float,

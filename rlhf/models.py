@@ -286,7 +286,7 @@ def save_pretrained(model, tokenizer, directory: str | os.PathLike, state_dict: 
     An adapter's config names its base as the user gave it (an alias such as `tiny-llama` stays an alias,
     so the adapter is portable across machines and caches). peft saves with the resolved local base path,
     which it may read, and the name is swapped in afterwards. `state_dict`: the whole model's weights gathered
-    from ZeRO-3/FSDP shards (rlhf.distributed.full_state_dict), saved in place of the module's own.
+    from ZeRO-3/FSDP shards (rlhf.backends.full_state_dict), saved in place of the module's own.
     """
     extra = {"state_dict": state_dict} if state_dict is not None else {}
     model.save_pretrained(directory, safe_serialization=True, **extra)

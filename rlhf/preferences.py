@@ -39,13 +39,13 @@ reason in its `ReadSummary`, which the caller prints:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from rlhf.data import DataError, NonFiniteNumber, Record, decode_line, loads, read_records
+from rlhf.data import DataError, Record, read_records
+from rlhf.jsonl import scan
 
 FORMATS = ("standard", "conversational", "implicit", "implicit_conversational", "hh")
 STRING_FORMATS = ("standard", "implicit")  # formats whose prompt is a plain string, tokenised as it is
@@ -55,10 +55,8 @@ _HH_MARKER = re.compile(r"(\n\nHuman: |\n\nAssistant: )")
 _HH_ROLE = {HUMAN: "user", ASSISTANT: "assistant"}
 _HH_MARK = {"user": HUMAN, "assistant": ASSISTANT}
 
-# Reasons a record is rejected: the keys of ReadSummary.skipped.
-MALFORMED_JSON = "malformed JSON"
-INVALID_UTF8 = "invalid UTF-8"
-NOT_AN_OBJECT = "not a JSON object"
+# Reasons a record is rejected: the keys of ReadSummary.skipped (and, for a line that does not read, the
+# reasons of rlhf.jsonl: "malformed JSON", "invalid UTF-8", "not a JSON object").
 MISSING_KEY = "missing key"
 WRONG_TYPE = "wrong type"
 WRONG_FORMAT = "wrong format"
@@ -402,31 +400,12 @@ def check_prompt_length(pair: PreferencePair, tokenizer, max_length: int) -> Non
 def iter_jsonl(path: Path) -> Iterator[Record | PairError]:
     """Each non-blank line of a .jsonl file as a Record, or as the PairError that it is unreadable.
 
-    The tolerant twin of `rlhf.data.read_records` for .jsonl (same `path:N: ...` messages), so that
-    `skip_invalid` can skip bad lines and read on.
+    The tolerant twin of `rlhf.data.read_records` for .jsonl (the same strict rules of `rlhf.jsonl.scan`,
+    the same `path:N: ...` messages), so that `skip_invalid` can skip bad lines and read on.
     """
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            src = f"{path}:{lineno}"
-            try:
-                line = decode_line(raw, lineno)
-            except UnicodeDecodeError as e:
-                yield PairError(src, INVALID_UTF8, f"invalid UTF-8 ({e.reason} at byte {e.start})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                yield PairError(src, MALFORMED_JSON, f"malformed JSON: {e.msg} (column {e.colno})")
-                continue
-            except NonFiniteNumber as e:
-                yield PairError(src, MALFORMED_JSON, str(e))
-                continue
-            if not isinstance(obj, dict):
-                yield PairError(src, NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
-                continue
-            yield Record(obj, src)
+    for line in scan(path):
+        source = f"{path}:{line.number}"
+        yield Record(line.value, source) if line.reason is None else PairError(source, line.reason, line.message)
 
 
 def _records(path_or_name: str, split: str, skip_invalid: bool) -> Iterator[Record | PairError]:

@@ -203,7 +203,7 @@ def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, s
     the weights), every rank writes its shards with `accelerator.save_state` instead of model/ and
     optimizer.pt.
     """
-    from rlhf.distributed import shards_optimizer
+    from rlhf.backends import shards_optimizer
 
     sharded = shards_optimizer(accelerator)
     root = Path(output_dir) / CHECKPOINTS

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_rows_sample_depends_on_its_global_row_not_on_its_batch():
     """Rows 2..5 sampled as the second half of one batch of 6 and as a batch of their own (first_row 2, as
     on a second process) draw the same tokens; another step draws other ones."""
-    from rlhf.distributed import RowSeededSampler
+    from rlhf.sampling import RowSeededSampler
 
     torch.manual_seed(0)
     logits = torch.randn(6, 50)
@@ -47,7 +47,7 @@ def test_a_rows_sample_depends_on_its_global_row_not_on_its_batch():
 def test_row_seeded_sampling_draws_from_the_tempered_nucleus():
     """20,000 rows on the same logits: token frequencies match softmax(logits / T) renormalised over the top-p
     nucleus (each within 4 standard errors), and no token outside the nucleus is ever drawn."""
-    from rlhf.distributed import RowSeededSampler
+    from rlhf.sampling import RowSeededSampler
 
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]])
     n, temperature, top_p = 20_000, 0.7, 0.9
@@ -67,10 +67,33 @@ def test_row_seeded_sampling_draws_from_the_tempered_nucleus():
     assert ((freq - expected).abs() <= 4 * se + 1e-12).all(), (freq, expected)
 
 
+def test_nucleus_by_hand_is_the_one_top_p_cut_of_the_sampler_and_of_ilql():
+    """A token is kept while the tokens ranked above it hold less than top_p (ties by index, or by `rank_by`);
+    ILQL's top_p_support is nucleus over its log-probs, and the sampler draws only inside nucleus."""
+    from rlhf.losses import top_p_support
+    from rlhf.sampling import RowSeededSampler, nucleus
+
+    probs = torch.tensor([[0.125, 0.5, 0.25, 0.125], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    # row 0 ranked 1, 2, 0, 3 (0 and 3 tie: the lower index first), mass before each: 0, .5, .75, .875
+    assert nucleus(probs[:1], 0.5).tolist() == [[False, True, False, False]]
+    assert nucleus(probs[:1], 0.6).tolist() == [[False, True, True, False]]
+    assert nucleus(probs[:1], 0.8).tolist() == [[True, True, True, False]]
+    assert nucleus(probs, 0.9).tolist() == [[True] * 4, [True] * 4]
+    assert nucleus(probs[1:], 0.5).tolist() == [[True, True, False, False]]
+    by_index = torch.tensor([[0.0, 1.0, 2.0, 3.0]])  # ranks the tied row's tokens last to first
+    assert nucleus(probs[1:], 0.5, rank_by=by_index).tolist() == [[False, False, True, True]]
+    for top_p in (0.5, 0.6, 0.8):
+        assert torch.equal(top_p_support(probs.float().log(), top_p), nucleus(probs, top_p))
+    n = 4000
+    sampler = RowSeededSampler(seed=0, step=0, first_row=0, n_rows=n, max_new_tokens=1, top_p=0.6)
+    drawn = sampler(torch.zeros(n, 1, dtype=torch.long), probs[:1].log().float().expand(n, -1)).argmax(-1)
+    assert set(drawn.tolist()) == {1, 2}
+
+
 def test_generation_with_row_seeds_is_the_same_in_any_batch_split():
     """The tiny model generating 4 left-padded rows in one batch, and the same rows as two batches of 2 with
     their global row numbers: identical tokens."""
-    from rlhf.distributed import seeded_sampling_kwargs
+    from rlhf.sampling import seeded_sampling_kwargs
     from rlhf.models import load_model
 
     torch.manual_seed(0)
@@ -99,7 +122,7 @@ def test_generation_with_row_seeds_is_the_same_in_any_batch_split():
 
 def test_minibatches_partition_the_batch_as_a_pure_function_of_seed_step_and_epoch():
     from rlhf.config import ConfigError
-    from rlhf.distributed import minibatches
+    from rlhf.batching import minibatches
 
     a = minibatches(3, 7, 1, 32, 8)
     assert len(a) == 4 and all(len(mb) == 8 for mb in a)
@@ -109,6 +132,30 @@ def test_minibatches_partition_the_batch_as_a_pure_function_of_seed_step_and_epo
     assert not torch.equal(torch.cat(a), torch.cat(minibatches(3, 8, 1, 32, 8)))  # and the step
     with pytest.raises(ConfigError, match="minibatch_size 5"):
         minibatches(0, 0, 0, 32, 5)
+
+
+def test_global_batch_indices_cut_each_epochs_seeded_permutation_into_full_batches():
+    """Step s of batches of 3 from 10 examples: batch s mod 3 of epoch s // 3's permutation, seeded by
+    seed * stride + epoch (the example left over sits out that epoch); the policy's prompts and the SFT/reward
+    examples each keep their stride. A batch larger than the data set is refused naming the config key."""
+    from rlhf.batching import EXAMPLE_SEED_STRIDE, PROMPT_SEED_STRIDE, global_batch_indices
+    from rlhf.config import ConfigError
+
+    assert (PROMPT_SEED_STRIDE, EXAMPLE_SEED_STRIDE) == (7919, 100_003)  # another stride reorders every run
+    for stride in (PROMPT_SEED_STRIDE, EXAMPLE_SEED_STRIDE):
+        seen = []
+        for step in range(7):
+            epoch, b = divmod(step, 3)
+            order = torch.randperm(10, generator=torch.Generator().manual_seed(5 * stride + epoch)).tolist()
+            indices, got_epoch = global_batch_indices(step, 10, 3, 5, seed_stride=stride)
+            assert (indices, got_epoch) == (order[3 * b:3 * b + 3], epoch)
+            seen.append(indices)
+        assert len(set(sum(seen[:3], []))) == 9 and seen[:3] != seen[3:6]  # an epoch: 9 distinct; then a new order
+    assert global_batch_indices(4, 10, 3, 5) == global_batch_indices(4, 10, 3, 5, seed_stride=EXAMPLE_SEED_STRIDE)
+    with pytest.raises(ConfigError, match=r"prompts_per_update 8 is larger than the data set \(5 examples\)"):
+        global_batch_indices(0, 5, 8, 0, name="prompts_per_update", seed_stride=PROMPT_SEED_STRIDE)
+    with pytest.raises(ConfigError, match="global_batch_size 8 is larger"):
+        global_batch_indices(0, 5, 8, 0)
 
 
 class TwoRanksAsOne:
@@ -161,7 +208,7 @@ def test_token_means_and_statistics_over_two_ranks_equal_those_over_the_whole_mi
 def test_gathering_is_a_no_op_on_one_process():
     from accelerate import Accelerator
 
-    from rlhf.distributed import gathered_for_generation, shards_optimizer, shards_parameters
+    from rlhf.backends import gathered_for_generation, shards_optimizer, shards_parameters
 
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(3, 2)
@@ -172,17 +219,78 @@ def test_gathering_is_a_no_op_on_one_process():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_fsdp2_unsharded_restores_each_modules_reshard_setting(tmp_path):
+    """The installed torch, one process (a 1-rank gloo group): three FSDP2 modules with three settings (the
+    root: automatic, kept whole; a layer: automatic, resharded; a layer set to stay whole). Inside the block
+    none reshards after forward and the forward pass runs; after it each has its own setting back, as read
+    through the one adapter over FSDP2's private state (rlhf.backends._Internals)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    from rlhf.backends import _Internals, fsdp2_unsharded
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model[1], mesh=mesh, reshard_after_forward=False)
+        fully_shard(model, mesh=mesh)
+        modules = [m for m in model.modules() if isinstance(m, FSDPModule)]  # root, layer 0, layer 1
+        before = [_Internals.reshard_after_forward(m) for m in modules]
+        assert before == [(True, False), (True, True), (False, False)]
+        with fsdp2_unsharded(model):
+            assert all(_Internals.reshard_after_forward(m)[1] is False for m in modules)
+            assert model(torch.randn(2, 3)).shape == (2, 2)
+        assert [_Internals.reshard_after_forward(m) for m in modules] == before
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_fsdp2_adapter_reads_either_layout_of_torchs_private_state():
+    """Releases with a list of parameter groups per module and an automatic flag, and releases with one group
+    and no flag: the adapter reads both, and puts back only what the release has. An Accelerator without
+    `is_fsdp2` (accelerate before FSDP2) is FSDP version 1."""
+    from types import SimpleNamespace
+
+    from rlhf.backends import _Internals
+
+    class Module:  # what the adapter touches of an FSDPModule
+        def __init__(self, state):
+            self.state, self.calls = state, []
+
+        def _get_fsdp_state(self):
+            return self.state
+
+        def set_reshard_after_forward(self, value, recurse=True):
+            self.calls.append((value, recurse))
+            if hasattr(self.state, "_auto_reshard_after_forward"):
+                self.state._auto_reshard_after_forward = False
+
+    newer = Module(SimpleNamespace(_auto_reshard_after_forward=True, _fsdp_param_groups=[
+        SimpleNamespace(post_forward_mesh_info=None), SimpleNamespace(post_forward_mesh_info=object())]))
+    older = Module(SimpleNamespace(_fsdp_param_group=SimpleNamespace(post_forward_mesh_info=None)))
+    assert _Internals.reshard_after_forward(newer) == (True, True)
+    assert _Internals.reshard_after_forward(older) == (None, False)
+    _Internals.restore_reshard_after_forward(newer, (True, True))
+    assert newer.calls == [(True, False)] and newer.state._auto_reshard_after_forward is True
+    _Internals.restore_reshard_after_forward(older, (None, False))
+    assert older.calls == [(False, False)] and not hasattr(older.state, "_auto_reshard_after_forward")
+    assert _Internals.is_fsdp2(SimpleNamespace()) is False and _Internals.is_fsdp2(SimpleNamespace(is_fsdp2=True))
+
+
 def test_a_sharded_checkpoint_goes_through_accelerate_save_state_and_back(tmp_path, monkeypatch):
     """The DeepSpeed/FSDP branch of save_checkpoint/load_checkpoint, driven on one CPU process: every rank
     writes its shards with accelerator.save_state (no model/ or optimizer.pt), and loading restores weights
     and optimiser state that later steps had changed; SFT's weight loader leaves them to load_state."""
     from accelerate import Accelerator
 
-    import rlhf.distributed as dist_mod
+    import rlhf.backends as backends
     from rlhf.runs import SHARDED_STATE, load_checkpoint, save_checkpoint
     from rlhf.stages.sft import load_model_weights
 
-    monkeypatch.setattr(dist_mod, "shards_optimizer", lambda accelerator: True)
+    monkeypatch.setattr(backends, "shards_optimizer", lambda accelerator: True)
     accelerator = Accelerator()
     torch.manual_seed(0)
     model = accelerator.prepare(torch.nn.Linear(4, 3))
@@ -221,7 +329,8 @@ def fsdp2_worker() -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather
 
-    from rlhf.distributed import gathered_for_generation, leave_process_group
+    from rlhf.backends import gathered_for_generation
+    from rlhf.distributed import leave_process_group
     from rlhf.models import load_model
 
     torch.set_num_threads(1)
@@ -334,7 +443,7 @@ def read_log(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_reward_two_processes_through_the_preset_match_one_process(tmp_path, monkeypatch, capsys):
     """Global batch 16: one process x 4 micro-batches of 4, vs 2 processes (cpu_multiprocess preset) x 2
-    micro-batches of 4 each, synchronised on the last (rlhf.distributed.micro_batch). Every logged loss,
+    micro-batches of 4 each, synchronised on the last (rlhf.backends.micro_batch). Every logged loss,
     the final metrics and the head weights agree to 1e-5 (measured: <= 7e-7, summation order);
     a wrong normalisation or a duplicated shard moves them by > 1e-3."""
     from safetensors.torch import load_file

@@ -163,7 +163,7 @@ def test_an_accelerate_config_file_path_works_as_a_preset(tmp_path):
 
 def test_every_stage_names_global_and_per_rank_sizes_apart():
     """Training stages: a global size (over all processes) and a per-device one, the per-rank share derived
-    by rlhf.distributed; sampling-only stages say their batch is per process."""
+    by rlhf.batching; sampling-only stages say their batch is per process."""
     import dataclasses
 
     from rlhf.stages.collect import CollectConfig
@@ -183,7 +183,7 @@ def test_every_stage_names_global_and_per_rank_sizes_apart():
 
 
 def test_an_uneven_split_fails_at_start_naming_the_key():
-    from rlhf.distributed import derive_batch_sizes, split_evenly
+    from rlhf.batching import derive_batch_sizes, split_evenly
 
     sizes = derive_batch_sizes(32, 4, 2)
     assert (sizes.local_batch, sizes.grad_accum) == (16, 4)

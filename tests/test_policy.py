@@ -193,7 +193,7 @@ def test_shared_prompt_generation_samples_what_the_plain_call_samples():
     same tokens; and rows that are not runs of one prompt are refused."""
     import torch
 
-    from rlhf.distributed import seeded_sampling_kwargs
+    from rlhf.sampling import seeded_sampling_kwargs
     from rlhf.models import check_prompt_groups, generate_shared_prompts, load_model, load_tokenizer
 
     tokenizer = load_tokenizer("tiny-llama")

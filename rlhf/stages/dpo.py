@@ -139,7 +139,8 @@ def train(cfg: DPOConfig) -> dict:
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    from rlhf.distributed import derive_batch_sizes, make_accelerator
+    from rlhf.batching import derive_batch_sizes
+    from rlhf.distributed import make_accelerator
     from rlhf.models import apply_lora, load_model, load_tokenizer, save_pretrained
     from rlhf.runs import CHECKPOINTS, RunLogger, prepare_output_dir
 

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
+from rlhf.backends import full_state_dict, gathered_for_generation, micro_batch, shards_optimizer
+from rlhf.batching import PROMPT_SEED_STRIDE, global_batch_indices, minibatches, rank_slice, split_evenly
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.distributed import (full_state_dict, gather_padded, gather_rows, gathered_for_generation, global_mean_share,
-                               make_accelerator, micro_batch, minibatches, rank_slice, reduce_token_stats,
-                               seeded_sampling_kwargs, shards_optimizer, split_evenly)
+from rlhf.distributed import gather_padded, gather_rows, global_mean_share, make_accelerator, reduce_token_stats
 from rlhf.losses import (
     AdaptiveKLController,
     gae,
@@ -49,6 +49,7 @@ from rlhf.losses import (
     whiten,
 )
 from rlhf.models import cache_keyword, generate_shared_prompts, shared_prompt_cache
+from rlhf.sampling import seeded_sampling_kwargs
 from rlhf.fsio import publish_dir, releases_run_lock
 
 
@@ -271,14 +272,6 @@ def combine_token_stats(stats: list[dict], counts: list[float], maxima: tuple[st
     return out
 
 
-def prompt_batch(update: int, n_prompts: int, per_update: int, seed: int) -> list[int]:
-    """Prompt indices of one update: a seeded permutation per pass over the prompts (pure of (seed, update))."""
-    per_pass = n_prompts // per_update
-    epoch, b = divmod(update, per_pass)
-    order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return order[b * per_update:(b + 1) * per_update].tolist()
-
-
 # ------------------------------------------------------------------------------------------ train
 
 
@@ -383,7 +376,8 @@ def train(cfg: PolicyConfig) -> dict:
     for update in range(start, cfg.num_updates):
         t0 = time.time()
         beta = kl_ctl.value if kl_ctl else cfg.beta
-        chosen = prompt_batch(update, len(prompts), cfg.prompts_per_update, cfg.seed)
+        chosen, _ = global_batch_indices(update, len(prompts), cfg.prompts_per_update, cfg.seed,
+                                         name="prompts_per_update", seed_stride=PROMPT_SEED_STRIDE)
         batch = [prompts[i] for i in rank_slice(chosen, rank, world)]  # this rank's local_prompts
 
         # 1. Sample k completions per prompt from pi_theta.

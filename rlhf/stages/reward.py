@@ -33,9 +33,10 @@ from pathlib import Path
 
 import torch
 
+from rlhf.backends import micro_batch, shards_parameters
+from rlhf.batching import derive_batch_sizes, global_batch_indices, rank_slice
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.distributed import (derive_batch_sizes, gather_rows, global_batch_indices, is_main_process,
-                               make_accelerator, micro_batch, rank_slice, shards_parameters)
+from rlhf.distributed import gather_rows, is_main_process, make_accelerator
 from rlhf.losses import bradley_terry_loss, expected_calibration_error, reward_centering_loss
 from rlhf.fsio import atomic_write_json, atomic_write_jsonl, publish_dir, releases_run_lock
 

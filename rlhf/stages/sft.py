@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
+from rlhf.backends import full_state_dict, micro_batch
+from rlhf.batching import derive_batch_sizes, global_batch_indices, rank_slice
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.data import IGNORE_INDEX, TokenizedExample, collate, read_records, split_records, tokenize_sft
-from rlhf.distributed import (derive_batch_sizes, full_state_dict, global_batch_indices, make_accelerator, micro_batch,
-                               rank_slice)
+from rlhf.distributed import make_accelerator
 from rlhf.losses import token_nll_sum
 from rlhf.runs import SHARDED_STATE, RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
 from rlhf.fsio import atomic_write_jsonl, publish_dir, releases_run_lock
