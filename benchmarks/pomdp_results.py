@@ -26,9 +26,9 @@ hyperparameter. Groups:
 
 Every figure of the tables is measured by this script's evaluation (fresh episodes, the current evaluator),
 so runs trained at different times (`--reuse`) are measured alike; each row's JSON lists when each of its runs
-finished training (`trained_utc`). Training runs can be spread over processes: e.g. two
+finished training (`trained_utc`). Training runs can be spread over processes while working (e.g. two
 `--reuse --only <configs>` invocations side by side, then one `--skip_missing` invocation that measures and
-tabulates them all.
+tabulates them all); the file in benchmarks/results/ comes from one plain invocation, which trains every row.
 
 Prints one table per group, then as the last line of stdout one JSON object with every figure (per seed); the
 JSON also goes to benchmarks/results/pomdp_results.json.
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import finish, mean_sd  # noqa: E402
 from rlhf.config import load_config  # noqa: E402
 from rlhf.pomdp.envs import AliasedCorridor  # noqa: E402
 from rlhf.pomdp.train import PomdpConfig, evaluate_agent, load_agent, train  # noqa: E402
@@ -134,10 +134,12 @@ def corridor_policy(name: str, seed: int, runs_dir: Path) -> dict:
 
 
 def mean_std(xs, fmt: str = ".3f") -> str:
+    """'mean +- std' over seeds (the population's standard deviation, ddof 0); one value as it is."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return "-"
-    return f"{np.mean(xs):{fmt}} +- {np.std(xs):{fmt}}" if len(xs) > 1 else f"{xs[0]:{fmt}}"
+    mean, sd = mean_sd(xs, ddof=0)
+    return f"{mean:{fmt}} +- {sd:{fmt}}" if len(xs) > 1 else f"{xs[0]:{fmt}}"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -226,7 +228,7 @@ def cartpole_table(group: str, res: dict, notes: dict) -> str:
                 rows))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", default="masked_cartpole,flicker_cartpole,tmaze,corridor,doors")
     parser.add_argument("--seeds", default="", help="Comma-separated seeds for every row (default: each row's own "
@@ -238,7 +240,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="Comma-separated config names to run (default: all of the "
                         "groups').")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp_results.json"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     groups = [g for g in args.groups.split(",") if g]
     unknown = [g for g in groups if g not in ROWS and g != "doors"]
@@ -303,12 +309,9 @@ def main() -> None:
                                  "exact value of policy", "success", "trained (UTC)"], rows))
 
     results["seconds"] = time.time() - start
-    results["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
     print("\n\n".join(tables))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results))
+    return finish(results, args.out, argv)
+
 
 if __name__ == "__main__":
     main()
