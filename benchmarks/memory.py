@@ -15,7 +15,7 @@ Three kinds of figure, each from a process of its own, so that no figure carries
    reward, no gradient checkpointing and no bf16 on either side), each alone in a child process: the child's
    ru_maxrss.
 
-Targets (issue: memory you can see and plan for): policy stage <= 2500 MB at the quickstart's settings, the
+Targets: policy stage <= 2500 MB at the quickstart's settings, the
 whole quickstart <= 3000 MB. The last line is one JSON object, also written to benchmarks/results/memory.json.
 """
 

@@ -69,7 +69,7 @@ Reward. The gold judge's mean score per update (before the KL term) on the compl
 updates with its standard error. KL per token = sum of k1 over response tokens / response tokens (TRL's `kl`;
 the stage's `objective/kl` / `response/length`, the same quantity).
 
-Target (issue 5): rlhf completions/s >= 2x TRL's, with an equal or better reward gain per update. With a few
+Target: rlhf completions/s >= 2x TRL's, with an equal or better reward gain per update. With a few
 updates the reward gain is dominated by sampling noise (the standard errors are printed beside it), so
 `target_met` reports the point estimates and the table says whether the difference in gain is within noise.
 
