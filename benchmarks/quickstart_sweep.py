@@ -8,7 +8,7 @@ Each variant copies the finished pipeline directory `--base` (SFT, collection, l
 reruns only the stages it changes with `rlhf run <pipeline> --only ... --set ...` — exactly the commands a user
 would type — and evaluates on `--eval_prompts` held-out prompts x `--eval_samples` samples. Prints, per variant,
 the reward-model score, the gold-judge score (sampled and greedy, 95% bootstrap intervals over prompts), the
-gold win rate against the SFT policy and the KL it cost. The over-optimisation table of benchmarks/README.md
+gold win rate against the SFT policy and the KL it cost. The over-optimisation table of benchmarks/notes.md
 came from these variants on one GPU (`benchmarks/results/quickstart_gpu_sweep.json`; about 6 minutes there, hours
 on 2 CPU cores). `--run_base` first runs the pipeline into `--base` (`rlhf run <pipeline> --output_dir <base>`;
 stages already done there are skipped), so one command makes the whole results file.

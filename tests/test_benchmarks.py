@@ -118,3 +118,12 @@ def test_statistics_against_values_worked_out_by_hand():
     assert math.isnan(common.slope([1.0, 2.0])[1])
     assert common.spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
     assert common.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_the_results_table_gives_each_file_with_its_command():
+    """benchmarks/README.md's table names every results file beside the command the file records."""
+    rows = [ln for ln in (ROOT / "benchmarks" / "README.md").read_text().splitlines() if ln.startswith("| ")]
+    for path in JSONS:
+        command = json.loads(path.read_text())["command"]
+        assert any(f"`{command}`" in row and f"`{path.name}`" in row for row in rows), (
+            f"benchmarks/README.md has no row with {path.name} and `{command}`")
