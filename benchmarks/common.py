@@ -1,26 +1,47 @@
-"""What every benchmark and results script shares: the machine it ran on and the closing block.
+"""What every benchmark and results script shares: the machine it ran on, the statistics over seeds and
+updates, and the closing block that writes the results file.
 
 `finish(results, out, argv)` adds the machine, the package versions, the load average and the exact command
 to the results, writes them to `out` (atomically: a temporary name, then a rename) and prints them as the last
-line of output, one JSON object.
+line of output, one JSON object. The command is what remakes `out`: `python benchmarks/<script>.py <args>`,
+with paths inside the repository written relative to it (tests/test_benchmarks.py parses every recorded
+command with its script's `parse_args`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PACKAGES = ("torch", "transformers", "accelerate", "trl", "peft", "datasets")
+PACKAGES = ("torch", "transformers", "accelerate", "trl", "peft", "datasets", "gymnasium", "sb3-contrib")
+
+# Flags that build a results file from earlier outputs (finished runs, another results file) instead of
+# computing it: a file in benchmarks/results/ must not be made with them (tests/test_benchmarks.py).
+REUSE_FLAGS = ("--reuse", "--skip_missing", "--from_results", "--from_json")
+
+
+# ------------------------------------------------------------------------------------------ machine
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the platform has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def machine() -> dict:
-    """Platform, cores, load and the versions of the libraries the numbers depend on."""
+    """Platform, cores, load, torch's threads and device, and the versions of the libraries the numbers depend
+    on (None for one that is not installed)."""
     from importlib import metadata
 
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -30,10 +51,7 @@ def machine() -> dict:
             info[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             info[name] = None
-    try:
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        info["load_average"] = None
+    info["load_average"] = load_average()
     if "torch" in sys.modules:
         import torch
 
@@ -42,24 +60,113 @@ def machine() -> dict:
     return info
 
 
-def command(argv: list[str] | None) -> str:
+# ------------------------------------------------------------------------------------------ statistics
+
+# two-sided 95% quantiles of Student's t by degrees of freedom; the normal 1.96 beyond 30 (within 4%)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+       20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+       29: 2.045, 30: 2.042}
+
+
+def mean_sd(xs, ddof: int = 1) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 1: the sample's, over seeds; ddof 0: the population's); the
+    deviation of a single value is 0."""
+    xs = [float(x) for x in xs]
+    m = statistics.fmean(xs)
+    if len(xs) <= ddof:
+        return m, 0.0
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - ddof))
+
+
+def t_interval(xs) -> dict:
+    """Mean with a 95% t interval over independent values (seeds): `ci95` is the half-width, `low`/`high` the
+    ends; with one value there is no interval (ci95 None, low/high nan)."""
+    xs = [float(x) for x in xs]
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return {"mean": m, "ci95": None, "low": math.nan, "high": math.nan, "n": len(xs)}
+    half = T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return {"mean": m, "ci95": half, "low": m - half, "high": m + half, "n": len(xs)}
+
+
+def proportion_ci95(p: float, n: int) -> float:
+    """Half-width of the normal 95% interval of a proportion p measured on n trials."""
+    return 1.96 * math.sqrt(p * (1 - p) / n)
+
+
+def slope(ys) -> tuple[float, float]:
+    """Least-squares slope of ys against 0..n-1 and its standard error (nan with fewer than 3 points)."""
+    n = len(ys)
+    xs = range(n)
+    mx, my = (n - 1) / 2, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else math.nan
+    if n < 3:
+        return b, math.nan
+    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    return b, math.sqrt(resid / (n - 2) / sxx)
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks, ties ranked by position (0 for a single point)."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0] * len(v)
+        for rank, i in enumerate(order):
+            r[i] = rank
+        return r
+
+    rx, ry = ranks(list(x)), ranks(list(y))
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sy = sum((b - my) ** 2 for b in ry)
+    if sy == 0:
+        return 0.0
+    sx = sum((a - mx) ** 2 for a in rx)
+    return sum((a - mx) * (b - my) for a, b in zip(rx, ry)) / math.sqrt(sx * sy)
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def _relative(arg: str) -> str:
+    """A path inside the repository, relative to it (also in `--flag=path`); anything else unchanged."""
+    flag, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+    path = Path(value)
+    if path.is_absolute():
+        try:
+            value = str(path.resolve().relative_to(ROOT))
+        except ValueError:
+            pass
+    return f"{flag}{eq}{value}"
+
+
+def command(argv: list[str] | None = None, script: str | Path | None = None) -> str:
     """The command that remakes the results: the script, relative to the repository, with its arguments."""
-    script = Path(sys.argv[0]).resolve()
+    script = Path(script or sys.argv[0]).resolve()
     try:
         script = script.relative_to(ROOT)
     except ValueError:
         pass
-    args = sys.argv[1:] if argv is None else argv
-    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, args)])
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python", shlex.quote(str(script)), *(shlex.quote(_relative(a)) for a in args)])
 
 
-def finish(results: dict, out: str | Path, argv: list[str] | None = None) -> dict:
-    """Record machine and command, write `out`, print the one-line JSON last."""
-    results = {**results, "command": command(argv), "machine": machine()}
+def write_json(results: dict, out: str | Path) -> Path:
+    """Write `results` to `out` atomically (a temporary name, then a rename), parent folders made."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     os.replace(tmp, out)
-    print(json.dumps(results))
+    return out
+
+
+def finish(results: dict, out: str | Path, argv: list[str] | None = None, script: str | Path | None = None) -> dict:
+    """Record the command and the machine (keeping any machine fields the script recorded itself), write
+    `out`, print the one-line JSON last."""
+    results = {**results, "command": command(argv, script),
+               "machine": {**machine(), **results.get("machine", {})}}
+    write_json(results, out)
+    print(json.dumps(results, default=str), flush=True)
     return results

@@ -4,8 +4,9 @@ scripted data, on the guessing game and the double-T text maze, over several see
     python benchmarks/dialogue_results.py                                  # seeds 1 2 3, guess and maze
     python benchmarks/dialogue_results.py --seeds 1 --envs guess --episodes 40 --bc_steps 30 \
         --value_steps 100 --val_episodes 40 --out /tmp/dialogue_smoke.json   # a smoke run
-    python benchmarks/dialogue_results.py --envs guess --seeds 2 3 --out /tmp/b.json   # a share of the work...
-    python benchmarks/dialogue_results.py --merge /tmp/a.json /tmp/b.json   # ...and one results file from all
+    python benchmarks/dialogue_results.py --env_overrides \
+        maze:hidden=64,bc_steps=400,bc_batch_size=16,value_steps=1000,episodes=100,val_episodes=200
+        # what made benchmarks/results/dialogue_results.json: the guessing game as above, the maze lighter
     python benchmarks/dialogue_results.py --agents bc bc_top_p ilql --lm_cache runs/dialogue/lm_cache \
         --out /tmp/ilql.json   # BC LMs saved (and reused by later runs of the same settings)
 
@@ -24,10 +25,8 @@ return) on `--val_episodes` held-out validation episodes (episode seeds 10^6 (se
 on the reported ones; its cost is counted in ILQL's training compute. Every agent then plays `episodes` fresh
 test episodes (episode seeds 10^6 (seed + 1) + i, disjoint from the data's) with sampling at temperature 1.
 
-`--agents` runs a subset (the target is then not judged). `--merge` runs nothing: it joins result files of
-this script (finished or `.partial`, the same settings per environment, each env/seed/agent in one file)
-and recomputes summaries; an agent missing from some seed is left out of the summary (its per-seed rows
-stay). Intervals: "ci95" over seeds is a t interval of the per-seed means; "pooled" is a normal interval
+`--agents` runs a subset (the target is then not judged). `--env_overrides ENV:KEY=VALUE,...` gives one
+environment settings of its own (each environment's settings are recorded with its results). Intervals: "ci95" over seeds is a t interval of the per-seed means; "pooled" is a normal interval
 over all episodes of all seeds. The target (value-based agents beat BC and filtered BC on success rate) is
 met for a pair when the value agent's success is higher in every seed and the 95% normal interval of the
 pooled difference of success rates lies above 0.
@@ -56,8 +55,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -69,6 +66,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import finish, proportion_ci95, t_interval  # noqa: E402
 from rlhf.dialogue.agents import Agent, evaluate, scripted_return  # noqa: E402
 from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q  # noqa: E402
 from rlhf.dialogue.data import Encoder, generate, top_fraction  # noqa: E402
@@ -80,14 +78,6 @@ AGENTS = ("bc", "filtered_bc", "filtered_bc_epochs", "bc_top_p", "mc", "ilql", "
 BASELINES = ("bc", "filtered_bc", "filtered_bc_epochs")
 ILQL_DEFAULTS = {"trunk_layers": 0, "steps": 6000, "cql_weight": 0.01, "polyak": 0.05, "bootstrap": "utterance",
                  "lambda": 1.0}
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
-def t_interval(xs: list[float]) -> dict:
-    m = statistics.fmean(xs)
-    if len(xs) < 2:
-        return {"mean": m, "ci95": None}
-    return {"mean": m, "ci95": T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))}
 
 
 class TokenForwards:
@@ -240,7 +230,7 @@ def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
         summary[a] = {
             "seeds": seeds,
             "success": t_interval([r["success"] for r in rows]),
-            "success_pooled": {"mean": pooled, "ci95": 1.96 * math.sqrt(pooled * (1 - pooled) / n)},
+            "success_pooled": {"mean": pooled, "ci95": proportion_ci95(pooled, n)},
             "return": t_interval([r["return"] for r in rows]),
             "turns": t_interval([r["turns"] for r in rows]),
             "compute": {k: statistics.fmean(r["compute"].get(k, 0.0) for r in rows)
@@ -257,7 +247,7 @@ def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
             continue
         n = args.episodes * len(seeds)
         p1, p2 = (sum(per_seed[s][a]["successes"] for s in seeds) / n for a in (v, b))
-        half = 1.96 * math.sqrt(p1 * (1 - p1) / n + p2 * (1 - p2) / n)
+        half = math.hypot(proportion_ci95(p1, n), proportion_ci95(p2, n))  # independent samples
         every = all(per_seed[s][v]["success"] > per_seed[s][b]["success"] for s in seeds)
         comparisons[f"{v}>{b}"] = {"difference": p1 - p2, "ci95": half, "higher_every_seed": every,
                                    "seeds": seeds, "met": every and p1 - p2 - half > 0 and seeds == all_seeds}
@@ -313,7 +303,26 @@ def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+# settings that are the run's, not an environment's
+RUN_SETTINGS = ("seeds", "envs", "agents", "out", "env_overrides", "threads", "lm_cache")
+
+
+def env_overrides(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, dict]:
+    """`ENV:KEY=VALUE,KEY=VALUE` -> {ENV: {KEY: value}}, each value parsed as the flag `--KEY VALUE` would be."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        env, sep, pairs = spec.partition(":")
+        if not sep or env not in ("guess", "maze", "maze_po"):
+            p.error(f"--env_overrides {spec!r}: expected ENV:KEY=VALUE,... with ENV one of guess, maze, maze_po")
+        for pair in filter(None, pairs.split(",")):
+            key, eq, value = pair.partition("=")
+            if not eq or key in RUN_SETTINGS:
+                p.error(f"--env_overrides {spec!r}: {pair!r} is not KEY=VALUE of a per-environment setting")
+            out.setdefault(env, {})[key] = getattr(p.parse_args([f"--{key}", value]), key)
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--envs", nargs="+", default=["guess", "maze"], choices=["guess", "maze", "maze_po"])
@@ -365,110 +374,43 @@ def main(argv=None) -> dict:
                    "of training it, and loaded from by later runs of the same settings (the compute columns then "
                    "report the first run's training).")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dialogue_results.json"))
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="Run nothing: merge results files of this script (the same settings, disjoint seeds or "
-                        "agents; a .partial file counts) into --out, recomputing the summaries and tables.")
-    p.add_argument("--prefer_first", action="store_true",
-                   help="--merge: an env/seed/agent in several files is taken from the first listed (else an error).")
+    p.add_argument("--env_overrides", nargs="*", default=[], metavar="ENV:KEY=VALUE,...",
+                   help="Settings of one environment that differ from the flags, e.g. "
+                        "maze:hidden=64,bc_steps=400 (single-valued settings only).")
     args = p.parse_args(argv)
-    if args.merge:
-        return merge(args)
+    args.overrides = env_overrides(p, args.env_overrides)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = build_tiny_tokenizer()
     start = time.time()
-    results: dict = {"config": vars(args), "envs": {}}
+    shared = {k: v for k, v in vars(args).items() if k != "overrides"}
+    results: dict = {"config": shared, "envs": {}}
     texts = []
     for env in args.envs:
+        env_args = argparse.Namespace(**{**vars(args), **args.overrides.get(env, {})})
         refs = {pol: scripted_return(env, pol, 2000, 0) for pol in ("random", "greedy", "optimal")}
         if env.startswith("maze"):  # the uniform random mover of the normalisation never says a malformed line
             refs["random"] = scripted_return(env, "random_moves", 2000, 0)
         per_seed: dict = {}
         for s in args.seeds:
-            per_seed[s] = run_seed(env, s, args, tok)
+            per_seed[s] = run_seed(env, s, env_args, tok)
             partial = {**results, "partial": f"{env}: seeds {sorted(per_seed)} done",
                        "envs": {**results["envs"], env: {"references": refs, "per_seed": per_seed}}}
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out + ".partial").write_text(json.dumps(partial) + "\n")  # survives an interrupted run
-        summary = summarise(env, per_seed, args, refs)
-        results["envs"][env] = {"references": refs, "summary": summary,
+        summary = summarise(env, per_seed, env_args, refs)
+        config = {k: v for k, v in vars(env_args).items() if k != "overrides" and k not in RUN_SETTINGS}
+        results["envs"][env] = {"config": config, "references": refs, "summary": summary,
                                 "per_seed": {str(s): v for s, v in per_seed.items()}}
         texts.append(table(env, summary, refs, {str(k): v for k, v in per_seed.items()}))
     results["wall_seconds"] = time.time() - start
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "python": platform.python_version()}
     print("\n".join(texts))
-    line = json.dumps(results)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(line + "\n")
+    results = finish(results, args.out, argv)
     Path(args.out + ".partial").unlink(missing_ok=True)
-    print(line)
-    return results
-
-
-# settings that may differ between merged runs; ILQL's own, between runs whose ILQL rows are not both taken
-SETTINGS_FREE = {"seeds", "envs", "agents", "out", "merge", "prefer_first", "threads", "lm_cache"}
-ILQL_ONLY = {"betas", "beta", "val_episodes", "expectile", "ilql_adv_clip", "ilql_trunk_layers", "ilql_steps",
-             "ilql_trunk_batch_size", "ilql_cql_weight", "ilql_polyak", "ilql_bootstrap", "ilql_lambda"}
-
-
-def merge(args) -> dict:
-    """One results file from several runs of this script: per-seed results are taken as they are (each
-    env/seed/agent from exactly one file), summaries and comparisons are recomputed over the union. The runs
-    of one environment must share every setting but SETTINGS_FREE, and ILQL_ONLY where both give ILQL rows;
-    each environment keeps its settings."""
-    runs = [(f, json.loads(Path(f).read_text())) for f in args.merge]
-    envs: dict = {}
-    skipped: dict = {}
-    for f, r in runs:
-        for env, e in r["envs"].items():
-            slot = envs.setdefault(env, {"config": r["config"], "config_from": f, "references": e["references"],
-                                         "per_seed": {}})
-            # ILQL's own settings only matter between files whose ILQL rows are taken
-            gives_ilql = any("ilql" in res and "ilql" not in slot["per_seed"].get(str(seed), {})
-                             for seed, res in e["per_seed"].items())
-            if gives_ilql and "ilql_from" not in slot:
-                slot["ilql_from"] = f
-                slot["config"] = {**slot["config"], **{k: v for k, v in r["config"].items() if k in ILQL_ONLY}}
-            diff = {k: (slot["config"].get(k), v) for k, v in r["config"].items()
-                    if k not in SETTINGS_FREE and (gives_ilql or k not in ILQL_ONLY) and slot["config"].get(k) != v}
-            if diff:
-                raise SystemExit(f"{f}: {env} settings differ from {slot['config_from']}: {diff}")
-            for seed, res in e["per_seed"].items():
-                row = slot["per_seed"].setdefault(str(seed), {})
-                for name, v in res.items():
-                    if name in row and name != "data":
-                        if not args.prefer_first:
-                            raise SystemExit(f"{f}: {env} seed {seed} {name} is in two of the merged files "
-                                             "(--prefer_first keeps the first file's)")
-                        skipped.setdefault(f, []).append(f"{env} seed {seed} {name}")
-                        continue
-                    row[name] = v
-    results: dict = {"config": None, "envs": {}, "merged_from": {
-        f: {"seeds": r["config"]["seeds"], "envs": list(r["envs"]), "agents": r["config"].get("agents"),
-            "wall_seconds": r.get("wall_seconds"), "partial": r.get("partial"),
-            "skipped (an earlier file has them)": skipped.get(f, []),
-            # settings this version of the script has and that run's did not: it came from earlier code
-            "settings_missing": sorted(k for k in vars(args) if k not in SETTINGS_FREE and k not in r["config"])}
-        for f, r in runs}}
-    texts = []
-    for env, e in envs.items():
-        config = {k: v for k, v in e["config"].items() if k not in SETTINGS_FREE}
-        config["seeds"] = sorted(int(s) for s in e["per_seed"])
-        config["agents"] = [a for a in AGENTS if any(a in r for r in e["per_seed"].values())]
-        # settings this version of the script has and the run's did not: it came from earlier code
-        config["settings_missing"] = sorted(k for k in vars(args) if k not in SETTINGS_FREE and k not in e["config"])
-        summary = summarise(env, {int(k): v for k, v in e["per_seed"].items()}, argparse.Namespace(**config),
-                            e["references"])
-        results["envs"][env] = {"config": config, "references": e["references"], "summary": summary,
-                                "per_seed": e["per_seed"]}
-        results["config"] = results["config"] or {**config, "envs": list(envs), "out": args.out}
-        texts.append(table(env, summary, e["references"], e["per_seed"]))
-    results["wall_seconds"] = sum(r.get("wall_seconds") or 0.0 for _, r in runs)
-    results["machine"] = runs[0][1].get("machine")
-    print("\n".join(texts))
-    line = json.dumps(results)
-    Path(args.out).write_text(line + "\n")
-    print(line)
     return results
 
 

@@ -1,8 +1,8 @@
 """Benchmark: DPO against the RLHF policy from the same SFT policy and the same labelled pairs, on several seeds,
 plus TRL's DPOTrainer run directly on the same pairs and settings (the wrapper's cost).
 
-    rlhf run configs/quickstart.yaml                       # first: the quickstart's SFT policy, pairs and reward
-    python benchmarks/dpo.py                               # 3 seeds on runs/quickstart (SmolLM2, CPU: long)
+    python benchmarks/dpo.py --make_run                    # the quickstart's sft..reward, then 3 seeds (CPU: long)
+    python benchmarks/dpo.py                               # 3 seeds on a finished runs/quickstart
     python benchmarks/dpo.py --tiny --seeds 0,1            # a smoke run on the tiny test model, in minutes
 
 What is compared, from `--run_dir` (a finished `rlhf run`: its sft/model, label/pairs.jsonl and reward/model):
@@ -18,8 +18,8 @@ What is compared, from `--run_dir` (a finished `rlhf run`: its sft/model, label/
   steps, max_length), timed from construction to the end of `train()`, against `rlhf dpo`'s own wall time.
 
 Across seeds each method's gold score is summarised by its mean and a t interval over the seeds; "wins" is the
-method whose seed-mean is higher, stated with whether the two intervals overlap. Writes a JSON file and prints a
-table. Heavy runs go one at a time: `flock /tmp/rlhf-heavy.lock python benchmarks/dpo.py`.
+method whose seed-mean is higher, stated with whether the two intervals overlap. Prints a table, then, as the
+last line, one JSON object, also written to --out. Heavy runs go one at a time: `flock /tmp/rlhf-heavy.lock python benchmarks/dpo.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -37,15 +36,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+from benchmarks.common import finish, t_interval  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run_dir", default="runs/quickstart", help="A finished `rlhf run` (sft, label, reward).")
+    p.add_argument("--make_run", action="store_true", help="First run `rlhf run configs/quickstart.yaml --only "
+                   "sft,collect,label,reward` into --run_dir (stages already done there are skipped).")
     p.add_argument("--tiny", action="store_true", help="Build a tiny run first (configs/tiny/quickstart.yaml, "
-                   "sft..reward) and use the tiny configs: a smoke run.")
+                   "sft..reward) in a scratch directory and use the tiny configs: a smoke run.")
     p.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds (training and evaluation sampling).")
     p.add_argument("--skip_trl", action="store_true", help="Leave out TRL's DPOTrainer run.")
     p.add_argument("--out", default="", help="JSON output (default benchmarks/results/dpo.json; tiny: dpo_tiny.json).")
@@ -55,20 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def interval(values: list[float]) -> dict:
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return {"mean": mean, "low": math.nan, "high": math.nan, "n": len(values)}
-    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
-
-
-def build_tiny_run(scratch: Path) -> Path:
+def build_run(pipeline: str, out: Path) -> Path:
+    """The pipeline's stages up to the reward model, in `out` (stages already done there are skipped)."""
     from rlhf.pipeline import main as run_main
 
-    run_main(["configs/tiny/quickstart.yaml", "--output_dir", str(scratch / "run"), "--only",
-              "sft,collect,label,reward"])
-    return scratch / "run"
+    run_main([pipeline, "--output_dir", str(out), "--only", "sft,collect,label,reward"])
+    return out
 
 
 def trl_dpo(cfg, records: list[dict], scratch: Path) -> dict:
@@ -118,7 +111,12 @@ def main(argv=None) -> dict:
     result = {"benchmark": "dpo", "tiny": args.tiny, "seeds": args.seeds, "per_seed": [], "trl": None}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-dpo-") as tmp:
         scratch = Path(tmp)
-        run = build_tiny_run(scratch) if args.tiny else Path(args.run_dir)
+        if args.tiny:
+            run = build_run("configs/tiny/quickstart.yaml", scratch / "run")
+        elif args.make_run:
+            run = build_run("configs/quickstart.yaml", Path(args.run_dir))
+        else:
+            run = Path(args.run_dir)
         sft, rm = run / "sft" / "model", run / "reward" / "model"
         reward_cfg = read_yaml(run / "reward" / "config.yaml")  # the pairs (labels) the reward model saw
         pairs, max_pairs = reward_cfg["train_pairs"], reward_cfg.get("max_train_pairs", 0)
@@ -154,11 +152,11 @@ def main(argv=None) -> dict:
     def mean_of(name, key):
         vals = [r[name][key]["mean"] if isinstance(r[name][key], dict) else r[name][key]
                 for r in result["per_seed"] if r[name].get(key) is not None]
-        return interval(vals) if vals else None
+        return t_interval(vals) if vals else None
 
     summary = {name: {"gold": mean_of(name, "gold"), "win_rate_gold_vs_sft": mean_of(name, "win_rate_gold"),
                       "kl_k1_to_sft": mean_of(name, "kl_k1"),
-                      "seconds": interval([r["seconds"][name] for r in result["per_seed"]]) if name != "sft" else None}
+                      "seconds": t_interval([r["seconds"][name] for r in result["per_seed"]]) if name != "sft" else None}
                for name in ("sft", "rlhf", "dpo")}
     result["summary"] = summary
     g_r, g_d = summary["rlhf"]["gold"], summary["dpo"]["gold"]
@@ -167,9 +165,6 @@ def main(argv=None) -> dict:
         overlap = (None if math.isnan(g_r["low"]) else  # one seed: no interval
                    not (g_r["low"] > g_d["high"] or g_d["low"] > g_r["high"]))
         result["winner"] = {"method": winner, "intervals_overlap": overlap}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     fmt = lambda i: "-" if not i else (f"{i['mean']:.3f}" + ("" if math.isnan(i["low"]) else
                                                              f" [{i['low']:.3f}, {i['high']:.3f}]"))
     print(f"\n{'method':<6}  {'gold (seeds, 95% t)':<26}  {'win vs sft':<26}  {'KL to sft':<26}  train s")
@@ -185,8 +180,7 @@ def main(argv=None) -> dict:
         print(f"TRL DPOTrainer directly (load, train, save): {t['wall_seconds']:.1f} s; rlhf dpo (the same, "
               f"with reading the pairs and the output contract): "
               f"{t['rlhf_dpo_wall_seconds']:.1f} s")
-    print(f"(written to {out})")
-    return result
+    return finish(result, args.out, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import finish, mean_sd, spearman  # noqa: E402
 from rlhf.dt.data import generate  # noqa: E402
 from rlhf.dt.evaluate import rollout  # noqa: E402
 from rlhf.dt.model import DecisionTransformer  # noqa: E402
@@ -51,13 +51,6 @@ SETTINGS = {
                         max_steps=2000, targets=[-0.14, -0.06, 0.45, 0.94], episodes=30),
 }
 METHODS = ("dt", "bc", "filtered_bc")
-
-
-def spearman(x, y) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    if np.std(ry) == 0:
-        return 0.0
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def run_seed(env: str, seed: int, s: dict, args, workdir: Path) -> dict:
@@ -95,14 +88,17 @@ def summarise(env: str, s: dict, runs: list[dict]) -> dict:
     lo = float(np.mean([r["data"]["return_min"] for r in runs]))
     hi = float(np.mean([r["data"]["return_max"] for r in runs]))
     rho = [spearman(targets, row) for row in dt]
+    # over seeds: mean and standard deviation (the population's, ddof 0)
+    dt_cols = [mean_sd(dt[:, i], ddof=0) for i in range(dt.shape[1])]
+    (bc_mean, bc_std), (fbc_mean, fbc_std) = mean_sd(bc, ddof=0), mean_sd(fbc, ddof=0)
     top = dt[:, -1]  # the highest target, fixed in advance
     best_i = int(np.argmax(dt.mean(0)))
     best = dt[:, best_i]
     return {
         "targets": targets,
-        "dt_mean": dt.mean(0).tolist(), "dt_std": dt.std(0).tolist(),
-        "bc_mean": float(bc.mean()), "bc_std": float(bc.std()),
-        "filtered_bc_mean": float(fbc.mean()), "filtered_bc_std": float(fbc.std()),
+        "dt_mean": [m for m, _ in dt_cols], "dt_std": [sd for _, sd in dt_cols],
+        "bc_mean": bc_mean, "bc_std": bc_std,
+        "filtered_bc_mean": fbc_mean, "filtered_bc_std": fbc_std,
         "data_return_min": lo, "data_return_max": hi,
         "data_return_mean": float(np.mean([r["data"]["return_mean"] for r in runs])),
         "data_top10_mean": float(np.mean([r["data"]["top10_mean"] for r in runs])),
@@ -112,7 +108,7 @@ def summarise(env: str, s: dict, runs: list[dict]) -> dict:
         "dt_best_matches_bc": bool(best.mean() >= bc.mean() - 0.02 * (hi - lo)),
         "best_gap_to_filtered_bc_frac": float((fbc.mean() - best.mean()) / (hi - lo)),
         "best_close_to_filtered_bc": bool((fbc.mean() - best.mean()) <= 0.1 * (hi - lo)),
-        "dt_top_target_mean": float(top.mean()), "dt_top_target_std": float(top.std()),
+        "dt_top_target_mean": float(top.mean()), "dt_top_target_std": mean_sd(top, ddof=0)[1],
         "dt_best_target": targets[best_i], "dt_best_target_mean": float(best.mean()),
         "dt_top_minus_bc": float(top.mean() - bc.mean()),
         "dt_top_matches_bc": bool(top.mean() >= bc.mean() - 0.02 * (hi - lo)),
@@ -169,7 +165,7 @@ def print_table(summary: dict, seeds: list[int], top_fraction: float) -> None:
               f"{s['gap_to_filtered_bc_frac']:+.1%} -> close: {s['close_to_filtered_bc']}")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -180,12 +176,16 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dt_results.json"))
     p.add_argument("--plot", default=str(ROOT / "benchmarks" / "results" / "dt_results.png"))
     p.add_argument("--from_json", default="", help="Print the table of an earlier run's JSON (no training).")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
         print_table(result["summary"], result["seeds"], result["top_fraction"])
         print(json.dumps(result))
-        return
+        return result
     torch.set_num_threads(args.threads)
     t0 = time.time()
     raw, summary = {}, {}
@@ -196,18 +196,10 @@ def main() -> None:
     plot(summary, Path(args.plot))
 
     print_table(summary, args.seeds, args.top_fraction)
-    import gymnasium
-    import transformers
-
     result = {"name": "dt_results", "seeds": args.seeds, "top_fraction": args.top_fraction,
               "steps_scale": args.steps_scale, "settings": {e: SETTINGS[e] for e in args.envs},
-              "summary": summary, "per_seed": raw, "seconds": time.time() - t0,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "transformers": transformers.__version__,
-                          "gymnasium": gymnasium.__version__, "threads": args.threads}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+              "summary": summary, "per_seed": raw, "seconds": time.time() - t0}
+    return finish(result, args.out, argv)
 
 
 if __name__ == "__main__":

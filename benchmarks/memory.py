@@ -15,7 +15,7 @@ Three kinds of figure, each from a process of its own, so that no figure carries
    reward, no gradient checkpointing and no bf16 on either side), each alone in a child process: the child's
    ru_maxrss.
 
-Targets (issue: memory you can see and plan for): policy stage <= 2500 MB at the quickstart's settings, the
+Targets: policy stage <= 2500 MB at the quickstart's settings, the
 whole quickstart <= 3000 MB. The last line is one JSON object, also written to benchmarks/results/memory.json.
 """
 
@@ -65,7 +65,7 @@ def child_policy(side: str, updates: int, micro: int) -> None:
             bench.run_trl(args, Path(tmp), expected)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=2, help="Policy updates (quickstart and both policy sides).")
     p.add_argument("--output_dir", default="runs/bench_memory", help="Where the quickstart runs (started afresh).")
@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip_pipeline", action="store_true", help="Only the side-by-side policy runs.")
     p.add_argument("--child", choices=["rlhf", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/memory.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.child:
         child_policy(args.child, args.updates, args.micro_batch_size)
         return {}

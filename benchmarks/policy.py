@@ -69,7 +69,7 @@ Reward. The gold judge's mean score per update (before the KL term) on the compl
 updates with its standard error. KL per token = sum of k1 over response tokens / response tokens (TRL's `kl`;
 the stage's `objective/kl` / `response/length`, the same quantity).
 
-Target (issue 5): rlhf completions/s >= 2x TRL's, with an equal or better reward gain per update. With a few
+Target: rlhf completions/s >= 2x TRL's, with an equal or better reward gain per update. With a few
 updates the reward gain is dominated by sampling noise (the standard errors are printed beside it), so
 `target_met` reports the point estimates and the table says whether the difference in gain is within noise.
 
@@ -84,7 +84,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -96,6 +95,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without installing the package
 
+from benchmarks.common import finish, load_average, machine, slope  # noqa: E402
 from rlhf.models import SMOLLM2_ALIAS  # noqa: E402
 
 TARGET_SPEEDUP = 2.0  # rlhf completions/s over TRL's, with an equal or better reward gain per update
@@ -157,40 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def machine() -> dict:
-    import accelerate
-    import peft
-    import transformers
-    import trl
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 # ------------------------------------------------------------------------------------------ figures
-
-
-def slope(ys: list[float]) -> tuple[float, float]:
-    """Least-squares slope of ys against 0..n-1 and its standard error (nan with fewer than 3 points)."""
-    n = len(ys)
-    xs = range(n)
-    mx, my = (n - 1) / 2, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else math.nan
-    if n < 3:
-        return b, math.nan
-    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
-    return b, math.sqrt(resid / (n - 2) / sxx)
 
 
 def summarise(seconds: list[float], rewards: list[float], kl_per_token: list[float], per_update: int,
@@ -471,12 +438,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["gain_target_met"] = bool(rlhf["reward_gain_per_update"] >= trl_result["reward_gain_per_update"])
         result["target_met"] = result["speed_target_met"] and result["gain_target_met"]
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print("\n" + table(result) + f"\n(written to {out})", flush=True)
-    print(json.dumps(result), flush=True)
-    return result
+    print("\n" + table(result) + f"\n(written to {args.out})", flush=True)
+    return finish(result, args.out, argv)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import finish  # noqa: E402
 from rlhf.config import load_config  # noqa: E402
 from rlhf.pomdp.envs import make_env  # noqa: E402
 from rlhf.pomdp.train import PomdpConfig, train  # noqa: E402
@@ -162,7 +162,7 @@ def run_sb3(seed: int, args) -> dict:
             "best_eval_return": max((h["return_mean"] for h in history), default=float("nan")), **timing}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="rpg,drqn,sb3", help="Comma-separated: rpg, drqn, sb3.")
     parser.add_argument("--seeds", type=int, default=3)
@@ -174,14 +174,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp.json"))
     parser.add_argument("--from_results", default=None, help="Take the toolkit's runs from this runs_dir of "
                         "benchmarks/pomdp_results.py (same configs and stopping rule) instead of training again.")
-    parser.add_argument("--include", default="", help="Comma-separated JSONs of earlier runs of this script whose "
-                        "runs are added to the table (e.g. sides run at different times; marked 'included_from').")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     torch.set_num_threads(1)
 
     rows = []
-    for path in [p for p in args.include.split(",") if p]:
-        rows += [{**r, "included_from": path} for r in json.loads(Path(path).read_text())["runs"]]
     for agent in [a for a in args.agents.split(",") if a]:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             print(f"[pomdp bench] {agent} seed {seed}", file=sys.stderr, flush=True)
@@ -218,15 +218,10 @@ def main() -> None:
         lines.append(f"  {side:<6} reached {s['reached']}, env steps {fmt(s['env_steps_mean'], '.0f')}, "
                      f"wall s {fmt(s['wall_seconds_mean'], '.1f')}, cpu s {fmt(s['cpu_seconds_mean'], '.1f')}")
     print("\n".join(lines))
-    import sb3_contrib
     result = {"target": TARGET, "eval_every": args.eval_every, "max_steps": args.max_steps, "runs": rows,
-              "summary": summary, "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                                              "sb3_contrib": sb3_contrib.__version__, "threads": 1,
-                                              "cpus": os.cpu_count(), "autogroup_nice": autogroup_nice()},
+              "summary": summary, "machine": {"autogroup_nice": autogroup_nice()},
               "configs": {side: f"configs/pomdp/train_{CONFIGS[side]}.yaml" for side in CONFIGS}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    return finish(result, args.out, argv)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import finish, mean_sd  # noqa: E402
+
 STAGES = ("sft", "collect", "label", "reward", "policy", "evaluate")
 
 
@@ -57,7 +59,7 @@ def run_once(pipeline: str, out: Path, seed: int, env: dict) -> dict:
             "num_samples": report["num_samples"]}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="configs/quickstart.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -65,7 +67,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fresh_cache", action="store_true", help="Empty feature cache (a first run).")
     parser.add_argument("--out", default="", help="Results JSON (default benchmarks/results/<pipeline name>.json).")
     args = parser.parse_args(argv)
+    name = Path(args.pipeline).stem if Path(args.pipeline).parent.name == "configs" else \
+        f"{Path(args.pipeline).parent.name}_{Path(args.pipeline).stem}"
+    args.out = args.out or str(ROOT / "benchmarks/results" / f"{name}.json")
+    return args
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     tmp = None
     if args.fresh_cache:  # models stay cached (converting the GGUF is not part of a stage); features do not
@@ -108,25 +117,16 @@ def main(argv: list[str] | None = None) -> dict:
                                 "kl_k1": ck["policy"][mode].get("kl_k1", {}).get("mean")})
     gains = [s["gold_gain"] for s in summary if s["decoding"] == "sampled"]
     if gains:
-        spread = f" +- {statistics.stdev(gains):.3f} (sd over seeds)" if len(gains) > 1 else ""
-        print(f"\ngold-judge gain of the aligned policy (sampled): {statistics.mean(gains):+.3f}{spread}")
+        mean, sd = mean_sd(gains)
+        spread = f" +- {sd:.3f} (sd over seeds)" if len(gains) > 1 else ""
+        print(f"\ngold-judge gain of the aligned policy (sampled): {mean:+.3f}{spread}")
 
-    import torch
-    import transformers
+    import torch  # noqa: F401  (the machine record names torch's device and threads)
 
     result = {"benchmark": "quickstart", "pipeline": args.pipeline, "seeds": args.seeds,
               "fresh_feature_cache": args.fresh_cache, "runs": runs, "summary": summary,
-              "wall_seconds_mean": statistics.mean(r["wall_seconds"] for r in runs),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                          "torch": torch.__version__, "transformers": transformers.__version__,
-                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
-    name = Path(args.pipeline).stem if Path(args.pipeline).parent.name == "configs" else \
-        f"{Path(args.pipeline).parent.name}_{Path(args.pipeline).stem}"
-    out = Path(args.out or ROOT / "benchmarks/results" / f"{name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-    return result
+              "wall_seconds_mean": mean_sd([r["wall_seconds"] for r in runs])[0]}
+    return finish(result, args.out, argv)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """Policy settings against the quickstart's own SFT and reward models: how far each moves the gold judge.
 
     python benchmarks/quickstart_sweep.py --base runs/quickstart                 # after `rlhf run configs/quickstart.yaml`
+    python benchmarks/quickstart_sweep.py --run_base                             # the quickstart first, then the sweep
     python benchmarks/quickstart_sweep.py --base runs/tiny/quickstart --pipeline configs/tiny/quickstart.yaml
 
 Each variant copies the finished pipeline directory `--base` (SFT, collection, labels, reward model), then
 reruns only the stages it changes with `rlhf run <pipeline> --only ... --set ...` — exactly the commands a user
 would type — and evaluates on `--eval_prompts` held-out prompts x `--eval_samples` samples. Prints, per variant,
 the reward-model score, the gold-judge score (sampled and greedy, 95% bootstrap intervals over prompts), the
-gold win rate against the SFT policy and the KL it cost. The README's over-optimisation table came from this
-sweep on one GPU (`benchmarks/results/quickstart_gpu_sweep.jsonl`; about 6 minutes there, hours on 2 CPU cores).
+gold win rate against the SFT policy and the KL it cost. The over-optimisation table of benchmarks/notes.md
+came from these variants on one GPU (`benchmarks/results/quickstart_gpu_sweep.json`; about 6 minutes there, hours
+on 2 CPU cores). `--run_base` first runs the pipeline into `--base` (`rlhf run <pipeline> --output_dir <base>`;
+stages already done there are skipped), so one command makes the whole results file.
 The last line is one JSON object, also written to benchmarks/results/quickstart_sweep.json (or `--out`).
 """
 
@@ -24,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import finish  # noqa: E402
 
 # name -> (stages to rerun, --set overrides)
 VARIANTS = {
@@ -53,25 +59,35 @@ def summarise(name: str, report: dict, seconds: float) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="runs/quickstart", help="A finished `rlhf run` output directory.")
     parser.add_argument("--pipeline", default="configs/quickstart.yaml", help="The pipeline that made --base.")
+    parser.add_argument("--run_base", action="store_true", help="First run the pipeline into --base (stages "
+                        "already done there are skipped).")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--eval_prompts", type=int, default=123, help="Held-out prompts (123: all of the task's).")
     parser.add_argument("--eval_samples", type=int, default=4, help="Sampled completions per prompt.")
     parser.add_argument("--eval_max_new_tokens", type=int, default=32)
     parser.add_argument("--work_dir", default=str(ROOT / "runs/quickstart_sweep"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/quickstart_sweep.json"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    base = Path(args.base)
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    base = Path(args.base).resolve()  # the commands below run from the repository root
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if args.run_base:
+        cmd = [sys.executable, "-m", "rlhf.cli", "run", args.pipeline, "--output_dir", str(base)]
+        print("$ " + " ".join(cmd), flush=True)
+        if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
+            raise SystemExit(f"rlhf run {args.pipeline} failed")
     if not (base / "reward" / "DONE.json").is_file() or not (base / "sft" / "DONE.json").is_file():
         raise SystemExit(f"{base}: not a finished pipeline run (no sft/ and reward/ DONE.json); run "
                          f"`rlhf run {args.pipeline}` first")
     evaluation = [f"evaluate.max_prompts={args.eval_prompts}", f"evaluate.num_samples={args.eval_samples}",
                   f"evaluate.max_new_tokens={args.eval_max_new_tokens}"]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     rows = []
     for name in args.variants:
         only, sets = VARIANTS[name]
@@ -99,10 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['sampled_kl_k1'][0]:>7.2f}")
     result = {"benchmark": "quickstart_sweep", "base": str(base), "pipeline": args.pipeline,
               "eval_prompts": args.eval_prompts, "eval_samples": args.eval_samples, "variants": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-    return result
+    return finish(result, args.out, argv)
 
 
 if __name__ == "__main__":

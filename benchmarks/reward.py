@@ -42,9 +42,7 @@ figure and the machine, also written to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -55,6 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without installing the package
 
+from benchmarks.common import finish, machine  # noqa: E402
 from rlhf.models import SMOLLM2_ALIAS  # noqa: E402
 
 TARGET_SPEEDUP = 10.0  # TRL wall time / rlhf wall time, at the same or better held-out accuracy over 3+ epochs
@@ -87,20 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_train_pairs < 0:
         p.error("--max_train_pairs must be >= 0")
     return args
-
-
-def machine() -> dict:
-    import accelerate
-    import datasets
-    import transformers
-    import trl
-
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "accelerate": accelerate.__version__, "datasets": datasets.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    return info
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -334,12 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["target_met"] = bool(result["trl_over_rlhf_wall"] >= TARGET_SPEEDUP
                                         and rlhf["eval_accuracy"] >= trl_result["eval_accuracy"])
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print("\n" + table(result) + f"\n(written to {out})", flush=True)
-    print(json.dumps(result), flush=True)
-    return result
+    print("\n" + table(result) + f"\n(written to {args.out})", flush=True)
+    return finish(result, args.out, argv)
 
 
 if __name__ == "__main__":

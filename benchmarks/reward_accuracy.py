@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import finish, mean_sd  # noqa: E402
 
 CURRENT = {"head_fit": "sgd", "layers": "final", "pooling": "last", "logprob_features": "false"}
 
@@ -50,19 +51,23 @@ def pair_kind(row: dict) -> str:
     return "between wrong answers"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="builtin", choices=("builtin", "hh"))
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Backbone (alias, local dir or hub id).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["default", "current"], choices=("default", "current"))
     parser.add_argument("--hh_data", default=str(ROOT / "benchmarks/data/hh_harmless_dev.jsonl"))
-    parser.add_argument("--out", default="")
+    parser.add_argument("--out", default="", help="Results JSON (default benchmarks/results/reward_accuracy.json; "
+                        "reward_accuracy_hh.json with --task hh).")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([str(Path(sys.argv[0]))] + (argv if argv is not None else sys.argv[1:]))
+    args.out = args.out or str(ROOT / "benchmarks/results" / ("reward_accuracy.json" if args.task == "builtin"
+                                                              else "reward_accuracy_hh.json"))
+    return args
 
-    import torch
-    import transformers
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
 
     from rlhf.config import load_config
     from rlhf.stages.reward import RewardConfig, train
@@ -103,19 +108,16 @@ def main(argv: list[str] | None = None) -> dict:
                                                          if pair_kind(r) == k) for k in kinds}
                 runs.append(run)
 
-    def spread(values: list[float]) -> tuple[float, float]:
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
     summary = {}
     for variant in args.variants:
         mine = [r for r in runs if r["variant"] == variant]
-        summary[variant] = {"eval_accuracy": spread([r["eval_accuracy"] for r in mine]),
-                            "train_accuracy": spread([r["train_accuracy"] for r in mine]),
-                            "eval_ece": spread([r["eval_ece"] for r in mine])}
+        summary[variant] = {"eval_accuracy": mean_sd([r["eval_accuracy"] for r in mine]),
+                            "train_accuracy": mean_sd([r["train_accuracy"] for r in mine]),
+                            "eval_ece": mean_sd([r["eval_ece"] for r in mine])}
         if variant == "default":
-            summary[variant]["val_accuracy"] = spread([r["val_accuracy"] for r in mine])
+            summary[variant]["val_accuracy"] = mean_sd([r["val_accuracy"] for r in mine])
         for k in kinds:
-            summary[variant][f"held-out: {k}"] = spread([r["by_kind"][k] for r in mine])
+            summary[variant][f"held-out: {k}"] = mean_sd([r["by_kind"][k] for r in mine])
     name = "built-in task" if args.task == "builtin" else "HH-RLHF harmless (first 1400 train, last 400 held out)"
     print(f"\nReward model on the {name}, backbone {args.model}, seeds {args.seeds}")
     print(f"{'metric':<36}" + "".join(f" {v + ' mean':>14} {'std':>6}" for v in args.variants))
@@ -129,19 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
                   f"(validation {r['val_accuracy']:.3f}) -> held-out {r['eval_accuracy']:.3f}")
     print("wall time per run (s): " + ", ".join(f"{r['variant']}/{r['seed']} {r['seconds']:.0f}" for r in runs))
     result = {"benchmark": "reward_accuracy", "task": args.task, "backbone": args.model, "seeds": args.seeds,
-              "command": command, "config": config, "held_out_pairs": runs[0]["eval_pairs"],
+              "config": config, "held_out_pairs": runs[0]["eval_pairs"],
               **{f"{v}_eval_accuracy_mean": summary[v]["eval_accuracy"][0] for v in args.variants},
               **{f"{v}_eval_accuracy_std": summary[v]["eval_accuracy"][1] for v in args.variants},
-              "summary": summary, "runs": runs,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "transformers": transformers.__version__,
-                          "threads": torch.get_num_threads()}}
-    out = Path(args.out or ROOT / "benchmarks/results" / ("reward_accuracy.json" if args.task == "builtin"
-                                                          else "reward_accuracy_hh.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-    return result
+              "summary": summary, "runs": runs}
+    return finish(result, args.out, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The README's commands run as shown, so docs and code cannot drift apart.
+"""The commands of the README and of the guides it sends readers to run as shown, so docs and code cannot
+drift apart.
 
 Lines on the tiny model (`configs/tiny/`, `--tiny`, `--help`) run here in a scratch directory that links
 the repository's configs/, reward_data/ and scripts/; the two commands that need the embedded model in full
@@ -20,13 +21,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+# the README, then the guides moved out of it, each run in its own order (a later line of a file may read what
+# an earlier one wrote)
+DOCS = ["README.md", "docs/stages.md", "docs/pipeline.md", "docs/launching.md", "docs/dialogue.md", "docs/pomdp.md",
+        "docs/decision_transformer.md"]
 BIN = Path(sys.executable).parent
 
 
 def code_lines() -> list[str]:
-    """Command lines of the README's bash blocks, comments stripped."""
+    """Command lines of the bash blocks of DOCS, comments stripped."""
     lines = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+    text = "\n".join((ROOT / name).read_text() for name in DOCS)
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
             line = line.split("#", 1)[0].strip()
             if line:
@@ -103,3 +109,16 @@ def test_readme_multiprocess_lines_run_two_processes(tmp_path):
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
         run_dir = cwd / re.search(r"--output_dir (\S+)", line).group(1)
         assert json.loads((run_dir / "metrics.json").read_text())["num_processes"] == 2
+
+
+def test_the_readme_is_a_front_door_and_its_links_resolve():
+    """The README says what the toolkit is and where to read more, in a couple of hundred lines; every relative
+    link of the README and of the guides points at a file that exists."""
+    assert len(README.splitlines()) <= 220
+    for heading in ("## Two commands", "## Stages and modules", "## What a run writes", "## Where to read more"):
+        assert heading in README, heading
+    for name in ("docs", "benchmarks"):
+        for doc in [ROOT / "README.md", *sorted((ROOT / name).glob("*.md"))]:
+            for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+                if "://" not in target:
+                    assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to missing {target}"

@@ -1,0 +1,129 @@
+"""Benchmarks that remake themselves: every script in benchmarks/ records its machine, statistics and results
+through benchmarks/common.py, and every file in benchmarks/results/ names the one command that remakes it, a
+command its script accepts (nothing runs here: the commands are parsed, not run)."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import common  # noqa: E402
+
+SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "common.py")
+RESULTS = sorted(p for p in (ROOT / "benchmarks" / "results").iterdir() if p.is_file())
+JSONS = [p for p in RESULTS if p.suffix == ".json"]
+# helpers that belong to common.py alone: a script defining its own is a copy that can drift
+SHARED = {"machine", "load_average", "command", "finish", "write_json", "mean_sd", "t_interval", "slope",
+          "spearman", "proportion_ci95", "T95"}
+
+
+@functools.cache
+def script_module(path: Path):
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recorded(path: Path) -> tuple[list[str], object]:
+    """The results file's command split into words, and its arguments as the named script parses them."""
+    data = json.loads(path.read_text())
+    assert isinstance(data.get("command"), str), f"{path.name}: no 'command' recorded"
+    argv = shlex.split(data["command"])
+    assert argv[:1] == ["python"] and argv[1].startswith("benchmarks/"), f"{path.name}: {data['command']}"
+    script = ROOT / argv[1]
+    assert script.is_file() and script in SCRIPTS, f"{path.name}: {argv[1]} is not a benchmark script"
+    try:
+        args = script_module(script).parse_args(argv[2:])
+    except SystemExit as e:
+        raise AssertionError(f"{path.name}: {argv[1]} refuses the recorded arguments {argv[2:]}") from e
+    return argv, args
+
+
+def repo_path(value: str) -> Path:
+    """A path argument as the script uses it when run from the repository root."""
+    path = Path(value)
+    return (path if path.is_absolute() else ROOT / path).resolve()
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_script_writes_through_the_shared_helper(script):
+    tree = ast.parse(script.read_text())
+    from_common = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   and node.module == "benchmarks.common" for a in node.names}
+    assert "finish" in from_common, f"{script.name} does not import finish from benchmarks.common"
+    calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert "finish" in calls, f"{script.name} never calls finish()"
+    own = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    own |= {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)}
+    assert not own & SHARED, f"{script.name} defines its own {sorted(own & SHARED)}: use benchmarks.common's"
+    imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert "platform" not in imported, f"{script.name} records the machine itself: benchmarks.common.machine does"
+    assert "parse_args" in own, f"{script.name} has no parse_args(argv) for its recorded commands to be checked"
+
+
+@pytest.mark.parametrize("path", JSONS, ids=lambda p: p.name)
+def test_every_results_file_records_the_command_that_remakes_it(path):
+    argv, args = recorded(path)
+    reused = [a for a in argv[2:] if a.split("=")[0] in common.REUSE_FLAGS]
+    assert not reused, f"{path.name}: made from earlier outputs ({reused}), not remade by its command"
+    assert repo_path(args.out) == path.resolve(), f"{path.name}: its command writes {args.out}"
+
+
+def test_every_file_in_results_is_written_by_a_recorded_command():
+    written = set()
+    for path in JSONS:
+        _, args = recorded(path)
+        written |= {repo_path(getattr(args, name)) for name in ("out", "plot") if getattr(args, name, None)}
+    assert not [p.name for p in RESULTS if p.resolve() not in written]
+
+
+def test_finish_records_a_command_relative_to_the_repository(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "policy.py")])
+    out = tmp_path / "r.json"
+    argv = ["--updates", "2", "--out", str(ROOT / "benchmarks/results/x.json"), f"--plot={ROOT}/a b.png",
+            "--work", str(tmp_path)]
+    result = common.finish({"figure": 1.5, "machine": {"threads": 1}}, out, argv)
+    assert result["command"] == ("python benchmarks/policy.py --updates 2 --out benchmarks/results/x.json "
+                                 f"'--plot=a b.png' --work {tmp_path}")
+    assert json.loads(out.read_text()) == result == json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["machine"]["threads"] == 1 and result["machine"]["python"] and "cpu_count" in result["machine"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_statistics_against_values_worked_out_by_hand():
+    assert common.mean_sd([1, 2, 3, 4]) == pytest.approx((2.5, math.sqrt(5 / 3)))
+    assert common.mean_sd([1, 2, 3, 4], ddof=0) == pytest.approx((2.5, math.sqrt(1.25)))
+    assert common.mean_sd([7.0]) == (7.0, 0.0)
+    # 3 values: mean 2, sd 1, t(2) = 4.303 -> half-width 4.303 / sqrt(3)
+    t = common.t_interval([1.0, 2.0, 3.0])
+    assert t["ci95"] == pytest.approx(4.303 / math.sqrt(3)) and t["low"] == pytest.approx(2 - 4.303 / math.sqrt(3))
+    assert common.t_interval([5.0])["ci95"] is None and math.isnan(common.t_interval([5.0])["low"])
+    assert common.proportion_ci95(0.5, 100) == pytest.approx(1.96 * 0.05)
+    # x = 0..3 (mean 1.5, Sxx 5), y mean 4: Sxy = 9, slope 1.8; residuals -0.3, 0.9, -0.9, 0.3 (RSS 1.8)
+    b, se = common.slope([1.0, 4.0, 4.0, 7.0])
+    assert b == pytest.approx(1.8) and se == pytest.approx(math.sqrt(1.8 / 2 / 5))
+    assert math.isnan(common.slope([1.0, 2.0])[1])
+    assert common.spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    assert common.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_the_results_table_gives_each_file_with_its_command():
+    """benchmarks/README.md's table names every results file beside the command the file records."""
+    rows = [ln for ln in (ROOT / "benchmarks" / "README.md").read_text().splitlines() if ln.startswith("| ")]
+    for path in JSONS:
+        command = json.loads(path.read_text())["command"]
+        assert any(f"`{command}`" in row and f"`{path.name}`" in row for row in rows), (
+            f"benchmarks/README.md has no row with {path.name} and `{command}`")
