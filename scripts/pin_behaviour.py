@@ -52,11 +52,17 @@ def run(out: Path, sets: list[str]) -> None:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
 
 
+TEMP_ROOT = re.compile(r"^.*?/tmp[^/]*/(default|" + "|".join(VARIANTS) + ")/")
+
+
 def clean(obj):
+    """Without timings, and with the run directory (a temporary one) written as <run>/."""
     if isinstance(obj, dict):
         return {k: clean(v) for k, v in sorted(obj.items()) if not VOLATILE.search(k)}
     if isinstance(obj, list):
         return [clean(v) for v in obj]
+    if isinstance(obj, str):
+        return TEMP_ROOT.sub("<run>/", obj)
     return obj
 
 
@@ -140,7 +146,7 @@ def main() -> int:
         Path(args.write).write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         print(f"[pin] wrote {args.write}")
         return 0
-    ref = json.loads(Path(args.check).read_text())
+    ref = clean(json.loads(Path(args.check).read_text()))
     diffs = differences(ref, got)
     for d in diffs[:50]:
         print(d)
