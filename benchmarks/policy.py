@@ -265,10 +265,10 @@ def trl_dataset(args, tokenizer):
     """The prompts of every update in the stage's order, as a conversational data set with the task fields."""
     from datasets import Dataset
 
-    from rlhf.stages.collect import CollectConfig, load_prompts
+    from rlhf.rollout import load_prompts
     from rlhf.stages.policy import prompt_batch
 
-    prompts = load_prompts(CollectConfig(prompts=args.prompts), tokenizer)
+    prompts = load_prompts(args.prompts, "train", tokenizer)
     order = [i for u in range(args.updates) for i in prompt_batch(u, len(prompts), args.prompts_per_update, args.seed)]
     return Dataset.from_list([{"prompt": prompts[i]["prompt"], "prompt_id": prompts[i]["prompt_id"],
                                "task_json": json.dumps(prompts[i]["task"])} for i in order])

@@ -135,7 +135,7 @@ def grouped_batch(tokenizer, k: int = 3, n_prompts: int = 3, n_response: int = 5
     right-padded to different lengths: (sequences [N, T_q + T_r], mask, T_q)."""
     import torch
 
-    from rlhf.stages.collect import left_pad
+    from rlhf.rollout import left_pad
 
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (4, 7, 2)[:n_prompts]]
@@ -155,7 +155,7 @@ def test_shared_prompt_forward_equals_the_plain_forward_with_its_gradients(value
     import torch
 
     from rlhf.models import apply_lora, load_model, load_tokenizer
-    from rlhf.stages.policy import PolicyWithValue, response_logprobs_and_values
+    from rlhf.rollout import PolicyWithValue, response_logprobs_and_values
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("tiny-llama")
@@ -194,7 +194,8 @@ def test_shared_prompt_generation_samples_what_the_plain_call_samples():
     import torch
 
     from rlhf.distributed import seeded_sampling_kwargs
-    from rlhf.models import check_prompt_groups, generate_shared_prompts, load_model, load_tokenizer
+    from rlhf.models import load_model, load_tokenizer
+    from rlhf.rollout import check_prompt_groups, generate_shared_prompts
 
     tokenizer = load_tokenizer("tiny-llama")
     model = load_model("tiny-llama").eval()

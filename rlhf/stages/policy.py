@@ -44,11 +44,11 @@ from rlhf.losses import (
     leave_one_out_baseline,
     masked_mean,
     policy_gradient_loss,
-    token_logprobs,
     value_loss,
     whiten,
 )
-from rlhf.models import cache_keyword, generate_shared_prompts, shared_prompt_cache
+from rlhf.rollout import (PolicyWithValue, eos_lengths, generate_shared_prompts, in_pieces, left_pad, load_prompts,
+                          render_prompt_ids, response_logprobs_and_values)
 from rlhf.fsio import publish_dir, releases_run_lock
 
 
@@ -178,84 +178,6 @@ def load_reward(cfg: PolicyConfig, device):
                  k=cfg.reward_lcb_k), dtype=torch.float32)
 
 
-def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, n_query: int,
-                      group: int = 1) -> torch.Tensor:
-    """log pi(response tokens): sequences [N, T_q + T_r] (left-padded query, response after), mask alike ->
-    [N, T_r]. Position ids follow the mask, as in generation. group > 1: the rows come in runs of `group`
-    completions of one prompt, whose query then runs once (see `response_logprobs_and_values`)."""
-    return response_logprobs_and_values(model, sequences, attention_mask, n_query, group)[0]
-
-
-def response_logprobs_and_values(model, sequences, attention_mask, n_query: int, group: int = 1):
-    """As `response_logprobs`, plus the value of each response token's state when `model` is a
-    `PolicyWithValue` (one forward pass for both): ([N, T_r], [N, T_r] or None).
-
-    group > 1 (rows in runs of `group` completions of one prompt, as sampled): the query runs once per prompt
-    and its keys and values are repeated for the run's rows, then the responses run on that cache, so the
-    query's share of the forward and backward work is divided by `group`. Same values up to float rounding."""
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    n_response = sequences.shape[1] - n_query
-    if group == 1:
-        # The LM head only over the positions that predict response tokens (the last T_r + 1; the very last
-        # predicts nothing): the prompt's logits are never needed.
-        logits, values = _logits_values(model(input_ids=sequences, attention_mask=attention_mask,
-                                              position_ids=position_ids, logits_to_keep=n_response + 1))
-        logits, values = logits[:, :-1], None if values is None else values[:, n_query - 1:-1]
-    else:
-        # 1. The queries, once per prompt: the logits (and value) at the last query position predict the
-        #    first response token; the cache holds the query's keys and values, repeated for the run's rows.
-        out, cache = shared_prompt_cache(model, sequences[:, :n_query], attention_mask[:, :n_query],
-                                         position_ids[:, :n_query], group, logits_to_keep=1)
-        logits, values = _logits_values(out)
-        logits = logits.repeat_interleave(group, 0)  # [N, 1, V]
-        values = None if values is None else values[:, -1:].repeat_interleave(group, 0)  # [N, 1]
-        # 2. Every row's response tokens but the last, on that cache: logits for response tokens 1..T_r-1.
-        if n_response > 1:
-            more, more_values = _logits_values(model(
-                input_ids=sequences[:, n_query:-1], attention_mask=attention_mask[:, :-1],
-                position_ids=position_ids[:, n_query:-1], use_cache=True, **{cache_keyword(model): cache}))
-            logits = torch.cat([logits, more], dim=1)  # [N, T_r, V]
-            values = None if values is None else torch.cat([values, more_values], dim=1)
-    # V(s_t) for the state before response token t, read at the position that predicts it.
-    return token_logprobs(logits, sequences[:, n_query:]), values
-
-
-def _logits_values(out):
-    """(logits, values or None) from the output of a model or of a `PolicyWithValue`."""
-    return out if isinstance(out, tuple) else (out.logits, None)
-
-
-class PolicyWithValue(torch.nn.Module):
-    """The policy and a scalar value head on its last hidden state, one module so that one forward (and one
-    DDP wrapper) serves both. The head shares the policy's trunk (and LoRA adapters), as in PPO for RLHF
-    (Ziegler et al., 2019); it is zero-initialised, so training starts from V = 0."""
-
-    def __init__(self, policy):
-        super().__init__()
-        self.policy = policy
-        self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
-        torch.nn.init.zeros_(self.value_head.weight)
-        torch.nn.init.zeros_(self.value_head.bias)
-
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, **kwargs):
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=True, logits_to_keep=logits_to_keep, **kwargs)
-        values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # [N, T]
-        return out.logits, values
-
-
-def in_pieces(fn, n_rows: int, piece: int):
-    """fn(rows) over consecutive row ranges of at most `piece` rows (one range when piece is 0), the results
-    (a tensor, or a tuple of tensors or Nones) concatenated along rows: the same values as fn over all rows,
-    up to float rounding, in a fraction of the memory."""
-    if not piece or piece >= n_rows:
-        return fn(slice(0, n_rows))
-    parts = [fn(slice(i, min(i + piece, n_rows))) for i in range(0, n_rows, piece)]
-    if not isinstance(parts[0], tuple):
-        return torch.cat(parts)
-    return tuple(None if column[0] is None else torch.cat(column) for column in zip(*parts))
-
-
 def combine_token_stats(stats: list[dict], counts: list[float], maxima: tuple[str, ...] = ()) -> dict:
     """One step's statistics from those of its pieces: token-weighted means (the keys in `maxima`: the
     largest), as if the step's rows had run in one piece. A piece without tokens counts for nothing."""
@@ -287,10 +209,8 @@ def train(cfg: PolicyConfig) -> dict:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
-    from rlhf.models import apply_lora, load_model, load_tokenizer, save_pretrained
+    from rlhf.models import apply_lora, load_model, load_model_weights, load_tokenizer, save_pretrained
     from rlhf.runs import RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
-    from rlhf.stages.collect import CollectConfig, eos_lengths, left_pad, load_prompts, render_prompt_ids
-    from rlhf.stages.sft import load_model_weights
 
     hf_logging.disable_progress_bar()
     accelerator = make_accelerator(bf16=cfg.bf16, report_to=cfg.report_to, project_dir=cfg.output_dir)
@@ -303,7 +223,7 @@ def train(cfg: PolicyConfig) -> dict:
 
     with accelerator.main_process_first():
         tokenizer = load_tokenizer(cfg.model_name_or_path)
-        prompts = load_prompts(CollectConfig(prompts=cfg.prompts, prompts_split=cfg.prompts_split), tokenizer)
+        prompts = load_prompts(cfg.prompts, cfg.prompts_split, tokenizer)
         policy = load_model(cfg.model_name_or_path)
         if hasattr(policy, "peft_config"):
             policy = policy.merge_and_unload()
