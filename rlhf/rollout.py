@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.data import DataError, read_records
+from rlhf.distributed import is_main_process
 from rlhf.losses import token_logprobs
 
 MAX_PROMPT_TOKENS = 512  # longest prompt (after the chat template) that load_prompts accepts by default
@@ -61,8 +62,6 @@ def load_prompts(source: str, split: str, tokenizer, *, max_prompts: int = 0,
     """The prompt records of `source` (a .jsonl/.json/.parquet file or a hub dataset's `split`), checked by
     `check_prompt`, the first `max_prompts` (0: all). A bad record stops the run with its file and line, or,
     with `skip_invalid`, is left out and counted in a summary printed as `[who]` (never dropped silently)."""
-    from rlhf.distributed import is_main_process
-
     out, seen, skipped = [], set(), []
     records = read_records(source, split)
     if max_prompts:
