@@ -233,9 +233,9 @@ def trl_dataset(args, tokenizer):
     from datasets import Dataset
 
     from rlhf.batching import PROMPT_SEED_STRIDE, global_batch_indices
-    from rlhf.stages.collect import CollectConfig, load_prompts
+    from rlhf.rollout import load_prompts
 
-    prompts = load_prompts(CollectConfig(prompts=args.prompts), tokenizer)
+    prompts = load_prompts(args.prompts, "train", tokenizer)
     order = [i for u in range(args.updates)  # the policy stage's prompt order
              for i in global_batch_indices(u, len(prompts), args.prompts_per_update, args.seed,
                                            name="prompts_per_update", seed_stride=PROMPT_SEED_STRIDE)[0]]

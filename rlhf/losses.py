@@ -250,6 +250,22 @@ class AdaptiveKLController:
         self.value, self.target, self.horizon = state["value"], state["target"], state["horizon"]
 
 
+class FixedKLController:
+    """A constant beta, with AdaptiveKLController's interface (no target: nothing adapts)."""
+
+    def __init__(self, beta: float):
+        self.value = beta
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
 # ------------------------------------------------------------------------------------------ pomdp
 
 _LOG_2PI = 1.8378770664093453  # log(2 pi)

@@ -299,6 +299,29 @@ def save_pretrained(model, tokenizer, directory: str | os.PathLike, state_dict: 
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def load_model_weights(model, directory: Path) -> None:
+    """Load weights saved by `save_pretrained` into the (unwrapped) training model, for resuming."""
+    from safetensors.torch import load_file
+
+    from rlhf.runs import SHARDED_STATE
+
+    if not directory.exists() and (directory.parent / SHARDED_STATE).is_dir():
+        return  # a ZeRO/FSDP checkpoint: load_checkpoint restores the weights with accelerator.load_state
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
+        return
+    state = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"checkpoint {directory} does not match the model: missing {missing}, "
+                           f"unexpected {unexpected}")
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -343,14 +366,6 @@ def model_fingerprint(name: str) -> str:
     return digest
 
 
-# ----------------------------------------------------------------------------------- shared prompts
-# Sampling k completions per prompt puts each prompt in k rows. A decoder's keys and values over the prompt
-# do not depend on what follows it, so the prompt can run once per prompt and its cache be repeated for the
-# k rows: the prompt's share of a forward pass (and of its backward) is divided by k. transformers'
-# `num_return_sequences` repeats the prompt before the prefill, and its log-prob passes have no such option,
-# hence these helpers.
-
-
 def transformers_model(model):
     """The transformers model inside the wrappers this toolkit uses (DDP's `.module`, the policy stage's
     value-head wrapper `.policy`, peft's base model)."""
@@ -363,54 +378,3 @@ def transformers_model(model):
         if inner is None or inner is model:
             return model
         model = inner
-
-
-def cache_keyword(model) -> str:
-    """The keyword by which `model`'s forward and generate take a KV cache: `cache` in recent transformers,
-    `past_key_values` before (still accepted, with a deprecation warning, by the versions that renamed it)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(transformers_model(model).forward).parameters \
-        else "past_key_values"
-
-
-def check_prompt_groups(input_ids: torch.Tensor, group: int) -> None:
-    """Raise unless the rows of input_ids [N, T] come in runs of `group` identical rows (N a multiple)."""
-    n, t = input_ids.shape
-    if n % group:
-        raise ValueError(f"{n} rows do not split into runs of {group} rows of one prompt")
-    runs = input_ids.view(n // group, group, t)
-    if not torch.equal(runs, runs[:, :1].expand_as(runs)):
-        raise ValueError(f"the rows do not come in runs of {group} identical prompts")
-
-
-def shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                        group: int, **forward_kwargs):
-    """Run the prompts input_ids [N, T] (rows in runs of `group` copies of one prompt; left-padded, with
-    their mask and position ids) once per prompt, and return (the forward's output for the N / group prompts,
-    a DynamicCache with their keys and values repeated `group` times: N rows). Gradients flow through the
-    repeated cache to the prompt's forward. `forward_kwargs` go to the forward (e.g. logits_to_keep=1)."""
-    from transformers import DynamicCache
-
-    check_prompt_groups(input_ids, group)
-    cache = DynamicCache()
-    out = model(input_ids=input_ids[::group], attention_mask=attention_mask[::group],
-                position_ids=position_ids[::group], use_cache=True, **{cache_keyword(model): cache},
-                **forward_kwargs)
-    cache.batch_repeat_interleave(group)
-    return out, cache
-
-
-def generate_shared_prompts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, group: int, **kwargs):
-    """`model.generate(input_ids, attention_mask, **kwargs)` for rows in runs of `group` copies of one prompt
-    (k samples per prompt): all but each prompt's last token run once per prompt (`shared_prompt_cache`), and
-    generation continues from that cache. The same distribution as the plain call; tokens can differ only where
-    float rounding (the prefill's batch shape) moves a draw across a boundary. group 1: the plain call."""
-    if group == 1 or input_ids.shape[1] < 2:
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    # position ids as generate computes them (pads at 1; they are masked either way)
-    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-    _, cache = shared_prompt_cache(model, input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1], group,
-                                   logits_to_keep=1)
-    return model.generate(input_ids=input_ids, attention_mask=attention_mask, **{cache_keyword(model): cache},
-                          **kwargs)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from rlhf.losses import ensemble_score, last_token_index, logprob_stats, masked_mean_pool
-from rlhf.models import cache_keyword, shared_prompt_cache
+from rlhf.rollout import cache_keyword, shared_prompt_cache
 
 REWARD_CONFIG = "reward_config.json"
 POOLINGS = ("last", "mean", "both")

@@ -6,7 +6,7 @@
     <output_dir>/log.jsonl       one JSON object per logging step, namespaced keys ("train/loss", "eval/loss")
     <output_dir>/metrics.json    final metrics (with the number of processes that produced them and the stage's
                                  own peak memory, memory/peak_rss_mb: rlhf.memory)
-    <output_dir>/checkpoints/step-NNNNNN/   model or adapter, optimizer, scheduler, RNG, trainer state
+    <output_dir>/checkpoints/step-NNNNNN/   model or adapter, optimizer, scheduler (if any), RNG, trainer state
     <output_dir>/<artefact>      the stage's product (for SFT: model/)
 
 Everything is written by the main process only, except each rank's RNG state in a checkpoint.
@@ -198,7 +198,8 @@ def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, s
                     state: dict[str, Any], keep: int) -> Path:
     """Write checkpoints/step-NNNNNN atomically: a .tmp directory renamed once every rank has written.
 
-    `save_model(directory)` writes the model (called on the main process only); `state` is small JSON.
+    `save_model(directory)` writes the model (called on the main process only); `state` is small JSON;
+    `scheduler` may be None (a stage without one writes no scheduler.pt).
     Under DeepSpeed and FSDP, where each rank holds a shard of the optimiser state (and, with ZeRO-3/FSDP, of
     the weights), every rank writes its shards with `accelerator.save_state` instead of model/ and
     optimizer.pt.
@@ -220,7 +221,8 @@ def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, s
         if not sharded:
             save_model(tmp / "model")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -237,13 +239,15 @@ def save_checkpoint(accelerator, output_dir, step: int, save_model, optimizer, s
 
 
 def load_checkpoint(accelerator, ckpt: Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer, scheduler and this rank's RNG from `ckpt` (weights are the caller's job, except in
-    a DeepSpeed/FSDP checkpoint, where `accelerator.load_state` restores weights and optimiser shards)."""
+    """Restore optimizer, scheduler (None: none) and this rank's RNG from `ckpt`, and return the trainer state
+    (weights are the caller's job, except in a DeepSpeed/FSDP checkpoint, where `accelerator.load_state`
+    restores weights and optimiser shards)."""
     if (ckpt / SHARDED_STATE).is_dir():
         accelerator.load_state(str(ckpt / SHARDED_STATE))
     else:
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng_file = ckpt / f"rng_rank{accelerator.process_index}.pt"
     if rng_file.exists():
         _set_rng_state(torch.load(rng_file, weights_only=True))

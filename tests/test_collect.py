@@ -10,7 +10,8 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.data import DataError
-from rlhf.stages.collect import CollectConfig, completion_lengths, run
+from rlhf.rollout import completion_lengths
+from rlhf.stages.collect import CollectConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny" / "collect.yaml"

@@ -288,7 +288,7 @@ def test_a_sharded_checkpoint_goes_through_accelerate_save_state_and_back(tmp_pa
 
     import rlhf.backends as backends
     from rlhf.runs import SHARDED_STATE, load_checkpoint, save_checkpoint
-    from rlhf.stages.sft import load_model_weights
+    from rlhf.models import load_model_weights
 
     monkeypatch.setattr(backends, "shards_optimizer", lambda accelerator: True)
     accelerator = Accelerator()

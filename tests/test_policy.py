@@ -76,6 +76,73 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
             assert abs(ra[key] - rb[key]) < 1e-5, (ra["step"], key, ra[key], rb[key])
 
 
+def test_the_adaptive_kl_controller_resumes_with_its_beta(tmp_path):
+    """With target_kl the controller's beta moves every update; a run stopped at update 3 and resumed carries
+    on from the beta it had (saved in the checkpoint's trainer state, or, in a checkpoint of an older release,
+    in scheduler.pt) and logs the uninterrupted run's betas and figures."""
+    import shutil
+
+    import torch
+
+    adaptive = {"num_updates": 5, "target_kl": 0.5, "kl_horizon": 100}  # beta moves ~6% per update of 32 rows
+    full = policy_config(tmp_path, "full", **adaptive)
+    train(full)
+    part = policy_config(tmp_path, "part", stop_after_update=3, **adaptive)
+    assert train(part) == {"stopped_at_update": 3}
+    state_file = Path(part.output_dir) / "checkpoints/step-000003/trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["kl_controller"]["value"] == log_rows(Path(full.output_dir))[3]["objective/beta"]
+    # the same checkpoint as an older release wrote it: the controller's state in the scheduler slot
+    old = Path(tmp_path / "old")
+    shutil.copytree(part.output_dir, old)
+    torch.save({"kl": state.pop("kl_controller")}, old / "checkpoints/step-000003/scheduler.pt")
+    (old / "checkpoints/step-000003/trainer_state.json").write_text(json.dumps(state))
+    for name in ("part", "old"):
+        train(policy_config(tmp_path, name, resume=True, **adaptive))
+    a = log_rows(Path(full.output_dir))
+    assert len({r["objective/beta"] for r in a}) == 5  # beta moved at every update
+    for name in ("part", "old"):
+        b = log_rows(tmp_path / name)
+        assert [r["step"] for r in b] == list(range(1, 6))
+        for ra, rb in zip(a[3:], b[3:]):
+            assert ra["objective/beta"] == rb["objective/beta"], (name, ra["step"])
+            for key in ("objective/scores", "objective/kl", "policy/approxkl"):
+                assert abs(ra[key] - rb[key]) < 1e-5, (name, ra["step"], key, ra[key], rb[key])
+
+
+def test_the_execution_plan_decides_the_switches_once(tmp_path, monkeypatch):
+    """ExecutionPlan.decide: prompt sharing and the reused forward where they apply, and not under
+    DeepSpeed/FSDP, gradient checkpointing (sharing) or micro-batches that split the one step (reuse)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import rlhf.stages.policy as policy_stage
+    from rlhf.stages.policy import ExecutionPlan
+
+    def plan(world=1, rank=0, sharded=False, **overrides):
+        monkeypatch.setattr(policy_stage, "shards_optimizer", lambda accelerator: sharded)
+        cfg = policy_config(tmp_path, "plan", **overrides)
+        return ExecutionPlan.decide(cfg, SimpleNamespace(num_processes=world, process_index=rank))
+
+    one_step = {"ppo_epochs": 1, "minibatch_size": 32}  # 8 prompts x 4 completions: one minibatch
+    assert plan() == ExecutionPlan(0, 1, 32, 4, False, 0, 0)  # 2 epochs x 2 minibatches: no reuse
+    assert plan(**one_step) == ExecutionPlan(0, 1, 32, 4, True, 0, 0)
+    assert plan(world=2, rank=1, **one_step) == ExecutionPlan(1, 2, 16, 4, True, 0, 0)
+    assert plan(world=2, rank=1, **one_step).own == slice(16, 32)
+    assert plan(sharded=True, **one_step) == ExecutionPlan(0, 1, 32, 1, False, 0, 0)
+    assert plan(gradient_checkpointing=True, **one_step) == ExecutionPlan(0, 1, 32, 1, True, 0, 0)
+    assert plan(share_prompts=False, reuse_step_forward=False, **one_step) == ExecutionPlan(0, 1, 32, 1, False, 0, 0)
+    # micro-batches: no-grad pieces of whole prompt groups; below the rank's rows they split the one step
+    assert plan(micro_batch_size=6, **one_step) == ExecutionPlan(0, 1, 32, 4, False, 4, 6)
+    assert plan(micro_batch_size=32, **one_step) == ExecutionPlan(0, 1, 32, 4, True, 32, 0)
+    assert plan(micro_batch_size=9) == ExecutionPlan(0, 1, 32, 4, False, 8, 9)
+    split = plan(micro_batch_size=6)
+    assert [len(p) for p in split.pieces(torch.arange(16))] == [6, 6, 4]
+    assert split.minibatch_rows(torch.arange(16)).tolist() == list(range(16))
+    assert plan(**one_step).minibatch_rows(torch.arange(32).flip(0)) == slice(0, 32)  # the forward's own rows
+
+
 def test_gae_baseline_learns_and_resumes_exactly(tmp_path):
     """The value-head/GAE baseline: the toy reward rises over 30 updates with bounded KL, the value loss is
     logged, and a run stopped at update 3 and resumed (value head included) reproduces the uninterrupted run."""
@@ -135,7 +202,7 @@ def grouped_batch(tokenizer, k: int = 3, n_prompts: int = 3, n_response: int = 5
     right-padded to different lengths: (sequences [N, T_q + T_r], mask, T_q)."""
     import torch
 
-    from rlhf.stages.collect import left_pad
+    from rlhf.rollout import left_pad
 
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (4, 7, 2)[:n_prompts]]
@@ -155,7 +222,7 @@ def test_shared_prompt_forward_equals_the_plain_forward_with_its_gradients(value
     import torch
 
     from rlhf.models import apply_lora, load_model, load_tokenizer
-    from rlhf.stages.policy import PolicyWithValue, response_logprobs_and_values
+    from rlhf.rollout import PolicyWithValue, response_logprobs_and_values
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("tiny-llama")
@@ -193,8 +260,9 @@ def test_shared_prompt_generation_samples_what_the_plain_call_samples():
     same tokens; and rows that are not runs of one prompt are refused."""
     import torch
 
+    from rlhf.models import load_model, load_tokenizer
+    from rlhf.rollout import check_prompt_groups, generate_shared_prompts
     from rlhf.sampling import seeded_sampling_kwargs
-    from rlhf.models import check_prompt_groups, generate_shared_prompts, load_model, load_tokenizer
 
     tokenizer = load_tokenizer("tiny-llama")
     model = load_model("tiny-llama").eval()

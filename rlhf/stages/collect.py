@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
-from rlhf.data import DataError, read_records
-from rlhf.distributed import is_main_process, make_accelerator
-from rlhf.models import generate_shared_prompts
+from rlhf.distributed import make_accelerator
+from rlhf.rollout import MAX_PROMPT_TOKENS, load_prompts, sample
 from rlhf.runs import RunLogger, prepare_output_dir
 from rlhf.fsio import append_jsonl, atomic_write_text, read_jsonl, releases_run_lock
 
@@ -52,7 +51,7 @@ class CollectConfig(RunConfig):
     top_p: float = option(1.0, help="Nucleus sampling: keep the smallest set of tokens with this much mass.")
     max_new_tokens: int = option(48, help="New tokens per completion; a completion that reaches it without "
                                  "EOS is marked ended_with_eos: false.")
-    max_prompt_tokens: int = option(512, help="A prompt longer than this (after the chat template) is an "
+    max_prompt_tokens: int = option(MAX_PROMPT_TOKENS, help="A prompt longer than this (after the chat template) is an "
                                     "error naming its file and line.")
     skip_invalid: bool = option(False, help="Leave out bad prompt records (counted and listed in a printed "
                                 "summary) instead of stopping at the first one.")
@@ -75,114 +74,15 @@ class CollectConfig(RunConfig):
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def check_prompt(rec, index: int, tokenizer, max_tokens: int) -> dict:
-    """One prompt record as {"prompt_id", "prompt" (messages), "task"}; DataError naming file:line if bad."""
-    d = rec.data
-    if "prompt" not in d:
-        raise DataError(f"{rec.source}: missing key 'prompt'")
-    prompt = d["prompt"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if (not isinstance(prompt, list) or not prompt
-            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in prompt)):
-        raise DataError(f"{rec.source}: 'prompt' must be a string or a list of {{role, content}} messages")
-    if not "".join(m["content"] for m in prompt).strip():
-        raise DataError(f"{rec.source}: empty prompt")
-    n = len(render_prompt_ids(tokenizer, prompt))
-    if n > max_tokens:
-        raise DataError(f"{rec.source}: prompt is {n} tokens, longer than max_prompt_tokens={max_tokens}")
-    pid = str(d.get("id", d.get("prompt_id", index)))
-    return {"prompt_id": pid, "prompt": prompt, "task": {k: v for k, v in d.items() if k != "prompt"}}
-
-
-def load_prompts(cfg: CollectConfig, tokenizer) -> list[dict]:
-    """The prompts to sample for. A bad record stops the run with its file and line, or, with
-    `skip_invalid`, is left out and counted in a printed summary (never dropped silently)."""
-    out, seen, skipped = [], set(), []
-    records = read_records(cfg.prompts, cfg.prompts_split)
-    if cfg.max_prompts:
-        records = records[: cfg.max_prompts]
-    for i, rec in enumerate(records):
-        try:
-            row = check_prompt(rec, i, tokenizer, cfg.max_prompt_tokens)
-            if row["prompt_id"] in seen:
-                raise DataError(f"{rec.source}: duplicate prompt id '{row['prompt_id']}'")
-        except DataError as e:
-            if not cfg.skip_invalid:
-                raise
-            skipped.append(str(e))
-            continue
-        seen.add(row["prompt_id"])
-        out.append(row)
-    if skipped and is_main_process():  # every rank reads the prompts; one reports
-        print(f"[collect] skipped {len(skipped)} of {len(records)} prompt records (skip_invalid):")
-        for line in skipped[:20]:
-            print(f"  {line}")
-        if len(skipped) > 20:
-            print(f"  ... and {len(skipped) - 20} more")
-    if not out:
-        raise DataError(f"{cfg.prompts}: no usable prompts")
-    return out
-
-
-def render_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def eos_lengths(generated: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token counts [N] and EOS flags [N] of generated continuations generated [N, T_new].
-
-    Positions after an EOS are padding (pad may equal EOS, so only the first EOS counts). A row's count
-    includes its EOS; a row without one ran out of tokens and counts T_new.
-    """
-    is_eos = generated == eos_id  # [N, T_new]
-    ended = is_eos.any(dim=1)  # [N]
-    first = torch.where(ended, is_eos.float().argmax(dim=1) + 1, torch.full_like(ended, generated.shape[1],
-                                                                                  dtype=torch.long))
-    return first, ended
-
-
-def completion_lengths(generated: torch.Tensor, eos_id: int) -> tuple[list[int], list[bool]]:
-    """`eos_lengths` as Python lists."""
-    lengths, ended = eos_lengths(generated, eos_id)
-    return lengths.tolist(), ended.tolist()
-
-
-def left_pad(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts left-padded for generation: input_ids and attention_mask, both [B, T_prompt]."""
-    width = max(map(len, ids))
-    input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids])
-    attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-    return input_ids, attention
-
-
 @torch.no_grad()
 def sample_batch(model, tokenizer, prompts: list[dict], cfg: CollectConfig, batch_seed: int) -> list[list[dict]]:
-    """k completions for each prompt of one batch, sampled with KV cache under `batch_seed`."""
-    pad = tokenizer.pad_token_id
-    input_ids, attention = left_pad([render_prompt_ids(tokenizer, p["prompt"]) for p in prompts], pad)
-    width = input_ids.shape[1]
+    """k candidates for each prompt of one batch, sampled with KV cache under `batch_seed`."""
     torch.manual_seed(batch_seed)
-    # k rows per prompt, adjacent (as num_return_sequences lays them out); each prompt's prefill runs once
-    out = generate_shared_prompts(
-        model, input_ids.repeat_interleave(cfg.k, 0).to(model.device),
-        attention.repeat_interleave(cfg.k, 0).to(model.device), cfg.k, do_sample=True,
-        temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
-        pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True,
-    )  # [B * k, T_prompt + T_new]
-    new = out[:, width:].cpu()
-    lengths, ended = completion_lengths(new, tokenizer.eos_token_id)
-    rows = []
-    for b in range(len(prompts)):
-        cands = []
-        for j in range(cfg.k):
-            r = b * cfg.k + j
-            toks = new[r, : lengths[r]].tolist()
-            cands.append({"text": tokenizer.decode(toks, skip_special_tokens=True).strip(),
-                          "num_tokens": lengths[r], "ended_with_eos": bool(ended[r])})
-        rows.append(cands)
-    return rows
+    samples = sample(model, tokenizer, [p["prompt"] for p in prompts], cfg.k, model.device, do_sample=True,
+                     temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens)
+    lengths, ended = samples.lengths.tolist(), samples.ended.tolist()
+    return [[{"text": samples.texts[r], "num_tokens": lengths[r], "ended_with_eos": ended[r]}
+             for r in range(b * cfg.k, (b + 1) * cfg.k)] for b in range(len(prompts))]
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -208,7 +108,8 @@ def run(cfg: CollectConfig) -> dict:
     # 1. Prompts and model (the main process first: it may convert the embedded model into the cache).
     with accelerator.main_process_first():
         tokenizer = load_tokenizer(cfg.model_name_or_path)
-        prompts = load_prompts(cfg, tokenizer)
+        prompts = load_prompts(cfg.prompts, cfg.prompts_split, tokenizer, max_prompts=cfg.max_prompts,
+                               max_prompt_tokens=cfg.max_prompt_tokens, skip_invalid=cfg.skip_invalid, who="collect")
         model = load_model(cfg.model_name_or_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
     model.to(accelerator.device).eval()
     provenance = {"model": cfg.model_name_or_path, "model_hash": model_fingerprint(cfg.model_name_or_path),

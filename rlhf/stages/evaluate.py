@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
+from rlhf.rollout import load_prompts, response_logprobs, sample
 from rlhf.stats import distinct_n, mean_and_ci, repetition_rate, win_outcomes
 from rlhf.fsio import atomic_file, atomic_write_json, atomic_write_jsonl, atomic_write_text, releases_run_lock
 
@@ -121,47 +122,35 @@ def generate_all(model, tokenizer, prompts: list[dict], cfg: EvaluateConfig, dev
                  disable_bar: bool) -> Generations:
     from tqdm.auto import tqdm
 
-    from rlhf.models import generate_shared_prompts
-    from rlhf.stages.collect import eos_lengths, left_pad, render_prompt_ids
-    from rlhf.stages.policy import response_logprobs
-
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     g = Generations([], [], [], [], [], [], [], [])
     starts = range(0, len(prompts), cfg.batch_size)
     for b, s in enumerate(tqdm(starts, desc=desc, disable=disable_bar)):
-        batch = prompts[s:s + cfg.batch_size]
-        query, qmask = left_pad([render_prompt_ids(tokenizer, p["prompt"]) for p in batch], pad)
+        batch = [p["prompt"] for p in prompts[s:s + cfg.batch_size]]
         for mode in DECODINGS:
             n = 1 if mode == "greedy" else cfg.num_samples
             if (mode == "greedy" and not cfg.greedy) or n == 0:
                 continue
-            q, m = query.repeat_interleave(n, 0).to(device), qmask.repeat_interleave(n, 0).to(device)
             # Same seed for every checkpoint (common random numbers), distinct per batch and process.
             torch.manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + b)
             kwargs = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0) \
                 if mode == "sampled" else dict(do_sample=False)
-            seqs = generate_shared_prompts(model, q, m, n, max_new_tokens=cfg.max_new_tokens, pad_token_id=pad,
-                                           eos_token_id=eos, use_cache=True, **kwargs)  # prefill once per prompt
-            response = seqs[:, q.shape[1]:]
-            lengths, ended = eos_lengths(response, eos)
-            texts = [tokenizer.decode(r[:k], skip_special_tokens=True).strip() for r, k in zip(response, lengths)]
-            getattr(g, mode).extend(texts)
-            getattr(g, f"{mode}_tokens").extend(lengths.tolist())
-            getattr(g, f"{mode}_eos").extend(ended.tolist())
+            out = sample(model, tokenizer, batch, n, device, max_new_tokens=cfg.max_new_tokens,
+                         **kwargs)  # prefill once per prompt
+            getattr(g, mode).extend(out.texts)
+            getattr(g, f"{mode}_tokens").extend(out.lengths.tolist())
+            getattr(g, f"{mode}_eos").extend(out.ended.tolist())
             if mode == "sampled":
-                rmask = (torch.arange(response.shape[1], device=device)[None] < lengths[:, None]).long()
-                mask = torch.cat([m, rmask], dim=1)
-                logp = (response_logprobs(model, seqs, mask, q.shape[1], n) * rmask).sum(1)
+                mask = out.mask  # [N, T_q + T_r]
+                rmask = mask[:, out.n_query:]
+                logp = (response_logprobs(model, out.sequences, mask, out.n_query, n) * rmask).sum(1)
                 g.sampled_logp.extend(logp.tolist())
-                g.batches.append((seqs.cpu(), mask.cpu(), q.shape[1], n))
+                g.batches.append((out.sequences.cpu(), mask.cpu(), out.n_query, n))
     return g
 
 
 @torch.no_grad()
 def reference_logp(ref_model, gens: Generations, device) -> list[float]:
     """log pi_ref of a checkpoint's sampled completions, in the same order."""
-    from rlhf.stages.policy import response_logprobs
-
     out = []
     for seqs, mask, n_query, group in gens.batches:
         seqs, mask = seqs.to(device), mask.to(device)
@@ -238,7 +227,6 @@ def run(cfg: EvaluateConfig) -> dict:
     from rlhf.distributed import make_accelerator
     from rlhf.models import load_tokenizer
     from rlhf.runs import RunLogger, prepare_output_dir
-    from rlhf.stages.collect import CollectConfig, load_prompts
 
     hf_logging.disable_progress_bar()
     accelerator = make_accelerator(bf16=False, report_to=cfg.report_to, project_dir=cfg.output_dir)
@@ -254,8 +242,7 @@ def run(cfg: EvaluateConfig) -> dict:
 
     # Prompts: sharded contiguously over processes (gathered back in order below).
     first_tok = load_tokenizer(cfg.checkpoints[0])
-    prompts = load_prompts(CollectConfig(prompts=cfg.prompts, prompts_split=cfg.prompts_split,
-                                         max_prompts=cfg.max_prompts), first_tok)
+    prompts = load_prompts(cfg.prompts, cfg.prompts_split, first_tok, max_prompts=cfg.max_prompts)
     per_rank = math.ceil(len(prompts) / world)
     mine = prompts[rank * per_rank:(rank + 1) * per_rank]
 

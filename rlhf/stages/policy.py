@@ -20,6 +20,11 @@ rank holds the whole batch (gathered), so baselines, whitening, minibatches, tok
 are those of the global batch: N processes train as one does with the same global sizes.
 With kl_estimator k3 the penalty is a loss term beta * k3 instead of a reward term. The KL that is logged is
 the estimator that is penalised. With LoRA the reference is the same model with its adapters disabled.
+
+In the code, `train` runs these steps in order over a typed batch: `sample_completions` (1) and `score` (2)
+make a `Rollout`, `record_pi_bar` and `advantages` (3) its `Advantages`, `optimise` (4) the K steps. How they
+run (prompts shared by their k rows, the reused forward, micro-batches, the DeepSpeed/FSDP gates) is an
+`ExecutionPlan`, decided once; the KL controller's state (beta) is saved in each checkpoint's trainer state.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.distributed import gather_padded, gather_rows, global_mean_share, make_accelerator, reduce_token_stats
 from rlhf.losses import (
     AdaptiveKLController,
+    FixedKLController,
     gae,
     group_normalized_advantages,
     kl_k1,
@@ -44,11 +50,11 @@ from rlhf.losses import (
     leave_one_out_baseline,
     masked_mean,
     policy_gradient_loss,
-    token_logprobs,
     value_loss,
     whiten,
 )
-from rlhf.models import cache_keyword, generate_shared_prompts, shared_prompt_cache
+from rlhf.rollout import (PolicyWithValue, Samples, in_pieces, length_mask, load_prompts, response_logprobs_and_values,
+                          sample)
 from rlhf.sampling import seeded_sampling_kwargs
 from rlhf.fsio import publish_dir, releases_run_lock
 
@@ -179,84 +185,6 @@ def load_reward(cfg: PolicyConfig, device):
                  k=cfg.reward_lcb_k), dtype=torch.float32)
 
 
-def response_logprobs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, n_query: int,
-                      group: int = 1) -> torch.Tensor:
-    """log pi(response tokens): sequences [N, T_q + T_r] (left-padded query, response after), mask alike ->
-    [N, T_r]. Position ids follow the mask, as in generation. group > 1: the rows come in runs of `group`
-    completions of one prompt, whose query then runs once (see `response_logprobs_and_values`)."""
-    return response_logprobs_and_values(model, sequences, attention_mask, n_query, group)[0]
-
-
-def response_logprobs_and_values(model, sequences, attention_mask, n_query: int, group: int = 1):
-    """As `response_logprobs`, plus the value of each response token's state when `model` is a
-    `PolicyWithValue` (one forward pass for both): ([N, T_r], [N, T_r] or None).
-
-    group > 1 (rows in runs of `group` completions of one prompt, as sampled): the query runs once per prompt
-    and its keys and values are repeated for the run's rows, then the responses run on that cache, so the
-    query's share of the forward and backward work is divided by `group`. Same values up to float rounding."""
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    n_response = sequences.shape[1] - n_query
-    if group == 1:
-        # The LM head only over the positions that predict response tokens (the last T_r + 1; the very last
-        # predicts nothing): the prompt's logits are never needed.
-        logits, values = _logits_values(model(input_ids=sequences, attention_mask=attention_mask,
-                                              position_ids=position_ids, logits_to_keep=n_response + 1))
-        logits, values = logits[:, :-1], None if values is None else values[:, n_query - 1:-1]
-    else:
-        # 1. The queries, once per prompt: the logits (and value) at the last query position predict the
-        #    first response token; the cache holds the query's keys and values, repeated for the run's rows.
-        out, cache = shared_prompt_cache(model, sequences[:, :n_query], attention_mask[:, :n_query],
-                                         position_ids[:, :n_query], group, logits_to_keep=1)
-        logits, values = _logits_values(out)
-        logits = logits.repeat_interleave(group, 0)  # [N, 1, V]
-        values = None if values is None else values[:, -1:].repeat_interleave(group, 0)  # [N, 1]
-        # 2. Every row's response tokens but the last, on that cache: logits for response tokens 1..T_r-1.
-        if n_response > 1:
-            more, more_values = _logits_values(model(
-                input_ids=sequences[:, n_query:-1], attention_mask=attention_mask[:, :-1],
-                position_ids=position_ids[:, n_query:-1], use_cache=True, **{cache_keyword(model): cache}))
-            logits = torch.cat([logits, more], dim=1)  # [N, T_r, V]
-            values = None if values is None else torch.cat([values, more_values], dim=1)
-    # V(s_t) for the state before response token t, read at the position that predicts it.
-    return token_logprobs(logits, sequences[:, n_query:]), values
-
-
-def _logits_values(out):
-    """(logits, values or None) from the output of a model or of a `PolicyWithValue`."""
-    return out if isinstance(out, tuple) else (out.logits, None)
-
-
-class PolicyWithValue(torch.nn.Module):
-    """The policy and a scalar value head on its last hidden state, one module so that one forward (and one
-    DDP wrapper) serves both. The head shares the policy's trunk (and LoRA adapters), as in PPO for RLHF
-    (Ziegler et al., 2019); it is zero-initialised, so training starts from V = 0."""
-
-    def __init__(self, policy):
-        super().__init__()
-        self.policy = policy
-        self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
-        torch.nn.init.zeros_(self.value_head.weight)
-        torch.nn.init.zeros_(self.value_head.bias)
-
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, **kwargs):
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=True, logits_to_keep=logits_to_keep, **kwargs)
-        values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # [N, T]
-        return out.logits, values
-
-
-def in_pieces(fn, n_rows: int, piece: int):
-    """fn(rows) over consecutive row ranges of at most `piece` rows (one range when piece is 0), the results
-    (a tensor, or a tuple of tensors or Nones) concatenated along rows: the same values as fn over all rows,
-    up to float rounding, in a fraction of the memory."""
-    if not piece or piece >= n_rows:
-        return fn(slice(0, n_rows))
-    parts = [fn(slice(i, min(i + piece, n_rows))) for i in range(0, n_rows, piece)]
-    if not isinstance(parts[0], tuple):
-        return torch.cat(parts)
-    return tuple(None if column[0] is None else torch.cat(column) for column in zip(*parts))
-
-
 def combine_token_stats(stats: list[dict], counts: list[float], maxima: tuple[str, ...] = ()) -> dict:
     """One step's statistics from those of its pieces: token-weighted means (the keys in `maxima`: the
     largest), as if the step's rows had run in one piece. A piece without tokens counts for nothing."""
@@ -272,31 +200,100 @@ def combine_token_stats(stats: list[dict], counts: list[float], maxima: tuple[st
     return out
 
 
-# ------------------------------------------------------------------------------------------ train
+# -------------------------------------------------------------------------------- execution plan
 
 
-@releases_run_lock
-def train(cfg: PolicyConfig) -> dict:
-    from tqdm.auto import tqdm
-    from transformers.utils import logging as hf_logging
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How the loop runs here, decided once from the config and the back end (`decide`); the steps follow it
+    and read none of the switches behind it. None of it changes what is computed, only how (the same values up
+    to float rounding).
 
-    from rlhf.models import apply_lora, load_model, load_tokenizer, save_pretrained
-    from rlhf.runs import RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
-    from rlhf.stages.collect import CollectConfig, eos_lengths, left_pad, load_prompts, render_prompt_ids
-    from rlhf.stages.sft import load_model_weights
+    DeepSpeed and FSDP keep their sharded forward to the plain order (no-grad passes first, then forward and
+    backward at once, one pass per phase): no prompt sharing and no reused forward there. Gradient
+    checkpointing runs the prompt per row too."""
 
-    hf_logging.disable_progress_bar()
-    accelerator = make_accelerator(bf16=cfg.bf16, report_to=cfg.report_to, project_dir=cfg.output_dir)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    local_prompts = split_evenly(cfg.prompts_per_update, world, "prompts_per_update")  # per-rank sizes
-    split_evenly(cfg.minibatch_size, world, "minibatch_size")  # each rank takes an equal share of a minibatch
-    ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
-    out = prepare_output_dir(cfg, accelerator)
-    torch.manual_seed(cfg.seed + rank)
+    rank: int
+    world: int
+    rows: int  # rows this rank samples and scores: its prompts_per_update / world prompts x k
+    group: int  # rows whose prompt runs once in sampling and in the passes over this rank's rows: k, or 1
+    reuse_step_forward: bool  # one optimiser step per batch, whose forward (with gradients) is pi_bar's
+    nograd_piece: int  # rows per no-grad log-prob pass, whole prompt groups; 0: this rank's rows at once
+    grad_piece: int  # rows per forward/backward of an optimiser step, gradients accumulated; 0: one piece
+
+    @classmethod
+    def decide(cls, cfg: PolicyConfig, accelerator) -> ExecutionPlan:
+        world, rank = accelerator.num_processes, accelerator.process_index
+        local_prompts = split_evenly(cfg.prompts_per_update, world, "prompts_per_update")  # per-rank sizes
+        split_evenly(cfg.minibatch_size, world, "minibatch_size")  # each rank takes an equal share of a minibatch
+        sharded = shards_optimizer(accelerator)
+        rows = local_prompts * cfg.k
+        group = cfg.k if cfg.share_prompts and not sharded and not cfg.gradient_checkpointing else 1
+        # micro-batches smaller than the rank's rows split the one step, whose forward then cannot be pi_bar's
+        reuse = (cfg.reuse_step_forward and cfg.ppo_epochs == 1 and cfg.minibatch_size == cfg.prompts_per_update
+                 * cfg.k and not sharded and not 0 < cfg.micro_batch_size < rows)
+        nograd_piece = max(group, cfg.micro_batch_size // group * group) if cfg.micro_batch_size else 0
+        return cls(rank, world, rows, group, reuse, nograd_piece, 0 if reuse else cfg.micro_batch_size)
+
+    @property
+    def own(self) -> slice:
+        """This rank's rows of the gathered batch."""
+        return slice(self.rank * self.rows, (self.rank + 1) * self.rows)
+
+    def minibatch_rows(self, minibatch: torch.Tensor):
+        """This rank's rows of a global minibatch: its share, or, when the one step reuses pi_bar's forward
+        (the minibatch is the whole batch), the rows that forward ran on (one minibatch's gradient does not
+        depend on how its rows are split over the ranks)."""
+        return self.own if self.reuse_step_forward else rank_slice(minibatch, self.rank, self.world)
+
+    def pieces(self, rows) -> list:
+        """The pieces of this rank's rows of a minibatch that run one forward/backward each."""
+        return list(torch.as_tensor(rows).split(self.grad_piece)) if self.grad_piece else [rows]
+
+    def pi_bar_pass(self, models: PolicyModels, batch: Rollout):
+        """pi_bar's log-probs and values [n, T_r] on this rank's rows, and the forward of an optimiser step
+        (rows -> log-probs, values)."""
+        record = pi_bar_from_the_step if self.reuse_step_forward else pi_bar_from_a_no_grad_pass
+        return record(models, batch, self)
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+@dataclass
+class PolicyModels:
+    """The models of the loop, and the log-prob passes over them (under bf16 autocast when asked)."""
+
+    accelerator: object
+    policy: torch.nn.Module  # what the optimiser steps, prepared: the LM, or PolicyWithValue (baseline gae)
+    core: torch.nn.Module  # the unwrapped LM (with its LoRA adapters): sampling and saving
+    value_head: torch.nn.Module | None  # PolicyWithValue's head (baseline gae)
+    reference: torch.nn.Module | None  # a frozen copy of the initial policy; None with LoRA (adapters off)
+
+    def logprobs_and_values(self, model, sequences, mask, n_query: int, group: int = 1):
+        with self.accelerator.autocast():
+            return response_logprobs_and_values(model, sequences, mask, n_query, group)
+
+    def reference_logprobs(self, sequences, mask, n_query: int, group: int) -> torch.Tensor:
+        if self.reference is not None:
+            return self.logprobs_and_values(self.reference, sequences, mask, n_query, group)[0]
+        with self.core.disable_adapter():
+            return self.logprobs_and_values(self.core, sequences, mask, n_query, group)[0]
+
+    @property
+    def scorer(self) -> torch.nn.Module:
+        """The model of the no-grad passes: through the value head where there is one."""
+        return self.policy if self.value_head is not None else self.core
+
+
+def load_policy(cfg: PolicyConfig, accelerator):
+    """(tokenizer, prompts, policy, reference): the initial policy with fresh LoRA adapters, the reference
+    then being the same model with its adapters off (None), or, under full fine-tuning, a frozen copy."""
+    from rlhf.models import apply_lora, load_model, load_tokenizer
 
     with accelerator.main_process_first():
         tokenizer = load_tokenizer(cfg.model_name_or_path)
-        prompts = load_prompts(CollectConfig(prompts=cfg.prompts, prompts_split=cfg.prompts_split), tokenizer)
+        prompts = load_prompts(cfg.prompts, cfg.prompts_split, tokenizer)
         policy = load_model(cfg.model_name_or_path)
         if hasattr(policy, "peft_config"):
             policy = policy.merge_and_unload()
@@ -309,7 +306,12 @@ def train(cfg: PolicyConfig) -> dict:
     if len(prompts) < cfg.prompts_per_update:  # (outside main_process_first: every rank raises)
         raise ConfigError(f"prompts: {cfg.prompts} holds {len(prompts)} prompts, fewer than prompts_per_update "
                           f"{cfg.prompts_per_update}; lower prompts_per_update (and minibatch_size) or add prompts")
-    reward = load_reward(cfg, accelerator.device)
+    return tokenizer, prompts, policy, ref
+
+
+def prepare_models(cfg: PolicyConfig, accelerator, policy, ref):
+    """(PolicyModels, optimizer): checkpointing and the value head as configured, AdamW over what trains,
+    prepared by accelerate."""
     if cfg.gradient_checkpointing:
         from rlhf.models import enable_gradient_checkpointing
 
@@ -319,235 +321,268 @@ def train(cfg: PolicyConfig) -> dict:
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
     policy, optimizer = accelerator.prepare(policy, optimizer)
-    value_head = accelerator.unwrap_model(policy).value_head if cfg.baseline == "gae" else None
-    core = accelerator.unwrap_model(policy).policy if cfg.baseline == "gae" else accelerator.unwrap_model(policy)
+    unwrapped = accelerator.unwrap_model(policy)
+    value_head = unwrapped.value_head if cfg.baseline == "gae" else None
+    core = unwrapped.policy if cfg.baseline == "gae" else unwrapped
+    return PolicyModels(accelerator, policy, core, value_head, ref), optimizer
 
-    def save_model(directory: Path) -> None:
-        save_pretrained(core, tokenizer, directory)
-        if value_head is not None:  # beside the model directory (which holds the policy alone): exact resume
-            from safetensors.torch import save_file
-            save_file(value_head.state_dict(), str(directory.parent / "value_head.safetensors"))
-    kl_ctl = AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 else None
 
-    class _NoScheduler:  # the checkpoint format has a scheduler slot; this stage keeps a constant rate
-        def state_dict(self):
-            return {"kl": kl_ctl.state_dict() if kl_ctl else None}
+# ---------------------------------------------------------------------------------- checkpoints
 
-        def load_state_dict(self, state):
-            if kl_ctl and state.get("kl"):
-                kl_ctl.load_state_dict(state["kl"])
 
-    start = 0
-    if ckpt is not None:
-        load_model_weights(core, ckpt / "model")
-        if value_head is not None and (ckpt / "value_head.safetensors").exists():  # (ZeRO/FSDP: load_state)
-            from safetensors.torch import load_file
-            value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
-        start = load_checkpoint(accelerator, ckpt, optimizer, _NoScheduler())["step"]
-    logger = RunLogger(accelerator, cfg, "rlhf-policy", resume_step=start if ckpt is not None else None)
+def save_model(models: PolicyModels, tokenizer, directory: Path) -> None:
+    from rlhf.models import save_pretrained
 
-    def logprobs_and_values(*args):  # every log-prob pass, under bf16 autocast when asked
-        with accelerator.autocast():
-            return response_logprobs_and_values(*args)
+    save_pretrained(models.core, tokenizer, directory)
+    if models.value_head is not None:  # beside the model directory (which holds the policy alone): exact resume
+        from safetensors.torch import save_file
 
-    def reference_logprobs(seqs, mask, n_query, group):
-        if ref is not None:
-            return logprobs_and_values(ref, seqs, mask, n_query, group)[0]
-        with core.disable_adapter():
-            return logprobs_and_values(core, seqs, mask, n_query, group)[0]
+        save_file(models.value_head.state_dict(), str(directory.parent / "value_head.safetensors"))
 
-    # Each rank's rows are whole prompt groups (k completions of one prompt, adjacent) in sampling and in
-    # the passes over all its rows: the prompt runs once per group there (not under DeepSpeed/FSDP, whose
-    # sharded forward is kept to one plain pass per phase).
-    group = cfg.k if cfg.share_prompts and not shards_optimizer(accelerator) and not cfg.gradient_checkpointing else 1
 
-    # One optimiser step per batch: its forward pass doubles as pi_bar's (not under DeepSpeed/FSDP, whose
-    # sharded forward is kept to the plain order: no-grad passes first, then forward and backward at once).
-    single_step = (cfg.reuse_step_forward and cfg.ppo_epochs == 1
-                   and cfg.minibatch_size == cfg.prompts_per_update * cfg.k and not shards_optimizer(accelerator)
-                   and not 0 < cfg.micro_batch_size < local_prompts * cfg.k)
-    # Memory: the no-grad log-prob passes run in pieces of whole prompt groups, the grad passes in pieces of
-    # micro_batch_size rows (gradients accumulated); 0 runs each in one piece.
-    nograd_piece = max(group, cfg.micro_batch_size // group * group) if cfg.micro_batch_size else 0
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    bar = tqdm(total=cfg.num_updates, initial=start, desc="policy", disable=not accelerator.is_main_process)
-    # whole-run metrics after a resume too: the updates before it come from the log
-    started, history = time.time(), [r for r in logger.resumed if "objective/scores" in r]
-    for update in range(start, cfg.num_updates):
-        t0 = time.time()
-        beta = kl_ctl.value if kl_ctl else cfg.beta
-        chosen, _ = global_batch_indices(update, len(prompts), cfg.prompts_per_update, cfg.seed,
-                                         name="prompts_per_update", seed_stride=PROMPT_SEED_STRIDE)
-        batch = [prompts[i] for i in rank_slice(chosen, rank, world)]  # this rank's local_prompts
+def save(accelerator, out: Path, update: int, models: PolicyModels, tokenizer, optimizer, kl_ctl) -> None:
+    """A checkpoint after `update` updates; the KL controller's state (beta) goes into its trainer state."""
+    from rlhf.runs import save_checkpoint
 
-        # 1. Sample k completions per prompt from pi_theta.
-        core.eval()
-        query, qmask = left_pad([render_prompt_ids(tokenizer, p["prompt"]) for p in batch], pad)
-        query = query.repeat_interleave(cfg.k, 0).to(accelerator.device)  # [n, T_q], n = local_prompts x k
-        qmask = qmask.repeat_interleave(cfg.k, 0).to(accelerator.device)
-        n_query = query.shape[1]
-        #    Weights gathered once for the phase under ZeRO-3/FSDP2; row r samples from seed (seed, update,
-        #    global row), so any number of processes draws the same completions.
-        with torch.no_grad(), gathered_for_generation(accelerator, policy), accelerator.autocast():
-            seqs = generate_shared_prompts(
-                core, query, qmask, group, pad_token_id=pad, eos_token_id=eos, use_cache=True,
-                **seeded_sampling_kwargs(cfg.seed, update, rank * len(query), len(query), cfg.max_new_tokens,
-                                         cfg.temperature, cfg.top_p))  # [n, T_q + T_r]
-        response = seqs[:, n_query:]
-        lengths, ended = eos_lengths(response, eos)  # from the first EOS, never by matching the pad token
-        texts = [tokenizer.decode(r[:n], skip_special_tokens=True).strip() for r, n in zip(response, lengths)]
-        t_sample = time.time() - t0
+    save_checkpoint(accelerator, out, update, lambda d: save_model(models, tokenizer, d), optimizer, None,
+                    {"kl_controller": kl_ctl.state_dict()}, keep=2)
 
-        # 2. Score (the score sits on each response's EOS / last token; with sequence-level advantages that
-        #    is the sequence return below). A completion cut without EOS can take a penalty.
-        records = [p for p in batch for _ in range(cfg.k)]
-        scores = reward([r["prompt"] for r in records], texts, records,
-                        [r[:n].tolist() for r, n in zip(response, lengths)]).to(accelerator.device)
-        reward_stats = (reward.stats(lambda t: gather_rows(accelerator, t.to(accelerator.device)))
-                        if hasattr(reward, "stats") else {})  # each reward function's, over the whole batch
-        scores = scores - cfg.missing_eos_penalty * (~ended).float()
 
-        #    Every rank now holds the whole batch [N, ...], N = prompts_per_update x k, rows in rank order,
-        #    padded to the longest query (left) and response (right) over the ranks: the tensors of one
-        #    process sampling it all. Rows `own` are this rank's.
-        query = gather_padded(accelerator, query, pad, pad_first=True)  # [N, T_q]
-        qmask = gather_padded(accelerator, qmask, 0, pad_first=True)
-        response = gather_padded(accelerator, response, pad)
-        scores, lengths = gather_rows(accelerator, scores), gather_rows(accelerator, lengths)  # [N]
-        ended = gather_rows(accelerator, ended.long()).bool()
-        own = slice(rank * local_prompts * cfg.k, (rank + 1) * local_prompts * cfg.k)
-        n_query = query.shape[1]
-        seqs = torch.cat([query, response], dim=1)  # [N, T_q + T_r]
-        rmask = (torch.arange(response.shape[1], device=response.device)[None] < lengths[:, None]).long()  # [N, T_r]
-        mask = torch.cat([qmask, rmask], dim=1)
+def restore(accelerator, ckpt: Path, models: PolicyModels, optimizer, kl_ctl) -> int:
+    """Weights, optimiser, RNG and KL controller from a checkpoint; the number of updates it holds."""
+    from rlhf.models import load_model_weights
+    from rlhf.runs import load_checkpoint
 
-        # 3. pi_bar = pi_theta: sampling and reference log-probabilities, once per batch (each rank its rows),
-        #    then returns and advantages over the whole batch, on every rank. With a single optimiser step
-        #    per batch, that step's forward (with gradients, through the wrapped model) is pi_bar's: it runs
-        #    here, and the step below reuses it (each rank stepping on its own rows; one minibatch's gradient
-        #    does not depend on how its rows are split over the ranks).
-        step_forward = None
-        if single_step:
-            core.train()
-            step_forward = logprobs_and_values(policy, seqs[own], mask[own], n_query, group)
-            logp_old, values_old = (None if t is None else t.detach() for t in step_forward)
+    load_model_weights(models.core, ckpt / "model")
+    if models.value_head is not None and (ckpt / "value_head.safetensors").exists():  # (ZeRO/FSDP: load_state)
+        from safetensors.torch import load_file
+
+        models.value_head.load_state_dict(load_file(str(ckpt / "value_head.safetensors")))
+    state = load_checkpoint(accelerator, ckpt, optimizer, None)
+    kl_state = state.get("kl_controller")
+    if kl_state is None and (ckpt / "scheduler.pt").is_file():  # a checkpoint of an older release kept it there
+        kl_state = torch.load(ckpt / "scheduler.pt", weights_only=True).get("kl")
+    if kl_state:
+        kl_ctl.load_state_dict(kl_state)
+    return state["step"]
+
+
+# ------------------------------------------------------------------------------------ the steps
+
+
+@dataclass
+class Rollout:
+    """One update's sampled and scored batch (steps 1 and 2). Every rank holds all N = prompts_per_update x k
+    rows, gathered in rank order, padded to the longest query (left) and response (right) over the ranks: the
+    tensors of one process sampling it all. The k rows of a prompt are adjacent."""
+
+    sequences: torch.Tensor  # [N, T_q + T_r] query, then response
+    mask: torch.Tensor  # [N, T_q + T_r] attention mask: the query's, then each response up to its length
+    response_mask: torch.Tensor  # [N, T_r] (long)
+    n_query: int  # T_q
+    scores: torch.Tensor  # [N] reward of each completion (minus the missing-EOS penalty)
+    lengths: torch.Tensor  # [N] response tokens up to and including the first EOS
+    ended: torch.Tensor  # [N] bool: the response has an EOS
+    records: list[dict]  # this rank's rows' prompt records [n]
+    texts: list[str]  # this rank's rows' completions [n]
+    reward_stats: dict  # each reward function's statistics over the whole batch
+
+
+@dataclass
+class Advantages:
+    """Step 3's record of a batch: what the K minibatch steps train against, all [N, T_r] but seq_kl [N]."""
+
+    logp_old: torch.Tensor  # log pi_bar of each response token
+    logp_ref: torch.Tensor  # log pi_ref
+    values_old: torch.Tensor | None  # V(s_t) at sampling time, masked (baseline gae)
+    kl_tokens: torch.Tensor  # the KL estimator per token, masked
+    seq_kl: torch.Tensor  # [N] its sum over each response
+    tokens: torch.Tensor  # the advantage of each token (a sequence's advantage repeated, or GAE's)
+    value_targets: torch.Tensor | None  # GAE's returns (baseline gae)
+
+
+def sample_completions(models: PolicyModels, tokenizer, batch: list[dict], cfg: PolicyConfig,
+                       plan: ExecutionPlan, update: int) -> Samples:
+    """1. k completions of each of this rank's prompts from pi_theta, KV-cached. Weights gathered once for
+    the phase under ZeRO-3/FSDP2; row r samples from seed (seed, update, global row), so any number of
+    processes draws the same completions."""
+    models.core.eval()
+    with torch.no_grad(), gathered_for_generation(models.accelerator, models.policy), models.accelerator.autocast():
+        return sample(models.core, tokenizer, [p["prompt"] for p in batch], cfg.k, models.accelerator.device,
+                      share_prompts=plan.group > 1,
+                      **seeded_sampling_kwargs(cfg.seed, update, plan.rank * plan.rows, plan.rows,
+                                               cfg.max_new_tokens, cfg.temperature, cfg.top_p))
+
+
+def score(samples: Samples, batch: list[dict], reward, cfg: PolicyConfig, accelerator, pad: int) -> Rollout:
+    """2. Score this rank's completions (the score sits on each response's EOS / last token; with
+    sequence-level advantages that is the sequence return), a completion cut without EOS less a penalty, and
+    gather the whole batch onto every rank."""
+    records = [p for p in batch for _ in range(cfg.k)]
+    response = samples.response
+    scores = reward([r["prompt"] for r in records], samples.texts, records,
+                    [r[:n].tolist() for r, n in zip(response, samples.lengths)]).to(accelerator.device)
+    reward_stats = (reward.stats(lambda t: gather_rows(accelerator, t.to(accelerator.device)))
+                    if hasattr(reward, "stats") else {})  # each reward function's, over the whole batch
+    scores = scores - cfg.missing_eos_penalty * (~samples.ended).float()
+    query = gather_padded(accelerator, samples.query, pad, pad_first=True)  # [N, T_q]
+    qmask = gather_padded(accelerator, samples.query_mask, 0, pad_first=True)
+    response = gather_padded(accelerator, response, pad)  # [N, T_r]
+    scores, lengths = gather_rows(accelerator, scores), gather_rows(accelerator, samples.lengths)  # [N]
+    ended = gather_rows(accelerator, samples.ended.long()).bool()
+    rmask = length_mask(lengths, response.shape[1])  # [N, T_r]
+    return Rollout(torch.cat([query, response], dim=1), torch.cat([qmask, rmask], dim=1), rmask, query.shape[1],
+                   scores, lengths, ended, records, samples.texts, reward_stats)
+
+
+def pi_bar_from_a_no_grad_pass(models: PolicyModels, batch: Rollout, plan: ExecutionPlan):
+    """pi_bar's log-probs (and values) from a no-grad pass over this rank's rows, in pieces of whole prompt
+    groups; each optimiser step then runs its own forward, with gradients, over its rows."""
+    sequences, mask = batch.sequences[plan.own], batch.mask[plan.own]
+    with torch.no_grad():
+        old = in_pieces(lambda rows: models.logprobs_and_values(models.scorer, sequences[rows], mask[rows],
+                                                                batch.n_query, plan.group),
+                        len(sequences), plan.nograd_piece)  # [n, T_r]
+    return old, lambda rows: models.logprobs_and_values(models.policy, batch.sequences[rows], batch.mask[rows],
+                                                        batch.n_query)
+
+
+def pi_bar_from_the_step(models: PolicyModels, batch: Rollout, plan: ExecutionPlan):
+    """With one optimiser step per batch, pi_bar = pi_theta at that step: the step's forward (with gradients,
+    through the wrapped model, over this rank's rows) is pi_bar's. It runs here and the step reuses it."""
+    models.core.train()
+    forward = models.logprobs_and_values(models.policy, batch.sequences[plan.own], batch.mask[plan.own],
+                                         batch.n_query, plan.group)
+    return tuple(None if t is None else t.detach() for t in forward), lambda rows: forward
+
+
+def record_pi_bar(models: PolicyModels, batch: Rollout, plan: ExecutionPlan):
+    """3a. pi_bar = pi_theta: the sampling and reference log-probabilities, once per batch, each rank on its
+    rows, gathered: (logp_old, logp_ref, values_old or None), [N, T_r] each, and the optimiser steps' forward."""
+    (logp_old, values_old), step_forward = plan.pi_bar_pass(models, batch)
+    sequences, mask = batch.sequences[plan.own], batch.mask[plan.own]
+    with torch.no_grad():
+        logp_ref = in_pieces(lambda rows: models.reference_logprobs(sequences[rows], mask[rows], batch.n_query,
+                                                                    plan.group), len(sequences), plan.nograd_piece)
+    accelerator = models.accelerator
+    logp_old, logp_ref = gather_rows(accelerator, logp_old), gather_rows(accelerator, logp_ref)  # [N, T_r]
+    if values_old is not None:
+        values_old = gather_rows(accelerator, values_old)
+    return logp_old, logp_ref, values_old, step_forward
+
+
+def advantages(batch: Rollout, logp_old, logp_ref, values_old, cfg: PolicyConfig, beta: float) -> Advantages:
+    """3b. The KL penalty, returns and advantages over the whole batch (the same on every rank)."""
+    rmask = batch.response_mask
+    kl_tokens = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(logp_old, logp_ref) * rmask
+    seq_kl = kl_tokens.sum(1)  # [N]
+    value_targets = None
+    if cfg.baseline == "gae":
+        # Per-token rewards: -beta * k1_t on every response token, plus the score on the last one
+        # (the EOS, or the last token of a cut response); advantages by GAE over the value head.
+        token_rewards = -beta * kl_tokens if cfg.kl_estimator == "k1" else torch.zeros_like(kl_tokens)
+        last = (batch.lengths - 1).clamp(min=0)
+        token_rewards[torch.arange(len(last)), last] += batch.scores
+        values_old = values_old * rmask
+        adv_tokens, value_targets = gae(token_rewards, values_old, rmask, cfg.gamma, cfg.lam)  # [N, T_r]
+        if cfg.whiten_advantages:
+            adv_tokens = whiten(adv_tokens, rmask) * rmask
+    else:
+        returns = batch.scores - beta * seq_kl if cfg.kl_estimator == "k1" else batch.scores
+        grouped = returns.view(-1, cfg.k)
+        if cfg.baseline == "group":
+            advantages = group_normalized_advantages(grouped, cfg.scale_rewards).flatten()
         else:
-            with torch.no_grad():
-                scorer = policy if value_head is not None else core
-                logp_old, values_old = in_pieces(
-                    lambda rows: logprobs_and_values(scorer, seqs[own][rows], mask[own][rows], n_query, group),
-                    len(seqs[own]), nograd_piece)  # [n, T_r]
-        with torch.no_grad():
-            logp_ref = in_pieces(lambda rows: reference_logprobs(seqs[own][rows], mask[own][rows], n_query, group),
-                                 len(seqs[own]), nograd_piece)
-        logp_old, logp_ref = gather_rows(accelerator, logp_old), gather_rows(accelerator, logp_ref)  # [N, T_r]
-        if values_old is not None:
-            values_old = gather_rows(accelerator, values_old)
-        kl_tokens = (kl_k1 if cfg.kl_estimator == "k1" else kl_k3)(logp_old, logp_ref) * rmask
-        seq_kl = kl_tokens.sum(1)  # [N]
-        if cfg.baseline == "gae":
-            # Per-token rewards: -beta * k1_t on every response token, plus the score on the last one
-            # (the EOS, or the last token of a cut response); advantages by GAE over the value head.
-            token_rewards = -beta * kl_tokens if cfg.kl_estimator == "k1" else torch.zeros_like(kl_tokens)
-            last = (lengths - 1).clamp(min=0)
-            token_rewards[torch.arange(len(last)), last] += scores
-            values_old = values_old * rmask
-            adv_tokens, value_targets = gae(token_rewards, values_old, rmask, cfg.gamma, cfg.lam)  # [N, T_r]
-            if cfg.whiten_advantages:
-                adv_tokens = whiten(adv_tokens, rmask) * rmask
-        else:
-            returns = scores - beta * seq_kl if cfg.kl_estimator == "k1" else scores
-            grouped = returns.view(-1, cfg.k)
-            if cfg.baseline == "group":
-                advantages = group_normalized_advantages(grouped, cfg.scale_rewards).flatten()
-            else:
-                base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
-                advantages = (grouped - base).flatten()
-            if cfg.whiten_advantages:
-                advantages = whiten(advantages)
-            adv_tokens = advantages[:, None].expand_as(logp_old)  # [N, T_r]
+            base = leave_one_out_baseline(grouped) if cfg.baseline == "loo" else grouped.mean().expand_as(grouped)
+            advantages = (grouped - base).flatten()
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages)
+        adv_tokens = advantages[:, None].expand_as(logp_old)  # [N, T_r]
+    return Advantages(logp_old, logp_ref, values_old, kl_tokens, seq_kl, adv_tokens, value_targets)
 
-        # 4. K minibatch steps along (pi_theta / pi_bar) grad log pi_theta * advantage. Minibatches are cut
-        #    from the whole batch, each rank taking its share of each; a token mean is over the whole
-        #    minibatch's tokens (global_mean_share), and so are the statistics (reduce_token_stats).
-        core.train()
-        step_stats, step_tokens = [], []
-        for epoch in range(cfg.ppo_epochs):
-            for global_mb in minibatches(cfg.seed, update, epoch, len(seqs), cfg.minibatch_size):
-                mb = own if single_step else rank_slice(global_mb, rank, world)
-                n_tokens, n_global = rmask[mb].sum().item(), rmask[global_mb].sum().item()
-                #    This rank's rows of the minibatch in pieces of micro_batch_size (one piece by default),
-                #    each piece's share of the minibatch's token mean backpropagated, then one step.
-                pieces = [mb] if single_step or not cfg.micro_batch_size else \
-                    list(torch.as_tensor(mb).split(cfg.micro_batch_size))
-                piece_stats, piece_tokens = [], []
-                for j, rows in enumerate(pieces):
-                    with micro_batch(accelerator, policy, last=j == len(pieces) - 1):
-                        if single_step:
-                            logp, values = step_forward
-                        else:
-                            logp, values = logprobs_and_values(policy, seqs[rows], mask[rows], n_query)
-                        loss, stats = policy_gradient_loss(logp, logp_old[rows], adv_tokens[rows], rmask[rows],
-                                                           cfg.clip_range or None)
-                        if values is not None:
-                            v_loss, v_stats = value_loss(values, values_old[rows], value_targets[rows],
-                                                         rmask[rows], cfg.value_clip or None)
-                            loss = loss + cfg.vf_coef * v_loss
-                            stats = {**stats, **v_stats}
-                        if cfg.kl_estimator == "k3":
-                            loss = loss + beta * masked_mean(kl_k3(logp, logp_ref[rows]), rmask[rows])
-                        piece_tokens.append(rmask[rows].sum().item())
-                        accelerator.backward(global_mean_share(loss, piece_tokens[-1], n_global, world))
-                    piece_stats.append(stats)
-                accelerator.clip_grad_norm_(list(policy.parameters()),  # (FSDP2: DTensors)
-                                            cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_stats.append(combine_token_stats(piece_stats, piece_tokens, maxima=("policy/ratio_max",)))
-                step_tokens.append(n_tokens)
-        if kl_ctl:
-            kl_ctl.update(seq_kl.mean().item(), cfg.prompts_per_update * cfg.k)
 
-        entropy = -(logp_old * rmask).sum() / rmask.sum()  # sampled-token estimate of the per-token entropy
-        row = {"objective/scores": scores.mean().item(), "objective/kl": seq_kl.mean().item(),
-               "objective/non_score_reward": (-beta * seq_kl.mean()).item(), "objective/beta": beta,
-               "policy/entropy": entropy.item(), "response/length": lengths.float().mean().item(),
-               "response/eos_fraction": ended.float().mean().item(),
-               # each step's statistics over its whole minibatch, averaged over the steps
-               **reduce_token_stats(accelerator, step_stats, step_tokens, maxima=("policy/ratio_max",)),
-               **reward_stats, "time/sample_seconds": t_sample, "time/update_seconds": time.time() - t0}
-        logger.log(row, step=update + 1)
-        history.append(row)
-        bar.update(1)
-        bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
-        if cfg.sample_every and (update + 1) % cfg.sample_every == 0 and accelerator.is_main_process:
-            print_rollouts(records, texts, scores[own], seq_kl[own])
-            if cfg.report_to != "none":  # the main process's rollouts, as a table in the tracker
-                from rlhf.trackers import log_table
+def piece_loss(forward, adv: Advantages, rmask: torch.Tensor, rows, cfg: PolicyConfig, beta: float):
+    """The loss of some rows of a minibatch and its statistics (token means over those rows): the clipped
+    importance-sampled policy gradient, the value loss (baseline gae), the k3 penalty (kl_estimator k3)."""
+    logp, values = forward
+    loss, stats = policy_gradient_loss(logp, adv.logp_old[rows], adv.tokens[rows], rmask[rows],
+                                       cfg.clip_range or None)
+    if values is not None:
+        v_loss, v_stats = value_loss(values, adv.values_old[rows], adv.value_targets[rows], rmask[rows],
+                                     cfg.value_clip or None)
+        loss = loss + cfg.vf_coef * v_loss
+        stats = {**stats, **v_stats}
+    if cfg.kl_estimator == "k3":
+        loss = loss + beta * masked_mean(kl_k3(logp, adv.logp_ref[rows]), rmask[rows])
+    return loss, stats
 
-                log_table(accelerator, "policy/rollouts", ["prompt", "response", "score", "kl"],
-                          [[r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"], t, s, k]
-                           for r, t, s, k in zip(records, texts, scores[own].tolist(), seq_kl[own].tolist())],
-                          step=update + 1)
-        done = update + 1
-        if done < cfg.num_updates and ((cfg.save_every and done % cfg.save_every == 0)
-                                       or done == cfg.stop_after_update):
-            save_checkpoint(accelerator, out, done, save_model, optimizer,
-                            _NoScheduler(), {}, keep=2)
-        if done == cfg.stop_after_update and done < cfg.num_updates:
-            bar.close()
-            accelerator.print(f"[policy] stopped after update {done}; continue with --resume true")
-            return {"stopped_at_update": done}
-    bar.close()
 
-    save_checkpoint(accelerator, out, cfg.num_updates, save_model, optimizer,
-                    _NoScheduler(), {}, keep=2)
-    full = full_state_dict(accelerator, policy)  # collective; None unless ZeRO-3/FSDP shard the weights
-    if full is not None and value_head is not None:  # PolicyWithValue: the policy's own weights
+def optimise(models: PolicyModels, optimizer, batch: Rollout, adv: Advantages, step_forward, cfg: PolicyConfig,
+             plan: ExecutionPlan, update: int, beta: float) -> dict:
+    """4. K minibatch steps along (pi_theta / pi_bar) grad log pi_theta * advantage. Minibatches are cut from
+    the whole batch, each rank taking its share of each, in pieces (gradients accumulated into one step); a
+    token mean is over the whole minibatch's tokens (global_mean_share). Returns the steps' statistics, each
+    over its whole minibatch (reduce_token_stats), averaged over the steps."""
+    accelerator, rmask = models.accelerator, batch.response_mask
+    models.core.train()
+    step_stats, step_tokens = [], []
+    for epoch in range(cfg.ppo_epochs):
+        for minibatch in minibatches(cfg.seed, update, epoch, len(batch.sequences), cfg.minibatch_size):
+            mine = plan.minibatch_rows(minibatch)
+            n_global = rmask[minibatch].sum().item()
+            pieces, piece_stats, piece_tokens = plan.pieces(mine), [], []
+            for j, rows in enumerate(pieces):
+                with micro_batch(accelerator, models.policy, last=j == len(pieces) - 1):
+                    loss, stats = piece_loss(step_forward(rows), adv, rmask, rows, cfg, beta)
+                    piece_tokens.append(rmask[rows].sum().item())
+                    accelerator.backward(global_mean_share(loss, piece_tokens[-1], n_global, plan.world))
+                piece_stats.append(stats)
+            accelerator.clip_grad_norm_(list(models.policy.parameters()),  # (FSDP2: DTensors)
+                                        cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_stats.append(combine_token_stats(piece_stats, piece_tokens, maxima=("policy/ratio_max",)))
+            step_tokens.append(rmask[mine].sum().item())
+    return reduce_token_stats(accelerator, step_stats, step_tokens, maxima=("policy/ratio_max",))
+
+
+def update_row(batch: Rollout, adv: Advantages, step_stats: dict, beta: float) -> dict:
+    """The logged figures of one update, over the whole batch."""
+    rmask = batch.response_mask
+    entropy = -(adv.logp_old * rmask).sum() / rmask.sum()  # sampled-token estimate of the per-token entropy
+    return {"objective/scores": batch.scores.mean().item(), "objective/kl": adv.seq_kl.mean().item(),
+            "objective/non_score_reward": (-beta * adv.seq_kl.mean()).item(), "objective/beta": beta,
+            "policy/entropy": entropy.item(), "response/length": batch.lengths.float().mean().item(),
+            "response/eos_fraction": batch.ended.float().mean().item(),
+            # each step's statistics over its whole minibatch, averaged over the steps
+            **step_stats, **batch.reward_stats}
+
+
+def show_rollouts(accelerator, cfg: PolicyConfig, batch: Rollout, adv: Advantages, own: slice, update: int) -> None:
+    """The main process's rollouts as a printed prompt / response / score / KL table, and in the tracker."""
+    scores, kl = batch.scores[own], adv.seq_kl[own]
+    print_rollouts(batch.records, batch.texts, scores, kl)
+    if cfg.report_to != "none":
+        from rlhf.trackers import log_table
+
+        log_table(accelerator, "policy/rollouts", ["prompt", "response", "score", "kl"],
+                  [[r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"], t, s, k]
+                   for r, t, s, k in zip(batch.records, batch.texts, scores.tolist(), kl.tolist())],
+                  step=update + 1)
+
+
+def finish(accelerator, cfg: PolicyConfig, out: Path, models: PolicyModels, tokenizer, optimizer, kl_ctl, logger,
+           history: list[dict], start: int, started: float) -> dict:
+    """The last checkpoint, the trained model in <output_dir>/model, and the run's metrics."""
+    from rlhf.models import save_pretrained
+
+    save(accelerator, out, cfg.num_updates, models, tokenizer, optimizer, kl_ctl)
+    full = full_state_dict(accelerator, models.policy)  # collective; None unless ZeRO-3/FSDP shard the weights
+    if full is not None and models.value_head is not None:  # PolicyWithValue: the policy's own weights
         full = {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
     if accelerator.is_main_process:
         with publish_dir(out / "model", what="model") as tmp:  # an older model/ stays whole until replaced
-            save_pretrained(core, tokenizer, tmp, state_dict=full)
+            save_pretrained(models.core, tokenizer, tmp, state_dict=full)
     accelerator.wait_for_everyone()
     first = history[: max(1, len(history) // 5)]
     last = history[-max(1, len(history) // 5):]
@@ -562,6 +597,69 @@ def train(cfg: PolicyConfig) -> dict:
     accelerator.print(f"[policy] score {metrics['objective/scores_first']:.3f} -> {metrics['objective/scores_last']:.3f}"
                       f" (first vs last fifth of updates), KL {metrics['objective/kl_last']:.3f}; model in {out / 'model'}")
     return metrics
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+@releases_run_lock
+def train(cfg: PolicyConfig) -> dict:
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    from rlhf.runs import RunLogger, latest_checkpoint, prepare_output_dir
+
+    hf_logging.disable_progress_bar()
+    accelerator = make_accelerator(bf16=cfg.bf16, report_to=cfg.report_to, project_dir=cfg.output_dir)
+    plan = ExecutionPlan.decide(cfg, accelerator)
+    ckpt = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    out = prepare_output_dir(cfg, accelerator)
+    torch.manual_seed(cfg.seed + plan.rank)
+    tokenizer, prompts, policy, ref = load_policy(cfg, accelerator)
+    reward = load_reward(cfg, accelerator.device)
+    models, optimizer = prepare_models(cfg, accelerator, policy, ref)
+    kl_ctl = AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl > 0 \
+        else FixedKLController(cfg.beta)
+    start = restore(accelerator, ckpt, models, optimizer, kl_ctl) if ckpt is not None else 0
+    logger = RunLogger(accelerator, cfg, "rlhf-policy", resume_step=start if ckpt is not None else None)
+    bar = tqdm(total=cfg.num_updates, initial=start, desc="policy", disable=not accelerator.is_main_process)
+    # whole-run metrics after a resume too: the updates before it come from the log
+    started, history = time.time(), [r for r in logger.resumed if "objective/scores" in r]
+    for update in range(start, cfg.num_updates):
+        t0, beta = time.time(), kl_ctl.value
+        chosen, _ = global_batch_indices(update, len(prompts), cfg.prompts_per_update, cfg.seed,
+                                         name="prompts_per_update", seed_stride=PROMPT_SEED_STRIDE)
+        batch = [prompts[i] for i in rank_slice(chosen, plan.rank, plan.world)]  # this rank's prompts
+        # 1. Sample k completions per prompt from pi_theta.
+        samples = sample_completions(models, tokenizer, batch, cfg, plan, update)
+        t_sample = time.time() - t0
+        # 2. Score them; every rank then holds the whole batch.
+        rollout = score(samples, batch, reward, cfg, accelerator, tokenizer.pad_token_id)
+        # 3. pi_bar = pi_theta: record the sampling and reference log-probs, then returns and advantages.
+        logp_old, logp_ref, values_old, step_forward = record_pi_bar(models, rollout, plan)
+        adv = advantages(rollout, logp_old, logp_ref, values_old, cfg, beta)
+        # 4. K minibatch steps along (pi_theta / pi_bar) grad log pi_theta * advantage.
+        step_stats = optimise(models, optimizer, rollout, adv, step_forward, cfg, plan, update, beta)
+        kl_ctl.update(adv.seq_kl.mean().item(), cfg.prompts_per_update * cfg.k)
+
+        row = {**update_row(rollout, adv, step_stats, beta), "time/sample_seconds": t_sample,
+               "time/update_seconds": time.time() - t0}
+        logger.log(row, step=update + 1)
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
+        if cfg.sample_every and (update + 1) % cfg.sample_every == 0 and accelerator.is_main_process:
+            show_rollouts(accelerator, cfg, rollout, adv, plan.own, update)
+        done = update + 1
+        if done < cfg.num_updates and ((cfg.save_every and done % cfg.save_every == 0)
+                                       or done == cfg.stop_after_update):
+            save(accelerator, out, done, models, tokenizer, optimizer, kl_ctl)
+        if done == cfg.stop_after_update and done < cfg.num_updates:
+            bar.close()
+            accelerator.print(f"[policy] stopped after update {done}; continue with --resume true")
+            return {"stopped_at_update": done}
+    bar.close()
+    return finish(accelerator, cfg, out, models, tokenizer, optimizer, kl_ctl, logger, history, start, started)
 
 
 def print_rollouts(records, texts, scores, kl, n: int = 4, width: int = 44) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -27,7 +26,7 @@ from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.data import IGNORE_INDEX, TokenizedExample, collate, read_records, split_records, tokenize_sft
 from rlhf.distributed import make_accelerator
 from rlhf.losses import token_nll_sum
-from rlhf.runs import SHARDED_STATE, RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
+from rlhf.runs import RunLogger, latest_checkpoint, load_checkpoint, prepare_output_dir, save_checkpoint
 from rlhf.fsio import atomic_write_jsonl, publish_dir, releases_run_lock
 
 
@@ -132,27 +131,6 @@ def build_model(cfg: SFTConfig):
     return model
 
 
-def load_model_weights(model, directory: Path) -> None:
-    """Load weights saved by `save_pretrained` into the (unwrapped) training model, for resuming."""
-    from safetensors.torch import load_file
-
-    if not directory.exists() and (directory.parent / SHARDED_STATE).is_dir():
-        return  # a ZeRO/FSDP checkpoint: load_checkpoint restores the weights with accelerator.load_state
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
-        return
-    state = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"checkpoint {directory} does not match the model: missing {missing}, "
-                           f"unexpected {unexpected}")
-
-
 def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
     return token_nll_sum(logits, batch["labels"])
@@ -252,7 +230,7 @@ def train(cfg: SFTConfig) -> dict:
     from transformers import get_scheduler
     from transformers.utils import logging as hf_logging
 
-    from rlhf.models import count_parameters, load_tokenizer, save_pretrained
+    from rlhf.models import count_parameters, load_model_weights, load_tokenizer, save_pretrained
 
     hf_logging.disable_progress_bar()  # per-file load/save bars would drown the stage's own progress bar
 
