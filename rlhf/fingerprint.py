@@ -65,7 +65,10 @@ OUTPUT: dict[str, set[str]] = {
                "kl_estimator", "target_kl", "kl_horizon", "baseline", "gamma", "lam", "vf_coef", "value_clip",
                "whiten_advantages", "reuse_step_forward", "share_prompts", "use_peft", "lora_r", "lora_alpha",
                "learning_rate", "max_grad_norm", "reward_weights", "reward_aggregate", "reward_lcb_k",
-               "scale_rewards", "micro_batch_size", "bf16", "gradient_checkpointing"},
+               "scale_rewards", "micro_batch_size", "bf16", "gradient_checkpointing",
+               # the probe writes figures to the log (not the model): a run with other probe settings is
+               # another run's log
+               "probe_every", "probe_prompts", "probe_max_prompts", "probe_samples", "probe_gold_fn"},
     "evaluate": {"seed", "checkpoints", "names", "baseline", "reference", "reward_model", "normalize_rewards",
                  "prompts", "prompts_split", "max_prompts", "num_samples", "greedy", "temperature", "top_p",
                  "max_new_tokens", "batch_size", "bootstrap_samples", "confidence", "metrics", "plots"},
@@ -143,7 +146,7 @@ def inputs_of(stage: str, cfg) -> dict[str, str]:
         if f.name in neutral:
             continue
         value = getattr(cfg, f.name)
-        if f.name == "reward_fn" and value:  # one or several comma-separated 'module:function' specs
+        if f.name in ("reward_fn", "probe_gold_fn") and value:  # comma-separated 'module:function' specs
             specs = [x.strip() for x in value.split(",") if x.strip()]
             for spec in specs:
                 src = module_file(spec)

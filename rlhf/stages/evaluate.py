@@ -38,7 +38,8 @@ import torch
 from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.rollout import load_prompts, response_logprobs, sample
 from rlhf.stats import distinct_n, mean_and_ci, repetition_rate, win_outcomes
-from rlhf.fsio import atomic_file, atomic_write_json, atomic_write_jsonl, atomic_write_text, releases_run_lock
+from rlhf.fsio import (atomic_file, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl,
+                       releases_run_lock)
 
 DECODINGS = ("greedy", "sampled")
 
@@ -377,7 +378,21 @@ def build_report(cfg, names, rows, prompts, baseline, reference, scorers, notice
                     metric_notices_done = True
             entry[mode] = m
         report["checkpoints"][name] = entry
+    curves = {name: c for name, c in zip(names, map(training_probe, cfg.checkpoints)) if c}
+    if curves:
+        report["training_probe"] = curves
     return report
+
+
+def training_probe(checkpoint: str) -> list[dict]:
+    """The held-out probe of the policy run that wrote `checkpoint` (its model/ directory, beside the run's
+    log.jsonl; `rlhf policy --probe_every N`): [{step, proxy, gold, kl}] over training, or [] if there is none."""
+    log = Path(checkpoint).expanduser() / ".." / "log.jsonl"
+    if not Path(checkpoint).expanduser().is_dir() or not log.is_file():
+        return []
+    rows, _ = read_jsonl(log, on_damaged="drop")
+    return [{"step": r["step"], "proxy": r["probe/proxy"], "gold": r["probe/gold"], "kl": r["probe/kl"]}
+            for r in rows if isinstance(r, dict) and "probe/gold" in r]
 
 
 def flat_summary(entry: dict) -> dict:
@@ -488,6 +503,22 @@ def write_plots(out: Path, report: dict, rows: list[dict]) -> list[Path]:
         ax.set_title("score against KL")
         fig.tight_layout()
         paths.append(out / "reward_vs_kl.png")
+        with atomic_file(paths[-1], what="plot") as tmp:
+            fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+    if report.get("training_probe"):  # proxy and gold against KL over training (Gao et al., 2022)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True)
+        for n, curve in report["training_probe"].items():
+            kl = [c["kl"] for c in curve]
+            axes[0].plot(kl, [c["proxy"] for c in curve], marker="o", label=n)
+            axes[1].plot(kl, [c["gold"] for c in curve], marker="o", label=n)
+        for ax, what in zip(axes, ("proxy (the optimised reward)", "gold judge")):
+            ax.set_xlabel("KL to reference (k1, nats per sequence)")
+            ax.set_ylabel(f"{what}, held-out prompts")
+            ax.legend()
+        fig.suptitle("over training: proxy and gold against KL")
+        fig.tight_layout()
+        paths.append(out / "proxy_gold_vs_kl.png")
         with atomic_file(paths[-1], what="plot") as tmp:
             fig.savefig(tmp, dpi=100)
         plt.close(fig)

@@ -129,6 +129,17 @@ class PolicyConfig(RunConfig):
                                           "memory (same gradients; the prompt then runs per row, as with "
                                           "share_prompts off).")
     max_grad_norm: float = option(1.0, help="Clip the gradient norm to this (<= 0: no clipping, as in SFT).")
+    probe_every: int = option(0, help="Every this many updates, and before the first, sample a fixed set of "
+                              "held-out prompts (probe_prompts) with fixed seeds and log the proxy score (the "
+                              "reward being optimised), the gold judge's score (probe_gold_fn) and the KL to the "
+                              "reference as probe/proxy, probe/gold, probe/kl: over-optimisation seen as it "
+                              "happens (rlhf/probe.py). 0: off.")
+    probe_prompts: str = option("reward_data/prompts_test.jsonl", help="Held-out prompts of the probe, with the "
+                                "fields the gold judge reads.")
+    probe_max_prompts: int = option(32, help="Probe at most this many of them (0: all).")
+    probe_samples: int = option(2, help="Completions per probe prompt.")
+    probe_gold_fn: str = option("rlhf.tasks.rewards:gold_judge", help="The gold judge, 'module:function' called "
+                                "as a reward_fn is (the built-in task's judge by default).")
     sample_every: int = option(5, help="Print a prompt / response / score / KL table every this many updates.")
     save_every: int = option(0, help="Checkpoint every this many updates (0: only at the end).")
     stop_after_update: int = option(0, help="Checkpoint and stop after this update, as if interrupted; "
@@ -155,6 +166,12 @@ class PolicyConfig(RunConfig):
             raise ConfigError("need temperature > 0, 0 < top_p <= 1, beta >= 0, clip_range >= 0")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1 and self.vf_coef >= 0 and self.value_clip >= 0):
             raise ConfigError("need 0 <= gamma, lam <= 1 and vf_coef, value_clip >= 0")
+        require_at_least(self, 0, "probe_every", "probe_max_prompts")
+        require_at_least(self, 1, "probe_samples")
+        if self.probe_every:
+            from rlhf.fingerprint import module_file
+
+            module_file(self.probe_gold_fn)
         if self.reward_fn:
             from rlhf.fingerprint import module_file
 
@@ -571,8 +588,39 @@ def show_rollouts(accelerator, cfg: PolicyConfig, batch: Rollout, adv: Advantage
                   step=update + 1)
 
 
+def make_probe(cfg: PolicyConfig, tokenizer):
+    """(probe, gold judge) for probe_every > 0: the held-out prompts and the gold judge's function."""
+    from rlhf.probe import HeldOutProbe
+    from rlhf.reward_functions import RewardFunctionError, RewardFunctions
+
+    prompts = load_prompts(cfg.probe_prompts, "test", tokenizer, max_prompts=cfg.probe_max_prompts)
+    try:
+        gold = RewardFunctions.from_spec(cfg.probe_gold_fn, [])
+    except RewardFunctionError as e:
+        raise ConfigError(f"probe_gold_fn: {e}") from None
+    return HeldOutProbe(prompts, cfg.probe_samples, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed), gold
+
+
+def run_probe(probe, models: PolicyModels, tokenizer, reward, gold) -> dict:
+    """The probe's figures for the policy as it stands (every rank computes all of them: see rlhf/probe.py)."""
+    acc = models.accelerator
+    return probe.run(models.core, tokenizer, acc.device, proxy=reward, gold=gold,
+                     policy_logprobs=lambda s, m, q: models.logprobs_and_values(models.core, s, m, q)[0],
+                     reference_logprobs=lambda s, m, q: models.reference_logprobs(s, m, q, 1),
+                     context=lambda: _generation_context(models))
+
+
+def _generation_context(models: PolicyModels):
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    stack.enter_context(gathered_for_generation(models.accelerator, models.policy))
+    stack.enter_context(models.accelerator.autocast())
+    return stack
+
+
 def finish(accelerator, cfg: PolicyConfig, out: Path, models: PolicyModels, tokenizer, optimizer, kl_ctl, logger,
-           history: list[dict], start: int, started: float) -> dict:
+           history: list[dict], start: int, started: float, probes: list[dict]) -> dict:
     """The last checkpoint, the trained model in <output_dir>/model, and the run's metrics."""
     from rlhf.models import save_pretrained
 
@@ -593,10 +641,19 @@ def finish(accelerator, cfg: PolicyConfig, out: Path, models: PolicyModels, toke
         "objective/kl_last": mean(last, "objective/kl"), "model_dir": str(out / "model"),
         "completions_per_second": cfg.prompts_per_update * cfg.k * (cfg.num_updates - start)
         / max(time.time() - started, 1e-9),
+        **probe_summary(probes),
     })
     accelerator.print(f"[policy] score {metrics['objective/scores_first']:.3f} -> {metrics['objective/scores_last']:.3f}"
                       f" (first vs last fifth of updates), KL {metrics['objective/kl_last']:.3f}; model in {out / 'model'}")
     return metrics
+
+
+def probe_summary(rows: list[dict]) -> dict:
+    """The first and last probe's figures (before training and after the last probed update)."""
+    if not rows:
+        return {}
+    return {f"probe/{key}_{end}": row[f"probe/{key}"] for end, row in (("first", rows[0]), ("last", rows[-1]))
+            for key in ("proxy", "gold", "kl")}
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -622,6 +679,11 @@ def train(cfg: PolicyConfig) -> dict:
         else FixedKLController(cfg.beta)
     start = restore(accelerator, ckpt, models, optimizer, kl_ctl) if ckpt is not None else 0
     logger = RunLogger(accelerator, cfg, "rlhf-policy", resume_step=start if ckpt is not None else None)
+    probe, gold = make_probe(cfg, tokenizer) if cfg.probe_every else (None, None)
+    probes = [r for r in logger.resumed if "probe/gold" in r]  # (step 0's has no update figures)
+    if probe is not None and start == 0:  # the initial policy's figures: where the curves start
+        probes.append({"step": 0, **run_probe(probe, models, tokenizer, reward, gold)})
+        logger.log({k: v for k, v in probes[-1].items() if k != "step"}, step=0)
     bar = tqdm(total=cfg.num_updates, initial=start, desc="policy", disable=not accelerator.is_main_process)
     # whole-run metrics after a resume too: the updates before it come from the log
     started, history = time.time(), [r for r in logger.resumed if "objective/scores" in r]
@@ -644,6 +706,9 @@ def train(cfg: PolicyConfig) -> dict:
 
         row = {**update_row(rollout, adv, step_stats, beta), "time/sample_seconds": t_sample,
                "time/update_seconds": time.time() - t0}
+        if probe is not None and (update + 1) % cfg.probe_every == 0:  # held-out proxy, gold and KL
+            row.update(run_probe(probe, models, tokenizer, reward, gold))
+            probes.append(row)
         logger.log(row, step=update + 1)
         history.append(row)
         bar.update(1)
@@ -659,7 +724,7 @@ def train(cfg: PolicyConfig) -> dict:
             accelerator.print(f"[policy] stopped after update {done}; continue with --resume true")
             return {"stopped_at_update": done}
     bar.close()
-    return finish(accelerator, cfg, out, models, tokenizer, optimizer, kl_ctl, logger, history, start, started)
+    return finish(accelerator, cfg, out, models, tokenizer, optimizer, kl_ctl, logger, history, start, started, probes)
 
 
 def print_rollouts(records, texts, scores, kl, n: int = 4, width: int = 44) -> None:
