@@ -1,0 +1,167 @@
+"""Benchmark: reward-model over-optimisation, with and without the ensemble guard, proxy and gold against KL.
+
+    python benchmarks/overoptimisation.py --make_run          # the quickstart's sft..reward, then 3 seeds (long)
+    python benchmarks/overoptimisation.py                     # 3 seeds on a finished runs/quickstart
+    python benchmarks/overoptimisation.py --tiny --seeds 0    # a smoke run on the tiny test model, in minutes
+
+From `--run_dir` (a finished `rlhf run`: its sft/model and reward/config.yaml), the reward stage is run again
+with `--ensemble_size 5` (heads on bootstrap resamples of the same pairs, on the cached features: seconds), then
+per seed two policy runs from the SFT policy against that ensemble, at the over-optimising setting
+(`--num_updates 30 --learning_rate 3e-4`, the rest from configs/policy.yaml):
+
+- unguarded: the ensemble's mean score (`--reward_aggregate mean`);
+- guarded: a conservative score, the members' mean less their spread (`--reward_aggregate lcb --reward_lcb_k 1`;
+  Coste et al., 2023, "Reward model ensembles help mitigate overoptimization").
+
+Both log the held-out probe every 5 updates (`--probe_every 5`: the optimised score, the gold judge and the KL
+to the SFT policy on the same held-out prompts and draws; rlhf/probe.py). The table gives each arm's proxy,
+gold and KL over updates as mean +/- sd over seeds. Targets (pass/fail): the guarded runs end with a gold score
+not below the SFT policy's lower 95% bound (the probe before the first update, t interval over seeds), while the
+unguarded runs end below the SFT policy's mean gold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import finish, mean_sd, t_interval  # noqa: E402
+
+ARMS = {"unguarded": {"reward_aggregate": "mean"}, "guarded": {"reward_aggregate": "lcb", "reward_lcb_k": "1"}}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run_dir", default="runs/quickstart", help="A finished `rlhf run` (sft, reward).")
+    p.add_argument("--make_run", action="store_true", help="First run `rlhf run configs/quickstart.yaml --only "
+                   "sft,collect,label,reward` into --run_dir (stages already done there are skipped).")
+    p.add_argument("--tiny", action="store_true", help="Build a tiny run first (configs/tiny/quickstart.yaml) in "
+                   "a scratch directory and use the tiny configs: a smoke run.")
+    p.add_argument("--seeds", default="0,1,2", help="Comma-separated report seeds (policy training and probe).")
+    p.add_argument("--num_updates", type=int, default=30)
+    p.add_argument("--learning_rate", type=float, default=3e-4)
+    p.add_argument("--probe_every", type=int, default=5)
+    p.add_argument("--ensemble_size", type=int, default=5)
+    p.add_argument("--out", default="", help="JSON output (default benchmarks/results/overoptimisation.json; "
+                   "tiny: overoptimisation_tiny.json).")
+    args = p.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.out = args.out or str(ROOT / f"benchmarks/results/overoptimisation{'_tiny' if args.tiny else ''}.json")
+    return args
+
+
+def build_run(pipeline: str, out: Path) -> Path:
+    """The pipeline's stages up to the reward model, in `out` (stages already done there are skipped)."""
+    from rlhf.pipeline import main as run_main
+
+    run_main([pipeline, "--output_dir", str(out), "--only", "sft,collect,label,reward"])
+    return out
+
+
+def ensemble_reward(run: Path, size: int, out: Path) -> Path:
+    """The run's reward model trained again as an ensemble of `size` heads (the same pairs and features)."""
+    from rlhf.config import load_config
+    from rlhf.stages.reward import RewardConfig
+    from rlhf.stages.reward import train as reward_train
+
+    cfg = load_config(RewardConfig, run / "reward" / "config.yaml", {
+        "output_dir": str(out), "ensemble_size": str(size), "head_fit": "validated", "resume": "false",
+        "overwrite": "true"})
+    reward_train(cfg)
+    return out / "model"
+
+
+def curve(log: Path) -> list[dict]:
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    return [{"step": r["step"], "proxy": r["probe/proxy"], "gold": r["probe/gold"], "kl": r["probe/kl"]}
+            for r in rows if "probe/gold" in r]
+
+
+def main(argv=None) -> dict:
+    from rlhf.config import load_config
+    from rlhf.stages.policy import PolicyConfig
+    from rlhf.stages.policy import train as policy_train
+
+    args = parse_args(argv)
+    os.chdir(ROOT)  # the configs' relative data paths
+    configs = ROOT / ("configs/tiny" if args.tiny else "configs")
+    result = {"benchmark": "overoptimisation", "tiny": args.tiny, "report_seeds": args.seeds,
+              "selection_seeds": [], "settings": {"num_updates": args.num_updates, "learning_rate": args.learning_rate,
+                                                  "probe_every": args.probe_every,
+                                                  "ensemble_size": args.ensemble_size, "arms": ARMS},
+              "runs": []}
+    with tempfile.TemporaryDirectory(prefix="rlhf-bench-overopt-") as tmp:
+        scratch = Path(tmp)
+        if args.tiny:
+            run = build_run("configs/tiny/quickstart.yaml", scratch / "run")
+        elif args.make_run:
+            run = build_run("configs/quickstart.yaml", Path(args.run_dir))
+        else:
+            run = Path(args.run_dir)
+        sft = run / "sft" / "model"
+        rm = ensemble_reward(run, args.ensemble_size, scratch / "reward_ensemble")
+        for seed in args.seeds:
+            for arm, overrides in ARMS.items():
+                out = scratch / f"{arm}_{seed}"
+                cfg = load_config(PolicyConfig, configs / "policy.yaml", {
+                    "model_name_or_path": str(sft), "reward_model": str(rm), "reward_fn": "",
+                    "normalize_rewards": "true", "output_dir": str(out), "seed": str(seed), "sample_every": "0",
+                    "num_updates": str(args.num_updates), "learning_rate": str(args.learning_rate),
+                    "probe_every": str(args.probe_every), **overrides})
+                metrics = policy_train(cfg)
+                result["runs"].append({"arm": arm, "seed": seed, "curve": curve(out / "log.jsonl"),
+                                       "seconds": metrics["policy/seconds"]})
+    summarise(result)
+    print_table(result)
+    return finish(result, args.out, argv)
+
+
+def summarise(result: dict) -> None:
+    """Per arm and probed step: mean and sd over seeds; the SFT policy's gold interval; the targets."""
+    per_arm = {}
+    for arm in ARMS:
+        runs = [r["curve"] for r in result["runs"] if r["arm"] == arm]
+        steps = [c["step"] for c in runs[0]] if runs else []
+        per_arm[arm] = [{"step": s, **{k: mean_sd([c[i][k] for c in runs]) for k in ("proxy", "gold", "kl")}}
+                        for i, s in enumerate(steps)]
+    result["summary"] = per_arm
+    # Before the first update both arms probe the same SFT policy with the same draws (per seed): one value
+    sft_gold = [r["curve"][0]["gold"] for r in result["runs"] if r["arm"] == "unguarded"]
+    sft = t_interval(sft_gold) if sft_gold else None
+    final = {arm: t_interval([r["curve"][-1]["gold"] for r in result["runs"] if r["arm"] == arm]) for arm in ARMS}
+    result["sft_gold"], result["final_gold"] = sft, final
+    result["targets"] = {
+        "guarded_final_gold_not_below_sft_lower_bound":
+            None if sft is None or sft["ci95"] is None else final["guarded"]["mean"] >= sft["low"],
+        "unguarded_final_gold_below_sft_mean": None if sft is None else final["unguarded"]["mean"] < sft["mean"],
+    }
+
+
+def print_table(result: dict) -> None:
+    fmt = lambda ms: f"{ms[0]:7.3f} ± {ms[1]:5.3f}"
+    print(f"\nOver-optimisation: {result['settings']['num_updates']} updates at lr {result['settings']['learning_rate']}, "
+          f"report seeds {result['report_seeds']} (mean ± sd over seeds)")
+    print(f"{'arm':<10} {'step':>4}  {'proxy':>15}  {'gold':>15}  {'KL':>15}")
+    for arm, rows in result["summary"].items():
+        for row in rows:
+            print(f"{arm:<10} {row['step']:>4}  {fmt(row['proxy'])}  {fmt(row['gold'])}  {fmt(row['kl'])}")
+    sft = result["sft_gold"]
+    if sft:
+        low = "n/a (one seed)" if sft["ci95"] is None else f"{sft['low']:.3f}"
+        print(f"SFT gold {sft['mean']:.3f}, lower 95% bound {low}")
+    for arm, f in result["final_gold"].items():
+        print(f"{arm}: final gold {f['mean']:.3f}" + ("" if f["ci95"] is None else f" ± {f['ci95']:.3f}"))
+    for name, ok in result["targets"].items():
+        print(f"target {name}: {'not decidable' if ok is None else ('met' if ok else 'MISSED')}")
+
+
+if __name__ == "__main__":
+    main()
