@@ -101,14 +101,16 @@ def entry(argv: list[str] | None = None) -> int:
     if code == 0:
         from rlhf.distributed import leave_process_group
 
-        if leave_process_group():
-            # Objects that outlive the group (a DDP-wrapped model keeps its process group) are torn down at
-            # interpreter exit, after the peers have closed their connections; gloo can then abort the rank
-            # ("terminate called without an active exception", exit -6) although every file is written. Every
-            # artefact is on disk (fsio writes are durable) and the trackers are closed (RunLogger.finish):
-            # flush and leave without the interpreter's teardown.
+        import os
+
+        if leave_process_group() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # A rank of a launched run. Objects that outlive the group (a DDP-wrapped model keeps its process
+            # group) are torn down at interpreter exit, after the peers have closed their connections; gloo can
+            # then abort the rank ("terminate called without an active exception", exit -6) although every
+            # file is written. Every artefact is on disk (fsio writes are durable) and the trackers are closed
+            # (RunLogger.finish): flush and leave without the interpreter's teardown. (Never in a process that
+            # runs commands in-process, such as the tests': they are not launched ranks.)
             import logging
-            import os
 
             logging.shutdown()
             sys.stdout.flush()

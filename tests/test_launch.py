@@ -242,3 +242,29 @@ def test_a_command_leaves_its_process_group_after_success_only(tmp_path):
     join("entry")
     assert entry(["launch", "--list"]) == 0
     assert not dist.is_initialized()
+
+
+def test_a_launched_rank_leaves_without_the_interpreter_teardown(tmp_path):
+    """A rank of a launched run (WORLD_SIZE > 1) that has left its group exits at once with code 0, its
+    output flushed, skipping the interpreter's teardown (where gloo could abort the rank); the same command
+    in a plain process returns to its caller."""
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, os, sys
+import torch.distributed as dist
+from rlhf.cli import entry
+atexit.register(lambda: print("TEARDOWN RAN", flush=True))
+dist.init_process_group("gloo", store=dist.FileStore({str(tmp_path / 'store')!r}, 1), rank=0, world_size=1)
+code = entry(["launch", "--list"])
+print("RETURNED", code, dist.is_initialized(), flush=True)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for world, returned in (("2", False), ("1", True)):
+        (tmp_path / "store").unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, "-c", script], env={**env, "WORLD_SIZE": world}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "single_gpu" in proc.stdout  # the command's own output came out whole
+        assert ("RETURNED 0 False" in proc.stdout) == returned and ("TEARDOWN RAN" in proc.stdout) == returned
