@@ -143,8 +143,8 @@ def inputs_of(stage: str, cfg) -> dict[str, str]:
     out: dict[str, str] = {}
     neutral = neutral_fields(stage)
     for f in dataclasses.fields(cfg):
-        if f.name in neutral:
-            continue
+        if f.name in neutral or (f.name.startswith("probe_") and not getattr(cfg, "probe_every", 0)):
+            continue  # (the policy's probe files are read only when it probes)
         value = getattr(cfg, f.name)
         if f.name in ("reward_fn", "probe_gold_fn") and value:  # comma-separated 'module:function' specs
             specs = [x.strip() for x in value.split(",") if x.strip()]

@@ -129,6 +129,16 @@ def test_reward_fn_module_and_model_directories_are_keyed_by_content(tmp_path, m
     third, _ = key_of("policy", cfg)
     (model / "log.jsonl").write_text("{}\n")  # run bookkeeping is not part of the model
     assert len({first, second, third}) == 3 and key_of("policy", cfg)[0] == third
+    # the probe's prompt file and gold-judge module count when the policy probes, and only then
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text('{"prompt": "What is 1 + 1?", "reference": "2"}\n')
+    probed = load_config(PolicyConfig, ROOT / "configs/tiny/policy.yaml",
+                         {"reward_fn": "my_reward:score", "model_name_or_path": str(model),
+                          "output_dir": str(tmp_path / "p"), "probe_every": "2", "probe_prompts": str(probe)})
+    key, inputs = key_of("policy", probed)
+    assert set(inputs) == {"reward_fn", "model_name_or_path", "prompts", "probe_prompts", "probe_gold_fn"}
+    probe.write_text('{"prompt": "What is 1 + 2?", "reference": "3"}\n')
+    assert key_of("policy", probed)[0] != key and key_of("policy", cfg)[0] == third
 
 
 def test_only_records_what_the_stage_consumed(tmp_path):
