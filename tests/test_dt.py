@@ -247,8 +247,17 @@ def test_cli_data_train_evaluate(tmp_path, capsys):
                      "--episodes", "2"]) == 0
     result = json.loads((ev / "eval.json").read_text())
     assert [row["target"] for row in result["results"]] == [10.0, 40.0]
-    assert all(len(row["returns"]) == 2 and 1 <= min(row["returns"]) <= max(row["returns"]) <= 40
-               for row in result["results"])
+    returns = [row["returns"] for row in result["results"]]
+    assert [len(r) for r in returns] == [2, 2]
+    # the same seed replays the same episodes; capped at 5 steps, they agree step by step with the uncapped ones
+    # up to the cap, so each CartPole return (1 per step) is the uncapped one cut at 5
+    assert cli_main(["dt", "evaluate", "--model", str(tr / "model"), "--output_dir", str(tmp_path / "ev5"),
+                     "--targets", "10,40", "--episodes", "2", "--max_episode_steps", "5"]) == 0
+    capped = [row["returns"] for row in json.loads((tmp_path / "ev5" / "eval.json").read_text())["results"]]
+    assert capped == [[min(x, 5.0) for x in r] for r in returns]
+    assert cli_main(["dt", "evaluate", "--model", str(tr / "model"), "--output_dir", str(tmp_path / "ev40"),
+                     "--targets", "10,40", "--episodes", "2"]) == 0
+    assert [row["returns"] for row in json.loads((tmp_path / "ev40" / "eval.json").read_text())["results"]] == returns
     assert cli_main(["dt", "train", "--dataset", str(tmp_path / "missing")]) == 2
     assert "dataset.npz" in capsys.readouterr().err
 
