@@ -215,6 +215,9 @@ def test_data_is_reproducible_and_round_trips(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"intro": "x", "turns": []}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         load_jsonl(tmp_path / "bad.jsonl")
+    (tmp_path / "torn.jsonl").write_text(json.dumps(a[0]) + "\n\n" + '{"intro": "x", "turns": [' + "\n")
+    with pytest.raises(ValueError, match="torn.jsonl:3: .*malformed JSON"):
+        load_jsonl(tmp_path / "torn.jsonl")
 
 
 def test_token_batch_marks_agent_tokens_and_utterance_ends():

@@ -161,16 +161,18 @@ def load_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trajectory file not found: {path} (write one with `rlhf dialogue data`)")
+    from rlhf.jsonl import scan
+
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for line in scan(path, strict=True):  # the toolkit's one JSONL reader, its rules for given data
         try:
-            rec = json.loads(line)
-            rec["turns"][0]["utterance"]
+            if line.reason:
+                raise ValueError(line.message)
+            line.value["turns"][0]["utterance"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise ValueError(f"{path}:{n}: not a trajectory (needs intro and a non-empty turns list)") from None
-        out.append(rec)
+            raise ValueError(f"{path}:{line.number}: not a trajectory (needs intro and a non-empty turns "
+                             f"list{'; ' + line.reason if line.reason else ''})") from None
+        out.append(line.value)
     return out
 
 
