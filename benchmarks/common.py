@@ -170,3 +170,16 @@ def finish(results: dict, out: str | Path, argv: list[str] | None = None, script
     write_json(results, out)
     print(json.dumps(results, default=str), flush=True)
     return results
+
+
+def upstream_run(tiny: bool, make_run: bool, run_dir: str, scratch: Path) -> Path:
+    """A finished run of the pipeline up to the reward model (sft, collect, label, reward): a tiny one built in
+    `scratch`, the quickstart's built (or completed: done stages are skipped) in `run_dir`, or `run_dir` as it is."""
+    if not (tiny or make_run):
+        return Path(run_dir)
+    from rlhf.pipeline import main as run_main
+
+    pipeline, out = ("configs/tiny/quickstart.yaml", scratch / "run") if tiny else ("configs/quickstart.yaml",
+                                                                                  Path(run_dir))
+    run_main([pipeline, "--output_dir", str(out), "--only", "sft,collect,label,reward"])
+    return out

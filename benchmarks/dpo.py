@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish, t_interval  # noqa: E402
+from benchmarks.common import finish, t_interval, upstream_run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,14 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.out = args.out or str(ROOT / f"benchmarks/results/dpo{'_tiny' if args.tiny else ''}.json")
     return args
-
-
-def build_run(pipeline: str, out: Path) -> Path:
-    """The pipeline's stages up to the reward model, in `out` (stages already done there are skipped)."""
-    from rlhf.pipeline import main as run_main
-
-    run_main([pipeline, "--output_dir", str(out), "--only", "sft,collect,label,reward"])
-    return out
 
 
 def trl_dpo(cfg, records: list[dict], scratch: Path) -> dict:
@@ -111,12 +103,7 @@ def main(argv=None) -> dict:
     result = {"benchmark": "dpo", "tiny": args.tiny, "seeds": args.seeds, "per_seed": [], "trl": None}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-dpo-") as tmp:
         scratch = Path(tmp)
-        if args.tiny:
-            run = build_run("configs/tiny/quickstart.yaml", scratch / "run")
-        elif args.make_run:
-            run = build_run("configs/quickstart.yaml", Path(args.run_dir))
-        else:
-            run = Path(args.run_dir)
+        run = upstream_run(args.tiny, args.make_run, args.run_dir, scratch)
         sft, rm = run / "sft" / "model", run / "reward" / "model"
         reward_cfg = read_yaml(run / "reward" / "config.yaml")  # the pairs (labels) the reward model saw
         pairs, max_pairs = reward_cfg["train_pairs"], reward_cfg.get("max_train_pairs", 0)

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish, mean_sd, t_interval  # noqa: E402
+from benchmarks.common import finish, mean_sd, t_interval, upstream_run  # noqa: E402
 
 ARMS = {"unguarded": {"reward_aggregate": "mean"}, "guarded": {"reward_aggregate": "lcb", "reward_lcb_k": "1"}}
 
@@ -56,14 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.out = args.out or str(ROOT / f"benchmarks/results/overoptimisation{'_tiny' if args.tiny else ''}.json")
     return args
-
-
-def build_run(pipeline: str, out: Path) -> Path:
-    """The pipeline's stages up to the reward model, in `out` (stages already done there are skipped)."""
-    from rlhf.pipeline import main as run_main
-
-    run_main([pipeline, "--output_dir", str(out), "--only", "sft,collect,label,reward"])
-    return out
 
 
 def ensemble_reward(run: Path, size: int, out: Path) -> Path:
@@ -100,12 +92,7 @@ def main(argv=None) -> dict:
               "runs": []}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-overopt-") as tmp:
         scratch = Path(tmp)
-        if args.tiny:
-            run = build_run("configs/tiny/quickstart.yaml", scratch / "run")
-        elif args.make_run:
-            run = build_run("configs/quickstart.yaml", Path(args.run_dir))
-        else:
-            run = Path(args.run_dir)
+        run = upstream_run(args.tiny, args.make_run, args.run_dir, scratch)
         sft = run / "sft" / "model"
         rm = ensemble_reward(run, args.ensemble_size, scratch / "reward_ensemble")
         for seed in args.seeds:
