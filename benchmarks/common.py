@@ -6,6 +6,10 @@ to the results, writes them to `out` (atomically: a temporary name, then a renam
 line of output, one JSON object. The command is what remakes `out`: `python benchmarks/<script>.py <args>`,
 with paths inside the repository written relative to it (tests/test_benchmarks.py parses every recorded
 command with its script's `parse_args`).
+
+A learning result records which seeds chose its settings and which it reports on (`seed_record`, the
+protocol of benchmarks/README.md): settings are chosen on selection seeds, figures reported on report seeds
+never used for a choice, with intervals over seeds (`t_interval`; `paired` where two methods share a seed).
 """
 
 from __future__ import annotations
@@ -60,6 +64,31 @@ def machine() -> dict:
     return info
 
 
+# ------------------------------------------------------------------------------------------ seeds
+
+# Seeds 0-5, and the evaluation episodes seeded from them, are selection seeds: configurations, features and
+# hyperparameters were chosen on them. Report seeds start at 100 and are never used for a choice.
+SELECTION_SEEDS = (0, 1, 2, 3, 4, 5)
+REPORT_SEEDS = (100, 101, 102)
+SEED_RECORD_KEYS = {"selection", "report", "disjoint", "note"}
+
+
+def seed_record(report, selection=SELECTION_SEEDS, note: str = "") -> dict:
+    """The `seeds` field of a learning results file: the seeds its settings were chosen on (`selection`) and the
+    seeds its figures come from (`report`). `disjoint` is False when a run reports on a selection seed (a smoke
+    run, or a rerun of a figure made before the protocol): such figures are not report figures."""
+    report, selection = [int(s) for s in report], sorted({int(s) for s in selection})
+    return {"selection": selection, "report": report, "disjoint": not set(report) & set(selection), "note": note}
+
+
+def check_seed_record(record) -> None:
+    """Refuse a `seeds` field that is not a `seed_record` (a bare list says nothing of selection vs report)."""
+    if not (isinstance(record, dict) and set(record) == SEED_RECORD_KEYS
+            and all(isinstance(record[k], list) for k in ("selection", "report"))):
+        raise ValueError(f"results['seeds'] must be benchmarks.common.seed_record(...) "
+                         f"({sorted(SEED_RECORD_KEYS)}), not {record!r}")
+
+
 # ------------------------------------------------------------------------------------------ statistics
 
 # two-sided 95% quantiles of Student's t by degrees of freedom; the normal 1.96 beyond 30 (within 4%)
@@ -88,6 +117,16 @@ def t_interval(xs) -> dict:
         return {"mean": m, "ci95": None, "low": math.nan, "high": math.nan, "n": len(xs)}
     half = T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
     return {"mean": m, "ci95": half, "low": m - half, "high": m + half, "n": len(xs)}
+
+
+def paired(a, b) -> dict:
+    """`t_interval` of the per-seed differences a[i] - b[i] of two methods run on the same seeds (paired: the
+    seed's shared data and episodes cancel), with the differences themselves."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired: {len(a)} and {len(b)} values (one per shared seed, at least one)")
+    diffs = [x - y for x, y in zip(a, b)]
+    return {**t_interval(diffs), "differences": diffs}
 
 
 def proportion_ci95(p: float, n: int) -> float:
@@ -164,7 +203,9 @@ def write_json(results: dict, out: str | Path) -> Path:
 
 def finish(results: dict, out: str | Path, argv: list[str] | None = None, script: str | Path | None = None) -> dict:
     """Record the command and the machine (keeping any machine fields the script recorded itself), write
-    `out`, print the one-line JSON last."""
+    `out`, print the one-line JSON last. A `seeds` field must be a `seed_record`."""
+    if "seeds" in results:
+        check_seed_record(results["seeds"])
     results = {**results, "command": command(argv, script),
                "machine": {**machine(), **results.get("machine", {})}}
     write_json(results, out)

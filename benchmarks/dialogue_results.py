@@ -1,7 +1,7 @@
 """Dialogue RL results: BC, filtered BC, MC, ILQL and the utterance-level (CHAI-style) agent, offline on
 scripted data, on the guessing game and the double-T text maze, over several seeds.
 
-    python benchmarks/dialogue_results.py                                  # seeds 1 2 3, guess and maze
+    python benchmarks/dialogue_results.py                                  # report seeds 100 101 102, guess and maze
     python benchmarks/dialogue_results.py --seeds 1 --envs guess --episodes 40 --bc_steps 30 \
         --value_steps 100 --val_episodes 40 --out /tmp/dialogue_smoke.json   # a smoke run
     python benchmarks/dialogue_results.py --env_overrides \
@@ -26,10 +26,12 @@ on the reported ones; its cost is counted in ILQL's training compute. Every agen
 test episodes (episode seeds 10^6 (seed + 1) + i, disjoint from the data's) with sampling at temperature 1.
 
 `--agents` runs a subset (the target is then not judged). `--env_overrides ENV:KEY=VALUE,...` gives one
-environment settings of its own (each environment's settings are recorded with its results). Intervals: "ci95" over seeds is a t interval of the per-seed means; "pooled" is a normal interval
-over all episodes of all seeds. The target (value-based agents beat BC and filtered BC on success rate) is
-met for a pair when the value agent's success is higher in every seed and the 95% normal interval of the
-pooled difference of success rates lies above 0.
+environment settings of its own (each environment's settings are recorded with its results). Intervals are over
+seeds, never over pooled episodes (the episodes of one seed share its data and LM): "ci95" is the half-width of
+a 95% t interval of the per-seed means, and a comparison of two agents is paired, a t interval of the per-seed
+differences (both agents play the same seed's data and episodes). The target (value-based agents beat BC and
+filtered BC on success rate) is met for a pair when the value agent's success is higher in every seed and the
+paired interval lies above 0.
 
 Maze score: normalised = 100 * (R - R_random) / (R_optimal - R_random), with R_random the mean return of the
 uniform random mover (the four moves) and R_optimal that of the shortest-path mover, both measured on 2000
@@ -39,7 +41,9 @@ evaluation), its optimiser steps, its parameter counts and its LM token forwards
 trunk: training, with a backward each; features and candidates; acting, per episode). The behaviour-cloned
 LM is shared by BC, bc_top_p, MC, ILQL and CHAI; its cost is listed with each.
 
-Settings were chosen on data seed 0 with its own evaluation episodes (seed 0 is never reported): the LM
+Seeds (benchmarks/README.md, "Protocol"): the settings below were chosen on selection seeds, data seed 0 with its
+own evaluation episodes and, for ILQL's targets, also seeds 1-3's test episodes; the default seeds (100, 101,
+102) are report seeds, never used for a choice, and the results file records the split (`seeds`). The LM
 (2 x 128, 800 steps; 2 x 64 and 1500 steps gave BC the same success), the conservative weight (0.1; 1.0
 halved CHAI's success), CHAI's k (8 and 16 tied; 8) and ILQL's nucleus (top-p 1.0 / 0.9 / 0.8 / 0.7 / 0.6
 tried; 0.8), and ILQL's targets: the one-step per-token target (`--ilql_bootstrap token`, with CQL 0.1 or
@@ -66,7 +70,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish, proportion_ci95, t_interval  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, paired, seed_record, t_interval  # noqa: E402
 from rlhf.dialogue.agents import Agent, evaluate, scripted_return  # noqa: E402
 from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q  # noqa: E402
 from rlhf.dialogue.data import Encoder, generate, top_fraction  # noqa: E402
@@ -216,21 +220,18 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
 
 
 def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
-    """Per agent over the seeds it ran on ("seeds"); each comparison over the seeds both agents ran on. A
-    comparison is "met" only over every seed of the environment; the target is None unless all its pairs
-    were measured on every seed."""
+    """Per agent over the seeds it ran on ("seeds"), t intervals of the per-seed means; each comparison paired
+    over the seeds both agents ran on (a t interval of the per-seed differences). A comparison is "met" only
+    over every seed of the environment; the target is None unless all its pairs were measured on every seed."""
     all_seeds = sorted(per_seed)
     summary: dict = {}
     agents = [a for a in args.agents if any(a in per_seed[s] for s in all_seeds)]
     for a in agents:
         seeds = [s for s in all_seeds if a in per_seed[s]]
         rows = [per_seed[s][a] for s in seeds]
-        n = args.episodes * len(seeds)
-        pooled = sum(r["successes"] for r in rows) / n
         summary[a] = {
             "seeds": seeds,
             "success": t_interval([r["success"] for r in rows]),
-            "success_pooled": {"mean": pooled, "ci95": proportion_ci95(pooled, n)},
             "return": t_interval([r["return"] for r in rows]),
             "turns": t_interval([r["turns"] for r in rows]),
             "compute": {k: statistics.fmean(r["compute"].get(k, 0.0) for r in rows)
@@ -245,12 +246,12 @@ def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
         seeds = [s for s in all_seeds if v in per_seed[s] and b in per_seed[s]]
         if not seeds:
             continue
-        n = args.episodes * len(seeds)
-        p1, p2 = (sum(per_seed[s][a]["successes"] for s in seeds) / n for a in (v, b))
-        half = math.hypot(proportion_ci95(p1, n), proportion_ci95(p2, n))  # independent samples
-        every = all(per_seed[s][v]["success"] > per_seed[s][b]["success"] for s in seeds)
-        comparisons[f"{v}>{b}"] = {"difference": p1 - p2, "ci95": half, "higher_every_seed": every,
-                                   "seeds": seeds, "met": every and p1 - p2 - half > 0 and seeds == all_seeds}
+        d = paired([per_seed[s][v]["success"] for s in seeds], [per_seed[s][b]["success"] for s in seeds])
+        every = all(x > 0 for x in d["differences"])
+        above = d["ci95"] is not None and d["low"] > 0  # one seed: no interval, not met
+        comparisons[f"{v}>{b}"] = {"difference": d["mean"], "ci95": d["ci95"], "low": d["low"], "high": d["high"],
+                                   "per_seed": d["differences"], "higher_every_seed": every, "seeds": seeds,
+                                   "met": every and above and seeds == all_seeds}
     summary["comparisons"] = comparisons
     pairs = [f"{v}>{b}" for v in ("ilql", "chai") for b in BASELINES]
     measured = all(p in comparisons and comparisons[p]["seeds"] == all_seeds for p in pairs)
@@ -264,7 +265,7 @@ def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
         return f"{d['mean']:.{p}f}" + (f" ± {d['ci95']:.{p}f}" if d.get("ci95") is not None else "")
     lines = [f"\n{env}: scripted references (exact policies, no noise): "
              + ", ".join(f"{k} {v:+.3f}" for k, v in refs.items())]
-    head = f"{'agent':<18} {'success (seeds)':>18} {'success (pooled)':>18} {'return':>18} {'turns':>14}"
+    head = f"{'agent':<18} {'success (seeds)':>18} {'return':>18} {'turns':>14}"
     if env.startswith("maze"):
         head += f" {'normalised':>16}"
     head += (f" {'train s':>8} {'cpu s':>6} {'eval s':>7} {'steps (lm+head)':>16} {'params (lm+head)':>17}"
@@ -274,8 +275,7 @@ def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
         s = summary[a]
         c = {"lm_token_forwards": math.nan, "eval_token_forwards_per_episode": math.nan,
              **s["compute"]}  # results of earlier code did not count token forwards
-        row = (f"{a:<18} {fmt(s['success']):>18} {fmt(s['success_pooled']):>18} {fmt(s['return']):>18} "
-               f"{fmt(s['turns'], 2):>14}")
+        row = f"{a:<18} {fmt(s['success']):>18} {fmt(s['return']):>18} {fmt(s['turns'], 2):>14}"
         if env.startswith("maze"):
             row += f" {fmt(s['normalised_score'], 1):>16}"
         row += (f" {c['train_seconds']:>8.0f} {c['train_cpu_seconds']:>6.0f} {c['eval_seconds']:>7.0f} "
@@ -292,10 +292,11 @@ def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
     chosen = [per_seed[s]["ilql"].get("beta_selection", {}).get("chosen") for s in seeds if "ilql" in per_seed[s]]
     if any(c is not None for c in chosen):
         lines.append(f"  ilql beta chosen per seed on validation episodes: {chosen}")
-    lines.append("comparisons on success (pooled difference ± 95%, higher in every seed):")
+    lines.append("comparisons on success (paired: mean per-seed difference ± 95% t over seeds, higher in every seed):")
     for k, v in summary["comparisons"].items():
         some = "" if len(v["seeds"]) == len(seeds) else f"  (seeds {', '.join(map(str, v['seeds']))} only)"
-        lines.append(f"  {k:<24} {v['difference']:+.3f} ± {v['ci95']:.3f}  every seed: {v['higher_every_seed']}"
+        half = "(one seed)" if v["ci95"] is None else f"± {v['ci95']:.3f}"
+        lines.append(f"  {k:<24} {v['difference']:+.3f} {half}  every seed: {v['higher_every_seed']}"
                      f"  -> {'met' if v['met'] else 'not met'}{some}")
     verdict = {True: "MET", False: "NOT MET",
                None: "not measured (not every agent ran on every seed)"}[summary["target_met"]]
@@ -324,7 +325,8 @@ def env_overrides(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, dic
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(REPORT_SEEDS),
+                   help="Report seeds (data, LMs and episodes); 0-5 are the selection seeds the settings were chosen on.")
     p.add_argument("--envs", nargs="+", default=["guess", "maze"], choices=["guess", "maze", "maze_po"])
     p.add_argument("--episodes", type=int, default=300, help="Evaluation episodes per agent and seed.")
     p.add_argument("--episodes_per_policy", type=int, default=400)
@@ -382,13 +384,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def seed_split(args: argparse.Namespace) -> dict:
+    """Which seeds chose the settings and which this run reports on (benchmarks/README.md, "Protocol")."""
+    return seed_record(args.seeds, note="Settings chosen on data seed 0 and its evaluation episodes; ILQL's "
+                       "targets also on seeds 1-3's test episodes. Report seeds: 100 and up.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = build_tiny_tokenizer()
     start = time.time()
     shared = {k: v for k, v in vars(args).items() if k != "overrides"}
-    results: dict = {"config": shared, "envs": {}}
+    results: dict = {"seeds": seed_split(args), "config": shared, "envs": {}}
     texts = []
     for env in args.envs:
         env_args = argparse.Namespace(**{**vars(args), **args.overrides.get(env, {})})

@@ -3,7 +3,7 @@ plus TRL's DPOTrainer run directly on the same pairs and settings (the wrapper's
 
     python benchmarks/dpo.py --make_run                    # the quickstart's sft..reward, then 3 seeds (CPU: long)
     python benchmarks/dpo.py                               # 3 seeds on a finished runs/quickstart
-    python benchmarks/dpo.py --tiny --seeds 0,1            # a smoke run on the tiny test model, in minutes
+    python benchmarks/dpo.py --tiny --seeds 100,101        # a smoke run on the tiny test model, in minutes
 
 What is compared, from `--run_dir` (a finished `rlhf run`: its sft/model, label/pairs.jsonl and reward/model):
 
@@ -18,7 +18,12 @@ What is compared, from `--run_dir` (a finished `rlhf run`: its sft/model, label/
   steps, max_length), timed from construction to the end of `train()`, against `rlhf dpo`'s own wall time.
 
 Across seeds each method's gold score is summarised by its mean and a t interval over the seeds; "wins" is the
-method whose seed-mean is higher, stated with whether the two intervals overlap. Prints a table, then, as the
+method whose seed-mean is higher, stated with the paired 95% t interval of the per-seed differences (RLHF and DPO
+share each seed's SFT policy, prompts and draws) and whether it excludes 0.
+
+Seeds (benchmarks/README.md, "Protocol"): the policy stage's settings (configs/policy.yaml) were chosen on seeds
+0 and 1, selection seeds; the default seeds 100-102 are report seeds, never used for a choice, and the JSON
+records the split (`seeds`). Prints a table, then, as the
 last line, one JSON object, also written to --out. Heavy runs go one at a time: `flock /tmp/rlhf-heavy.lock python benchmarks/dpo.py`.
 """
 
@@ -36,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish, t_interval, upstream_run  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, paired, seed_record, t_interval, upstream_run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,13 +52,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "sft,collect,label,reward` into --run_dir (stages already done there are skipped).")
     p.add_argument("--tiny", action="store_true", help="Build a tiny run first (configs/tiny/quickstart.yaml, "
                    "sft..reward) in a scratch directory and use the tiny configs: a smoke run.")
-    p.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds (training and evaluation sampling).")
+    p.add_argument("--seeds", default=",".join(map(str, REPORT_SEEDS)), help="Comma-separated report seeds "
+                   "(training and evaluation sampling); 0-5 are the selection seeds.")
     p.add_argument("--skip_trl", action="store_true", help="Leave out TRL's DPOTrainer run.")
     p.add_argument("--out", default="", help="JSON output (default benchmarks/results/dpo.json; tiny: dpo_tiny.json).")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.out = args.out or str(ROOT / f"benchmarks/results/dpo{'_tiny' if args.tiny else ''}.json")
     return args
+
+
+def seed_split(args: argparse.Namespace) -> dict:
+    """Which seeds chose the settings and which this run reports on (benchmarks/README.md, "Protocol")."""
+    return seed_record(args.seeds, note="The policy stage's settings chosen on seeds 0 and 1. Report seeds: 100 "
+                       "and up.")
 
 
 def trl_dpo(cfg, records: list[dict], scratch: Path) -> dict:
@@ -100,7 +112,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     os.chdir(ROOT)  # the configs' relative data paths
     configs = ROOT / ("configs/tiny" if args.tiny else "configs")
-    result = {"benchmark": "dpo", "tiny": args.tiny, "seeds": args.seeds, "per_seed": [], "trl": None}
+    result = {"benchmark": "dpo", "tiny": args.tiny, "seeds": seed_split(args), "per_seed": [], "trl": None}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-dpo-") as tmp:
         scratch = Path(tmp)
         run = upstream_run(args.tiny, args.make_run, args.run_dir, scratch)
@@ -149,9 +161,10 @@ def main(argv=None) -> dict:
     g_r, g_d = summary["rlhf"]["gold"], summary["dpo"]["gold"]
     if g_r and g_d:
         winner = "tie" if g_r["mean"] == g_d["mean"] else "rlhf" if g_r["mean"] > g_d["mean"] else "dpo"
-        overlap = (None if math.isnan(g_r["low"]) else  # one seed: no interval
-                   not (g_r["low"] > g_d["high"] or g_d["low"] > g_r["high"]))
-        result["winner"] = {"method": winner, "intervals_overlap": overlap}
+        rows = [r for r in result["per_seed"] if r["rlhf"].get("gold") and r["dpo"].get("gold")]
+        diff = paired([r["rlhf"]["gold"]["mean"] for r in rows], [r["dpo"]["gold"]["mean"] for r in rows])
+        excludes_0 = None if diff["ci95"] is None else diff["low"] > 0 or diff["high"] < 0  # one seed: no interval
+        result["winner"] = {"method": winner, "rlhf_minus_dpo_gold": diff, "interval_excludes_0": excludes_0}
     fmt = lambda i: "-" if not i else (f"{i['mean']:.3f}" + ("" if math.isnan(i["low"]) else
                                                              f" [{i['low']:.3f}, {i['high']:.3f}]"))
     print(f"\n{'method':<6}  {'gold (seeds, 95% t)':<26}  {'win vs sft':<26}  {'KL to sft':<26}  train s")
@@ -159,9 +172,11 @@ def main(argv=None) -> dict:
         print(f"{name:<6}  {fmt(s['gold']):<26}  {fmt(s['win_rate_gold_vs_sft']):<26}  {fmt(s['kl_k1_to_sft']):<26}  "
               f"{fmt(s['seconds'])}")
     if "winner" in result:
-        overlap = result["winner"]["intervals_overlap"]
-        print(f"higher gold score: {result['winner']['method']} (intervals "
-              f"{'n/a: one seed' if overlap is None else 'overlap' if overlap else 'do not overlap'})")
+        w = result["winner"]
+        d = w["rlhf_minus_dpo_gold"]
+        print(f"higher gold score: {w['method']}; rlhf - dpo {d['mean']:+.3f} "
+              + ("(one seed: no interval)" if d["ci95"] is None else
+                 f"± {d['ci95']:.3f} (paired 95% t over seeds), {'excludes' if w['interval_excludes_0'] else 'covers'} 0"))
     if result["trl"]:
         t = result["trl"]
         print(f"TRL DPOTrainer directly (load, train, save): {t['wall_seconds']:.1f} s; rlhf dpo (the same, "

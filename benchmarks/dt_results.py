@@ -1,7 +1,7 @@
 """Decision Transformer results: achieved vs target return, against BC and filtered BC, over several seeds.
 
-    python benchmarks/dt_results.py                       # CartPole-v1, Pendulum-v1, pomdp/tmaze; seeds 0 1 2
-    python benchmarks/dt_results.py --envs pomdp/tmaze --seeds 0 --steps_scale 0.2   # a smoke run
+    python benchmarks/dt_results.py                       # CartPole-v1, Pendulum-v1, pomdp/tmaze; seeds 100-102
+    python benchmarks/dt_results.py --envs pomdp/tmaze --seeds 100 --steps_scale 0.2   # a smoke run
 
 For every task and seed: 1. generate the mixed-quality data set with that seed (`rlhf.dt.data.generate`),
 2. train three policies with the same network, context, optimiser and number of steps (`rlhf.dt.train.train`):
@@ -10,13 +10,17 @@ out the DT at each target return of a fixed list spanning the data set's range a
 the same evaluation seeds (`rlhf.dt.evaluate.rollout`; discrete actions sampled from the predicted
 distribution for all three methods, continuous actions the predicted mean).
 
-Reported per task (means over seeds of each seed's mean over episodes, ± the standard deviation over seeds):
-achieved return per target; the Spearman rank correlation of achieved with target return (per seed, then
-averaged); the DT at the highest target (fixed in advance: the top of the data set's range, no selection on
-results) and at its best target (the target with the highest mean over seeds, which selects among a few
-targets) against BC and filtered BC; "matches BC" allows 2% of the data set's return range, "close to filtered
+Reported per task (means over seeds of each seed's mean over episodes, ± the standard deviation over seeds;
+the comparisons with BC also as paired 95% t intervals of the per-seed differences): achieved return per
+target; the Spearman rank correlation of achieved with target return (per seed, then averaged); the DT at the
+highest target (fixed in advance: the top of the data set's range, no selection on results) and at its best
+target, chosen on validation episodes (the target with the highest mean over seeds on `--val_episodes` episodes
+of their own seeds, disjoint from the reported ones) against BC and filtered BC; "matches BC" allows 2% of the data set's return range, "close to filtered
 BC" means a gap of at most 10% of that range. The plot goes to
 benchmarks/results/dt_results.png, the JSON (last line of stdout) to benchmarks/results/dt_results.json.
+
+Seeds (benchmarks/README.md, "Protocol"): the task settings were chosen on seeds 0-2, selection seeds; the
+default seeds 100-102 are report seeds, never used for a choice, and the JSON records the split (`seeds`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish, mean_sd, spearman  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, mean_sd, paired, seed_record, spearman  # noqa: E402
 from rlhf.dt.data import generate  # noqa: E402
 from rlhf.dt.evaluate import rollout  # noqa: E402
 from rlhf.dt.model import DecisionTransformer  # noqa: E402
@@ -51,6 +55,9 @@ SETTINGS = {
                         max_steps=2000, targets=[-0.14, -0.06, 0.45, 0.94], episodes=30),
 }
 METHODS = ("dt", "bc", "filtered_bc")
+# validation episodes (the choice of the DT's best target) are rolled out from rollout seed VALIDATION + seed:
+# reset seeds disjoint from the reported episodes of every seed below VALIDATION
+VALIDATION = 5000
 
 
 def run_seed(env: str, seed: int, s: dict, args, workdir: Path) -> dict:
@@ -71,6 +78,10 @@ def run_seed(env: str, seed: int, s: dict, args, workdir: Path) -> dict:
         model = DecisionTransformer.load(run_dir / "model")
         targets = s["targets"] if method == "dt" else [0.0]
         returns = rollout(model, targets, s["episodes"], seed, sample_actions=True, progress=False)
+        if method == "dt":
+            val = rollout(model, targets, args.val_episodes or s["episodes"], VALIDATION + seed, sample_actions=True,
+                          progress=False)
+            out["dt_validation"] = [float(np.mean(r)) for r in val]
         out[method] = {"targets": targets if method == "dt" else None,
                        "achieved": [float(np.mean(r)) for r in returns],
                        "episode_std": [float(np.std(r)) for r in returns],
@@ -92,7 +103,7 @@ def summarise(env: str, s: dict, runs: list[dict]) -> dict:
     dt_cols = [mean_sd(dt[:, i], ddof=0) for i in range(dt.shape[1])]
     (bc_mean, bc_std), (fbc_mean, fbc_std) = mean_sd(bc, ddof=0), mean_sd(fbc, ddof=0)
     top = dt[:, -1]  # the highest target, fixed in advance
-    best_i = int(np.argmax(dt.mean(0)))
+    best_i = int(np.argmax(np.mean([r["dt_validation"] for r in runs], axis=0)))  # chosen on validation episodes
     best = dt[:, best_i]
     return {
         "targets": targets,
@@ -105,6 +116,8 @@ def summarise(env: str, s: dict, runs: list[dict]) -> dict:
         "spearman_per_seed": rho, "spearman_mean": float(np.mean(rho)),
         "rises": bool(np.mean(rho) > 0.5 and dt.mean(0)[-1] > dt.mean(0)[0]),
         "dt_best_minus_bc": float(best.mean() - bc.mean()),
+        "dt_best_minus_bc_paired": paired(best, bc), "dt_top_minus_bc_paired": paired(top, bc),
+        "dt_best_minus_filtered_bc_paired": paired(best, fbc),
         "dt_best_matches_bc": bool(best.mean() >= bc.mean() - 0.02 * (hi - lo)),
         "best_gap_to_filtered_bc_frac": float((fbc.mean() - best.mean()) / (hi - lo)),
         "best_close_to_filtered_bc": bool((fbc.mean() - best.mean()) <= 0.1 * (hi - lo)),
@@ -160,6 +173,11 @@ def print_table(summary: dict, seeds: list[int], top_fraction: float) -> None:
               f"{s['bc_mean']:.{d}f} -> matches BC: {s['dt_best_matches_bc']}; gap to filtered BC "
               f"{s['best_gap_to_filtered_bc_frac']:+.1%} of the data range -> close (<= 10%): "
               f"{s['best_close_to_filtered_bc']}")
+        for key, name in (("dt_best_minus_bc_paired", "DT best - BC"), ("dt_top_minus_bc_paired", "DT top - BC"),
+                          ("dt_best_minus_filtered_bc_paired", "DT best - filtered BC")):
+            if key in s:  # paired over seeds (results made before the protocol lack them)
+                half = "(one seed)" if s[key]["ci95"] is None else f"± {s[key]['ci95']:.{d}f}"
+                print(f"  {name}: {s[key]['mean']:+.{d}f} {half} (paired 95% t over seeds)")
         print(f"  DT at the highest target ({s['targets'][-1]:g}, fixed in advance) "
               f"{s['dt_top_target_mean']:.{d}f}: matches BC: {s['dt_top_matches_bc']}; gap to filtered BC "
               f"{s['gap_to_filtered_bc_frac']:+.1%} -> close: {s['close_to_filtered_bc']}")
@@ -168,7 +186,10 @@ def print_table(summary: dict, seeds: list[int], top_fraction: float) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=list(REPORT_SEEDS),
+                   help="Report seeds (data, training, episodes); 0-5 are the selection seeds.")
+    p.add_argument("--val_episodes", type=int, default=0, help="Validation episodes per target that choose the "
+                   "DT's best target (0: as many as the task's evaluation episodes).")
     p.add_argument("--top_fraction", type=float, default=0.1)
     p.add_argument("--steps_scale", type=float, default=1.0, help="Multiply every task's training steps.")
     p.add_argument("--threads", type=int, default=1)
@@ -179,11 +200,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def seed_split(args: argparse.Namespace) -> dict:
+    """Which seeds chose the settings and which this run reports on (benchmarks/README.md, "Protocol")."""
+    return seed_record(args.seeds, note="Task settings chosen on seeds 0-2; the DT's best target on validation "
+                       "episodes of the report seeds. Report seeds: 100 and up.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text())
-        print_table(result["summary"], result["seeds"], result["top_fraction"])
+        seeds = result["seeds"]["report"] if isinstance(result["seeds"], dict) else result["seeds"]
+        print_table(result["summary"], seeds, result["top_fraction"])
         print(json.dumps(result))
         return result
     torch.set_num_threads(args.threads)
@@ -196,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot(summary, Path(args.plot))
 
     print_table(summary, args.seeds, args.top_fraction)
-    result = {"name": "dt_results", "seeds": args.seeds, "top_fraction": args.top_fraction,
+    result = {"name": "dt_results", "seeds": seed_split(args), "top_fraction": args.top_fraction,
               "steps_scale": args.steps_scale, "settings": {e: SETTINGS[e] for e in args.envs},
               "summary": summary, "per_seed": raw, "seconds": time.time() - t0}
     return finish(result, args.out, argv)

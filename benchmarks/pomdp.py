@@ -2,8 +2,8 @@
 steps and wall time to a mean return of 475.
 
     pip install -e .[bench]                 # sb3-contrib (RecurrentPPO)
-    python benchmarks/pomdp.py              # rpg, drqn and RecurrentPPO, seeds 0-2 each, one run at a time
-    python benchmarks/pomdp.py --agents rpg,sb3 --seeds 1 --max_steps 100000
+    python benchmarks/pomdp.py              # rpg, drqn and RecurrentPPO, report seeds 100-102, one run at a time
+    python benchmarks/pomdp.py --agents rpg,sb3 --seeds 1 --first_seed 100 --max_steps 100000
 
 What runs, on the same environment (`rlhf.pomdp.envs.make_env("masked-cartpole")`: CartPole-v1 observing
 (x, theta) only):
@@ -27,6 +27,11 @@ run's metrics, no CPU time). Every side uses one torch thread. Wall times depend
 on a quiet machine, one run at a time, with CPU priority (e.g. `echo -10 > /proc/<pid>/autogroup`; the JSON
 records the autogroup's nice value), and compare the sides from the same run only.
 
+Seeds (benchmarks/README.md, "Protocol"): the toolkit's configs were chosen on seeds 0-5, selection seeds; the
+default seeds 100-102 are report seeds, never used for a choice, and the JSON records the split (`seeds`).
+Every side's count of seeds that reached 475 is given with its means; the means of steps and times cover only
+the seeds that reached it, with a 95% t interval over them.
+
 Prints a table and, as the last line, one JSON object; the JSON also goes to benchmarks/results/pomdp.json.
 """
 
@@ -46,7 +51,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, seed_record, t_interval  # noqa: E402
 from rlhf.config import load_config  # noqa: E402
 from rlhf.pomdp.envs import make_env  # noqa: E402
 from rlhf.pomdp.train import PomdpConfig, train  # noqa: E402
@@ -166,7 +171,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="rpg,drqn,sb3", help="Comma-separated: rpg, drqn, sb3.")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--first_seed", type=int, default=0, help="Seeds are first_seed .. first_seed + seeds - 1.")
+    parser.add_argument("--first_seed", type=int, default=REPORT_SEEDS[0],
+                        help="Seeds are first_seed .. first_seed + seeds - 1 (report seeds from 100; 0-5 are selection "
+                        "seeds).")
     parser.add_argument("--max_steps", type=int, default=200_000, help="RecurrentPPO's step budget (the toolkit's "
                         "runs take theirs from their YAML).")
     parser.add_argument("--eval_every", type=int, default=5000)
@@ -175,6 +182,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from_results", default=None, help="Take the toolkit's runs from this runs_dir of "
                         "benchmarks/pomdp_results.py (same configs and stopping rule) instead of training again.")
     return parser.parse_args(argv)
+
+
+def seed_split(args: argparse.Namespace) -> dict:
+    """Which seeds chose the configs and which this run reports on (benchmarks/README.md, "Protocol")."""
+    return seed_record(range(args.first_seed, args.first_seed + args.seeds),
+                       note="The toolkit's configs chosen on seeds 0-5; RecurrentPPO's settings are the RL Zoo's. "
+                       "Report seeds: 100 and up.")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -210,16 +224,18 @@ def main(argv: list[str] | None = None) -> dict:
         cpu = [r["cpu_seconds"] for r in hit if r.get("cpu_seconds") is not None]
         summary[side] = {"reached": f"{len(hit)}/{len(mine)}",
                          "env_steps_mean": float(np.mean([r["env_steps"] for r in hit])) if hit else None,
+                         "env_steps_ci95": t_interval([r["env_steps"] for r in hit])["ci95"] if hit else None,
                          "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in hit])) if hit else None,
                          "cpu_seconds_mean": float(np.mean(cpu)) if hit and len(cpu) == len(hit) else None}
     lines.append("")
     lines.append("mean over the seeds that reached 475:")
     for side, s in summary.items():
-        lines.append(f"  {side:<6} reached {s['reached']}, env steps {fmt(s['env_steps_mean'], '.0f')}, "
+        lines.append(f"  {side:<6} reached {s['reached']}, env steps {fmt(s['env_steps_mean'], '.0f')}"
+                     f" ± {fmt(s['env_steps_ci95'], '.0f')}, "
                      f"wall s {fmt(s['wall_seconds_mean'], '.1f')}, cpu s {fmt(s['cpu_seconds_mean'], '.1f')}")
     print("\n".join(lines))
-    result = {"target": TARGET, "eval_every": args.eval_every, "max_steps": args.max_steps, "runs": rows,
-              "summary": summary, "machine": {"autogroup_nice": autogroup_nice()},
+    result = {"seeds": seed_split(args), "target": TARGET, "eval_every": args.eval_every,
+              "max_steps": args.max_steps, "runs": rows, "summary": summary, "machine": {"autogroup_nice": autogroup_nice()},
               "configs": {side: f"configs/pomdp/train_{CONFIGS[side]}.yaml" for side in CONFIGS}}
     return finish(result, args.out, argv)
 

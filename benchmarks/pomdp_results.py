@@ -1,11 +1,11 @@
 """POMDP baselines over several seeds: every table of its results, remade by one command.
 
-    python benchmarks/pomdp_results.py                  # every row on its seeds (hours: run in the background)
+    python benchmarks/pomdp_results.py                  # every row on report seeds 100-102 (hours: background)
     python benchmarks/pomdp_results.py --reuse          # reuse finished runs under --runs_dir, train the rest
     python benchmarks/pomdp_results.py --skip_missing   # tabulate the finished runs only (no training)
-    python benchmarks/pomdp_results.py --groups tmaze,corridor,doors --seeds 0,1   # a subset, other seeds
+    python benchmarks/pomdp_results.py --groups tmaze,corridor,doors --seeds 103,104   # a subset, other seeds
 
-Every row is one config on its seeds (ROWS below; `--seeds` overrides them all); each run is `rlhf pomdp train
+Every row is one config on the report seeds (100, 101, 102; `--seeds` overrides them); each run is `rlhf pomdp train
 --config configs/pomdp/train_<config>.yaml --seed S --output_dir <runs_dir>/<config>-seed<S>`, so the YAMLs hold every
 hyperparameter. Groups:
 - masked_cartpole, flicker_cartpole: CartPole without velocities, and CartPole whose observation is blanked
@@ -13,9 +13,7 @@ hyperparameter. Groups:
   the config's `stop_at_return` or when its step budget runs out. The network of the best periodic evaluation
   is then re-measured here on 100 fresh episodes with the policy as it acts (greedy Q; policy-gradient agents
   sampling their actions) -- "fresh >= 475" counts the seeds whose fresh mean is >= 475 -- and, for the
-  policy-gradient agents, again taking their most likely action. DRQN on masked CartPole has three rows: seeds
-  0-2, which were looked at when tuning earlier DRQN configs, seeds 3-5 (run once with the previous config)
-  and seeds 6-8, never run before this config was fixed.
+  policy-gradient agents, again taking their most likely action.
 - tmaze: T-maze with a corridor of 5. Success rate of the final network on 200 fresh episodes, re-measured here.
 - corridor: the aliased corridor. Mean return of the final network on 1000 fresh episodes, re-measured here,
   and, for the memoryless agents, the
@@ -29,6 +27,10 @@ so runs trained at different times (`--reuse`) are measured alike; each row's JS
 finished training (`trained_utc`). Training runs can be spread over processes while working (e.g. two
 `--reuse --only <configs>` invocations side by side, then one `--skip_missing` invocation that measures and
 tabulates them all); the file in benchmarks/results/ comes from one plain invocation, which trains every row.
+
+Seeds (benchmarks/README.md, "Protocol"): the configs were chosen on seeds 0-5 (DRQN's on all six, the recurrent
+policy gradient's configs and flags on 0-2), which are selection seeds; the default seeds 100-102 were never
+used for a choice, and the JSON records the split (`seeds`). Intervals are 95% t intervals over seeds.
 
 Prints one table per group, then as the last line of stdout one JSON object with every figure (per seed); the
 JSON also goes to benchmarks/results/pomdp_results.json.
@@ -49,20 +51,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish, mean_sd  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, seed_record, t_interval  # noqa: E402
 from rlhf.config import load_config  # noqa: E402
 from rlhf.pomdp.envs import AliasedCorridor  # noqa: E402
 from rlhf.pomdp.train import PomdpConfig, evaluate_agent, load_agent, train  # noqa: E402
 
-SEEDS = (0, 1, 2)
-FRESH = (3, 4, 5)
-UNSEEN = (6, 7, 8)
+SEEDS = REPORT_SEEDS
 # group -> rows of (config name, seeds, note); a config may appear twice on disjoint seeds
 ROWS = {
     "masked_cartpole": [
-        ("masked_cartpole_drqn", SEEDS, "stops at 500; seeds seen tuning earlier configs"),
-        ("masked_cartpole_drqn", FRESH, "stops at 500; seeds 3-5"),
-        ("masked_cartpole_drqn", UNSEEN, "stops at 500; seeds never looked at before"),
+        ("masked_cartpole_drqn", SEEDS, "stops at 500"),
         ("masked_cartpole_rpg_gae_boot", SEEDS, "GAE(0.95), time limit bootstrapped, lr decay; stops at 500"),
         ("masked_cartpole_rpg_gae", SEEDS, "GAE(0.95), lr decay; stops at 500"),
         ("masked_cartpole_rpg_gae_lr1e3", SEEDS, "as rpg_gae, lr 1e-3 -> 1e-4; stops at 500"),
@@ -133,13 +131,13 @@ def corridor_policy(name: str, seed: int, runs_dir: Path) -> dict:
     return {"p_right_at_ends": float(p[0]), "exact_value": env.memoryless_value(p)}
 
 
-def mean_std(xs, fmt: str = ".3f") -> str:
-    """'mean +- std' over seeds (the population's standard deviation, ddof 0); one value as it is."""
+def mean_ci(xs, fmt: str = ".3f") -> str:
+    """'mean +- half-width' of the 95% t interval over seeds; one value as it is."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return "-"
-    mean, sd = mean_sd(xs, ddof=0)
-    return f"{mean:{fmt}} +- {sd:{fmt}}" if len(xs) > 1 else f"{xs[0]:{fmt}}"
+    t = t_interval(xs)
+    return f"{t['mean']:{fmt}} +- {t['ci95']:{fmt}}" if len(xs) > 1 else f"{xs[0]:{fmt}}"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -215,13 +213,13 @@ def cartpole_table(group: str, res: dict, notes: dict) -> str:
         n = len(e["seeds"])
         rows.append([key.split("@")[0], e["agent"], seeds_text(e["seeds"]), notes[key],
                      f"{sum(e['fresh_ge_475'])}/{n}",
-                     ", ".join(f"{x:.0f}" for x in e["fresh_return"]), mean_std(e["fresh_return"], ".1f"),
-                     mean_std(e.get("fresh_return_greedy", []), ".1f"),
+                     ", ".join(f"{x:.0f}" for x in e["fresh_return"]), mean_ci(e["fresh_return"], ".1f"),
+                     mean_ci(e.get("fresh_return_greedy", []), ".1f"),
                      f"{sum(x is not None for x in e['first_eval_475_at_step'])}/{n}",
-                     mean_std([x for x in e["first_eval_475_at_step"] if x is not None], ".0f"),
-                     mean_std(e["env_steps"], ".0f"), mean_std(e["train_seconds"], ".0f"), trained_text(e)])
+                     mean_ci([x for x in e["first_eval_475_at_step"] if x is not None], ".0f"),
+                     mean_ci(e["env_steps"], ".0f"), mean_ci(e["train_seconds"], ".0f"), trained_text(e)])
     return (f"{CARTPOLE_TITLES[group]}: the network of the best periodic evaluation on {FRESH_EPISODES} fresh "
-            "episodes, acting as in training (greedy Q; policy agents sample); mean +- std over seeds\n" + table(
+            "episodes, acting as in training (greedy Q; policy agents sample); mean +- 95% t over seeds\n" + table(
                 ["config", "agent", "seeds", "note", "fresh >= 475", "fresh return per seed", "fresh return",
                  "same, most likely action", "20-ep eval >= 475", "env steps to it", "env steps run", "train s",
                  "trained (UTC)"],
@@ -232,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", default="masked_cartpole,flicker_cartpole,tmaze,corridor,doors")
     parser.add_argument("--seeds", default="", help="Comma-separated seeds for every row (default: each row's own "
-                        "seeds, see ROWS; doors uses 0,1,2).")
+                        "seeds, see ROWS: the report seeds 100,101,102; 0-5 are selection seeds).")
     parser.add_argument("--runs_dir", default="runs/pomdp_results")
     parser.add_argument("--reuse", action="store_true", help="Reuse runs whose metrics.json exists.")
     parser.add_argument("--skip_missing", action="store_true", help="Tabulate finished runs only (implies "
@@ -241,6 +239,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "groups').")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp_results.json"))
     return parser.parse_args(argv)
+
+
+def seed_split(args: argparse.Namespace) -> dict:
+    """Which seeds chose the configs and which this run reports on (benchmarks/README.md, "Protocol")."""
+    override = [int(s) for s in args.seeds.split(",") if s]
+    report = override or sorted({s for rows in ROWS.values() for _, seeds, _ in rows for s in seeds})
+    return seed_record(report, note="Configs and flags chosen on seeds 0-5 (DRQN) and 0-2 (recurrent policy "
+                       "gradient); DRQN's seeds 6-8 were reported before the protocol. Report seeds: 100 and up.")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     override = tuple(int(s) for s in args.seeds.split(",") if s) or None
     only = {n for n in args.only.split(",") if n}
     runs_dir = Path(args.runs_dir)
-    results: dict = {"seeds_override": override, "groups": {}}
+    results: dict = {"seeds": seed_split(args), "seeds_override": override, "groups": {}}
     tables = []
     start = time.time()
 
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
             res = {case: {k: [r[case][k] for r in per_seed] for k in ("actual", "one_step", "history")}
                    for case in ("retry", "switch", "first_try")}
             results["groups"]["doors"] = {"seeds": list(seeds), **res}
-            rows = [[case, mean_std(v["actual"]), mean_std(v["one_step"]), mean_std(v["history"])]
+            rows = [[case, mean_ci(v["actual"]), mean_ci(v["one_step"]), mean_ci(v["history"])]
                     for case, v in res.items()]
             tables.append(f"Two doors: P(door opens) on held-out random-policy episodes (seeds {seeds_text(seeds)})"
                           "\n" + table(["step", "actual", "one-step (o,a)->o'", "history model"], rows))
@@ -286,10 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
         if group in CARTPOLE_TITLES:
             tables.append(cartpole_table(group, res, notes))
         elif group == "tmaze":
-            rows = [[n, e["agent"], seeds_text(e["seeds"]), mean_std(e["final_success"]),
-                     ", ".join(f"{x:.2f}" for x in e["final_success"]), mean_std(e["final_return"]),
-                     mean_std(e["train_seconds"], ".0f"), trained_text(e)] for n, e in res.items()]
-            tables.append("T-maze, corridor 5 (final network, 200 fresh episodes; mean +- std over seeds)\n" + table(
+            rows = [[n, e["agent"], seeds_text(e["seeds"]), mean_ci(e["final_success"]),
+                     ", ".join(f"{x:.2f}" for x in e["final_success"]), mean_ci(e["final_return"]),
+                     mean_ci(e["train_seconds"], ".0f"), trained_text(e)] for n, e in res.items()]
+            tables.append("T-maze, corridor 5 (final network, 200 fresh episodes; mean +- 95% t over seeds)\n" + table(
                 ["config", "agent", "seeds", "success rate", "per seed", "return", "train s", "trained (UTC)"],
                 rows))
         elif group == "corridor":
@@ -297,14 +303,14 @@ def main(argv: list[str] | None = None) -> dict:
             best = max(env.memoryless_value(p) for p in np.linspace(0, 1, 1001))
             results["groups"]["corridor_reference"] = {
                 "best_memoryless_value": best, "deterministic_memoryless_value": env.memoryless_value(1.0)}
-            rows = [[n, e["agent"], seeds_text(e["seeds"]), mean_std(e["final_return"]),
-                     mean_std(e.get("p_right_at_ends", [])), mean_std(e.get("exact_value", [])),
-                     mean_std(e["final_success"]), trained_text(e)] for n, e in res.items()]
+            rows = [[n, e["agent"], seeds_text(e["seeds"]), mean_ci(e["final_return"]),
+                     mean_ci(e.get("p_right_at_ends", [])), mean_ci(e.get("exact_value", [])),
+                     mean_ci(e["final_success"]), trained_text(e)] for n, e in res.items()]
             rows.append(["(exact) best memoryless", "p = 0.5", "-", f"{best:.3f}", "0.500", f"{best:.3f}", "1.000",
                          "-"])
             rows.append(["(exact) deterministic", "p = 0 or 1", "-", f"{env.memoryless_value(1.0):.3f}", "0 or 1",
                          f"{env.memoryless_value(1.0):.3f}", "0.500", "-"])
-            tables.append("Aliased corridor, 5 cells (final network, 1000 fresh episodes; mean +- std over seeds)\n" +
+            tables.append("Aliased corridor, 5 cells (final network, 1000 fresh episodes; mean +- 95% t over seeds)\n" +
                           table(["config", "agent", "seeds", "return", "P(right) at the ends",
                                  "exact value of policy", "success", "trained (UTC)"], rows))
 

@@ -13,6 +13,10 @@ came from these variants on one GPU (`benchmarks/results/quickstart_gpu_sweep.js
 on 2 CPU cores). `--run_base` first runs the pipeline into `--base` (`rlhf run <pipeline> --output_dir <base>`;
 stages already done there are skipped), so one command makes the whole results file.
 The last line is one JSON object, also written to benchmarks/results/quickstart_sweep.json (or `--out`).
+
+Seeds (benchmarks/README.md, "Protocol"): a sweep is a selection study, run on the pipeline's own seed (the
+configs' seed 0, a selection seed); what it finds is reported by other scripts on report seeds
+(benchmarks/overoptimisation.py). The JSON records the split (`seeds`: selection [0], no report seeds).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish  # noqa: E402
+from benchmarks.common import finish, seed_record  # noqa: E402
 
 # name -> (stages to rerun, --set overrides)
 VARIANTS = {
@@ -74,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def seed_split(args: argparse.Namespace) -> dict:
+    """The seed split (benchmarks/README.md, "Protocol"): a selection study on the configs' seed 0."""
+    return seed_record([], selection=[0], note="A selection study on the configs' seed 0: nothing here is a report "
+                       "figure.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     base = Path(args.base).resolve()  # the commands below run from the repository root
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['variant']:<24} {r['sampled_policy_reward']:>7.3f} {str(r['sampled_policy_gold']):>22} "
               f"{str(r['greedy_policy_gold']):>22} {str(r['sampled_win_rate_gold']):>22} "
               f"{r['sampled_kl_k1'][0]:>7.2f}")
-    result = {"benchmark": "quickstart_sweep", "base": str(base), "pipeline": args.pipeline,
+    result = {"benchmark": "quickstart_sweep", "seeds": seed_split(args), "base": str(base), "pipeline": args.pipeline,
               "eval_prompts": args.eval_prompts, "eval_samples": args.eval_samples, "variants": rows}
     return finish(result, args.out, argv)
 

@@ -35,6 +35,10 @@ Fairness:
   trained model (left-padded batches with explicit positions, so its rightmost-non-pad pooling reads the last
   real token although pad == eos), as the fraction of pairs with r_chosen > r_rejected.
 
+Seeds (benchmarks/README.md, "Protocol"): no setting here was chosen on any seed (both sides take the same
+fixed epochs, batch, learning rate and max_length; the accuracy is a like-for-like check of two implementations,
+not a tuned result), so the default seed 0 stays; the JSON records the split (`seeds`, no selection seeds).
+
 Prints a table and the TRL / rlhf wall-time ratio, then, as the last line of stdout, one JSON object with every
 figure and the machine, also written to --out.
 """
@@ -53,7 +57,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without installing the package
 
-from benchmarks.common import finish, machine  # noqa: E402
+from benchmarks.common import finish, machine, seed_record  # noqa: E402
 from rlhf.models import SMOLLM2_ALIAS  # noqa: E402
 
 TARGET_SPEEDUP = 10.0  # TRL wall time / rlhf wall time, at the same or better held-out accuracy over 3+ epochs
@@ -284,6 +288,12 @@ def table(result: dict) -> str:
     return "\n".join(notes)
 
 
+def seed_split(args: argparse.Namespace) -> dict:
+    """The seed split (benchmarks/README.md, "Protocol"): no selection seeds, the one seed reported."""
+    return seed_record([args.seed], selection=[], note="No setting chosen on any seed: both sides run the same fixed "
+                       "settings.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from rlhf.models import resolve_model_path
@@ -298,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "benchmark": "reward",
+        "seeds": seed_split(args),
         "config": {"model": SMOLLM2_ALIAS, "model_path": model_path, "train_pairs": args.train_pairs,
                    "eval_pairs": args.eval_pairs, "train_pairs_used": len(train_pairs),
                    "eval_pairs_used": len(eval_pairs), "max_train_pairs": args.max_train_pairs,

@@ -1,8 +1,8 @@
 """Held-out accuracy of the reward stage, its defaults against the earlier configuration, over several seeds.
 
-    python benchmarks/reward_accuracy.py                  # built-in task, SmolLM2-135M backbone, seeds 0 1 2
+    python benchmarks/reward_accuracy.py                  # built-in task, SmolLM2-135M backbone, seeds 100-102
     python benchmarks/reward_accuracy.py --task hh        # real HH-RLHF pairs: first 1400 train, last 400 held out
-    python benchmarks/reward_accuracy.py --model tiny-llama --seeds 0   # a smoke run
+    python benchmarks/reward_accuracy.py --model tiny-llama --seeds 100   # a smoke run
 
 Variants, trained one after the other in the same run on the same pairs:
 
@@ -19,7 +19,12 @@ dataclass defaults (as `rlhf reward` without a config: lr 1e-3, 3 epochs for the
 held-out pairs are only scored, never used for a choice. The seed sets the validation split (default) or the
 head's initialisation and data order (current). Features are extracted once (the default variant's superset);
 the current variant's features are a subset, read from that cache. The last line of output is one JSON object
-with every figure and the command, also written to benchmarks/results/reward_accuracy[_hh].json.
+with every figure and the command, also written to benchmarks/results/reward_accuracy[_hh].json. The two
+variants share each seed's split and pairs: their difference is a paired 95% t interval over seeds.
+
+Seeds (benchmarks/README.md, "Protocol"): the default variant's features and regularisation grid were chosen
+while looking at seeds 0-2, selection seeds; the default seeds 100-102 are report seeds, never used for a
+choice, and the JSON records the split (`seeds`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish, mean_sd  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, mean_sd, paired, seed_record  # noqa: E402
 
 CURRENT = {"head_fit": "sgd", "layers": "final", "pooling": "last", "logprob_features": "false"}
 
@@ -55,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="builtin", choices=("builtin", "hh"))
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Backbone (alias, local dir or hub id).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(REPORT_SEEDS),
+                        help="Report seeds; 0-5 are the selection seeds.")
     parser.add_argument("--variants", nargs="+", default=["default", "current"], choices=("default", "current"))
     parser.add_argument("--hh_data", default=str(ROOT / "benchmarks/data/hh_harmless_dev.jsonl"))
     parser.add_argument("--out", default="", help="Results JSON (default benchmarks/results/reward_accuracy.json; "
@@ -64,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or str(ROOT / "benchmarks/results" / ("reward_accuracy.json" if args.task == "builtin"
                                                               else "reward_accuracy_hh.json"))
     return args
+
+
+def seed_split(args: argparse.Namespace) -> dict:
+    """Which seeds chose the settings and which this run reports on (benchmarks/README.md, "Protocol")."""
+    return seed_record(args.seeds, note="The default variant's feature sets and L2 grid chosen while looking at "
+                       "seeds 0-2. Report seeds: 100 and up.")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,9 +130,17 @@ def main(argv: list[str] | None = None) -> dict:
             summary[variant]["val_accuracy"] = mean_sd([r["val_accuracy"] for r in mine])
         for k in kinds:
             summary[variant][f"held-out: {k}"] = mean_sd([r["by_kind"][k] for r in mine])
+    if {"default", "current"} <= set(args.variants):  # the same seeds, splits and pairs: paired over seeds
+        acc = {v: {r["seed"]: r["eval_accuracy"] for r in runs if r["variant"] == v} for v in ("default", "current")}
+        summary["default_minus_current"] = paired([acc["default"][s] for s in args.seeds],
+                                                  [acc["current"][s] for s in args.seeds])
     name = "built-in task" if args.task == "builtin" else "HH-RLHF harmless (first 1400 train, last 400 held out)"
     print(f"\nReward model on the {name}, backbone {args.model}, seeds {args.seeds}")
     print(f"{'metric':<36}" + "".join(f" {v + ' mean':>14} {'std':>6}" for v in args.variants))
+    if "default_minus_current" in summary:
+        d = summary["default_minus_current"]
+        half = "(one seed)" if d["ci95"] is None else f"± {d['ci95']:.3f}"
+        print(f"held-out accuracy, default - current: {d['mean']:+.3f} {half} (paired 95% t over seeds)")
     for metric in summary[args.variants[0]]:
         cells = "".join(f" {summary[v][metric][0]:>14.3f} {summary[v][metric][1]:>6.3f}" if metric in summary[v]
                         else f" {'':>14} {'':>6}" for v in args.variants)
@@ -130,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"seed {r['seed']}: chose {r['chosen_features']} at l2 {r['chosen_l2']:g} "
                   f"(validation {r['val_accuracy']:.3f}) -> held-out {r['eval_accuracy']:.3f}")
     print("wall time per run (s): " + ", ".join(f"{r['variant']}/{r['seed']} {r['seconds']:.0f}" for r in runs))
-    result = {"benchmark": "reward_accuracy", "task": args.task, "backbone": args.model, "seeds": args.seeds,
+    result = {"benchmark": "reward_accuracy", "task": args.task, "backbone": args.model, "seeds": seed_split(args),
               "config": config, "held_out_pairs": runs[0]["eval_pairs"],
               **{f"{v}_eval_accuracy_mean": summary[v]["eval_accuracy"][0] for v in args.variants},
               **{f"{v}_eval_accuracy_std": summary[v]["eval_accuracy"][1] for v in args.variants},

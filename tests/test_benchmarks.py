@@ -25,7 +25,12 @@ RESULTS = sorted(p for p in (ROOT / "benchmarks" / "results").iterdir() if p.is_
 JSONS = [p for p in RESULTS if p.suffix == ".json"]
 # helpers that belong to common.py alone: a script defining its own is a copy that can drift
 SHARED = {"machine", "load_average", "command", "finish", "write_json", "mean_sd", "t_interval", "slope",
-          "spearman", "proportion_ci95", "T95"}
+          "spearman", "proportion_ci95", "T95", "paired", "seed_record", "check_seed_record"}
+# scripts whose figures are learning results over seeds: each records its seed split (benchmarks/README.md,
+# "Protocol") through `seed_split(args)` = common.seed_record(...); a selection study has no report seeds
+LEARNING = ("dialogue_results", "pomdp", "pomdp_results", "dt_results", "quickstart", "quickstart_sweep",
+            "reward_accuracy", "dpo", "overoptimisation", "policy", "reward", "test_margins")
+SELECTION_STUDIES = ("quickstart_sweep",)
 
 
 @functools.cache
@@ -127,3 +132,67 @@ def test_the_results_table_gives_each_file_with_its_command():
         command = json.loads(path.read_text())["command"]
         assert any(f"`{command}`" in row and f"`{path.name}`" in row for row in rows), (
             f"benchmarks/README.md has no row with {path.name} and `{command}`")
+
+
+def test_seed_record_and_paired_intervals_by_hand(tmp_path):
+    r = common.seed_record([100, 101], note="n")
+    assert r == {"selection": [0, 1, 2, 3, 4, 5], "report": [100, 101], "disjoint": True, "note": "n"}
+    assert common.seed_record([0, 100])["disjoint"] is False  # a report on a selection seed is flagged
+    assert common.seed_record([0], selection=[])["disjoint"] is True
+    # differences 0.2, 0.05, 0.2: mean 0.15, sd sqrt(0.0075), half-width 4.303 sqrt(0.0075 / 3)
+    d = common.paired([0.6, 0.5, 0.7], [0.4, 0.45, 0.5])
+    assert d["differences"] == pytest.approx([0.2, 0.05, 0.2])
+    assert d["mean"] == pytest.approx(0.15) and d["ci95"] == pytest.approx(4.303 * math.sqrt(0.0075 / 3))
+    with pytest.raises(ValueError):
+        common.paired([1.0, 2.0], [1.0])
+    for bad in ([0, 1, 2], {"report": [100]}, {"selection": [0], "report": 100, "disjoint": True, "note": ""}):
+        with pytest.raises(ValueError, match="seed_record"):
+            common.finish({"seeds": bad}, tmp_path / "r.json", [])
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("name", LEARNING)
+def test_learning_scripts_report_on_seeds_no_choice_was_made_on(name):
+    """Each learning script's defaults report on seeds disjoint from its selection seeds (new seeds, 100 and up,
+    where any choice was made on seeds) and its main writes the record into the results (`"seeds":
+    seed_split(args)`)."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    module = script_module(path)
+    record = module.seed_split(module.parse_args([]))
+    common.check_seed_record(record)
+    assert record["disjoint"] and not set(record["report"]) & set(record["selection"]), record
+    assert bool(record["report"]) != (name in SELECTION_STUDIES), record
+    if record["selection"] and record["report"]:  # settings were chosen on seeds: report on new ones
+        assert min(record["report"]) >= 100, record
+    tree = ast.parse(path.read_text())
+    written = [node for node in ast.walk(tree) if isinstance(node, ast.Dict) for k, v in zip(node.keys, node.values)
+               if isinstance(k, ast.Constant) and k.value == "seeds" and isinstance(v, ast.Call)
+               and isinstance(v.func, ast.Name) and v.func.id == "seed_split"]
+    assert written, f"{name}.py never writes 'seeds': seed_split(args) into its results"
+
+
+def test_every_script_that_runs_seeds_records_the_split():
+    """A script not listed as a learning script has no seeds to record (no --seed/--seeds/--first_seed flag)."""
+    for path in SCRIPTS:
+        if path.stem not in LEARNING:
+            args = vars(script_module(path).parse_args([]))
+            assert not {"seed", "seeds", "first_seed"} & set(args), f"{path.name} runs seeds: add it to LEARNING"
+
+
+def test_dialogue_comparisons_are_paired_over_seeds_not_pooled_over_episodes():
+    """Higher in every seed by 0.2, 0.05, 0.2 on 300 episodes each: pooled over 900 episodes this was "met"
+    (difference 0.15 +- 0.045); paired over 3 seeds the interval (+-0.215) covers 0, so it is not."""
+    import argparse
+
+    module = script_module(ROOT / "benchmarks" / "dialogue_results.py")
+    success = {"ilql": [0.6, 0.5, 0.7], "bc": [0.4, 0.45, 0.5]}
+    per_seed = {s: {a: {"success": v[i], "return": v[i], "turns": 3.0, "compute": {"lm_steps": 1.0}}
+                    for a, v in success.items()} for i, s in enumerate((100, 101, 102))}
+    args = argparse.Namespace(agents=["bc", "ilql"], episodes=300)
+    summary = module.summarise("guess", per_seed, args, {})
+    c = summary["comparisons"]["ilql>bc"]
+    assert c["per_seed"] == pytest.approx([0.2, 0.05, 0.2]) and c["higher_every_seed"]
+    assert c["difference"] == pytest.approx(0.15) and c["ci95"] == pytest.approx(4.303 * math.sqrt(0.0075 / 3))
+    assert c["met"] is False
+    assert summary["ilql"]["success"]["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert "success_pooled" not in summary["ilql"]
