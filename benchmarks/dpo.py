@@ -174,9 +174,10 @@ def main(argv=None) -> dict:
     if "winner" in result:
         w = result["winner"]
         d = w["rlhf_minus_dpo_gold"]
+        verdict = "excludes" if w["interval_excludes_0"] else "covers"
         print(f"higher gold score: {w['method']}; rlhf - dpo {d['mean']:+.3f} "
               + ("(one seed: no interval)" if d["ci95"] is None else
-                 f"± {d['ci95']:.3f} (paired 95% t over seeds), {'excludes' if w['interval_excludes_0'] else 'covers'} 0"))
+                 f"± {d['ci95']:.3f} (paired 95% t over seeds), {verdict} 0"))
     if result["trl"]:
         t = result["trl"]
         print(f"TRL DPOTrainer directly (load, train, save): {t['wall_seconds']:.1f} s; rlhf dpo (the same, "

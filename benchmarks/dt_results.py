@@ -15,8 +15,8 @@ the comparisons with BC also as paired 95% t intervals of the per-seed differenc
 target; the Spearman rank correlation of achieved with target return (per seed, then averaged); the DT at the
 highest target (fixed in advance: the top of the data set's range, no selection on results) and at its best
 target, chosen on validation episodes (the target with the highest mean over seeds on `--val_episodes` episodes
-of their own seeds, disjoint from the reported ones) against BC and filtered BC; "matches BC" allows 2% of the data set's return range, "close to filtered
-BC" means a gap of at most 10% of that range. The plot goes to
+of their own seeds, disjoint from the reported ones) against BC and filtered BC; "matches BC" allows 2% of the
+data set's return range, "close to filtered BC" means a gap of at most 10% of that range. The plot goes to
 benchmarks/results/dt_results.png, the JSON (last line of stdout) to benchmarks/results/dt_results.json.
 
 Seeds (benchmarks/README.md, "Protocol"): the task settings were chosen on seeds 0-2, selection seeds; the

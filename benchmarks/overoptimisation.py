@@ -96,9 +96,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     os.chdir(ROOT)  # the configs' relative data paths
     configs = ROOT / ("configs/tiny" if args.tiny else "configs")
-    result = {"benchmark": "overoptimisation", "tiny": args.tiny, "seeds": seed_split(args), "settings": {"num_updates": args.num_updates, "learning_rate": args.learning_rate,
-                                                  "probe_every": args.probe_every,
-                                                  "ensemble_size": args.ensemble_size, "arms": ARMS},
+    result = {"benchmark": "overoptimisation", "tiny": args.tiny, "seeds": seed_split(args),
+              "settings": {"num_updates": args.num_updates, "learning_rate": args.learning_rate,
+                           "probe_every": args.probe_every, "ensemble_size": args.ensemble_size, "arms": ARMS},
               "runs": []}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-overopt-") as tmp:
         scratch = Path(tmp)

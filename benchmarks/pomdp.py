@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
                      f"wall s {fmt(s['wall_seconds_mean'], '.1f')}, cpu s {fmt(s['cpu_seconds_mean'], '.1f')}")
     print("\n".join(lines))
     result = {"seeds": seed_split(args), "target": TARGET, "eval_every": args.eval_every,
-              "max_steps": args.max_steps, "runs": rows, "summary": summary, "machine": {"autogroup_nice": autogroup_nice()},
+              "max_steps": args.max_steps, "runs": rows, "summary": summary,
+              "machine": {"autogroup_nice": autogroup_nice()},
               "configs": {side: f"configs/pomdp/train_{CONFIGS[side]}.yaml" for side in CONFIGS}}
     return finish(result, args.out, argv)
 
