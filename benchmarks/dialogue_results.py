@@ -1,9 +1,9 @@
-"""Dialogue RL results: BC, filtered BC, MC, ILQL and the utterance-level (CHAI-style) agent, offline on
-scripted data, on the guessing game and the double-T text maze, over several seeds.
+"""Dialogue RL results: BC, filtered BC, MC, ILQL, MC-IQL and the utterance-level (CHAI-style) agent, offline
+on scripted data, on the guessing game and the double-T text maze, over several seeds.
 
     python benchmarks/dialogue_results.py                                  # report seeds 100 101 102, guess and maze
-    python benchmarks/dialogue_results.py --seeds 1 --envs guess --episodes 40 --bc_steps 30 \
-        --value_steps 100 --val_episodes 40 --out /tmp/dialogue_smoke.json   # a smoke run
+    python benchmarks/dialogue_results.py --seeds 100 --envs guess --episodes 40 --bc_steps 30 \
+        --value_steps 100 --ilql_steps 100 --val_episodes 40 --out /tmp/dialogue_smoke.json   # a smoke run
     python benchmarks/dialogue_results.py --env_overrides \
         maze:hidden=64,bc_steps=400,bc_batch_size=16,value_steps=1000,episodes=100,val_episodes=200
         # what made benchmarks/results/dialogue_results.json: the guessing game as above, the maze lighter
@@ -13,16 +13,22 @@ scripted data, on the guessing game and the double-T text maze, over several see
 Per seed and environment: the data set is generated from the seed (`episodes_per_policy` episodes from each
 of the random, greedy-informative and near-optimal scripted policies); one behaviour-cloned LM is trained on
 all of it (BC) and two on the top `filter_fraction` by return (filtered BC: as many optimiser steps as BC,
-so 1 / filter_fraction times its epochs; filtered_bc_epochs: as many epochs as BC, so fewer steps); MC, ILQL
-and CHAI train value heads on the BC LM's frozen hidden states and act through it (ILQL: log pi_bc + beta
-(Q - V) per token, within pi_bc's top-p nucleus, `--ilql_top_p`, the Q of every token of an utterance
-regressed onto that utterance's lambda-return, `--ilql_bootstrap utterance --ilql_lambda 1` = its Monte-Carlo
-return-to-go; `--ilql_bootstrap token` is the one-step per-token target r + gamma V(s') of the earlier runs,
-`--ilql_trunk_layers n` puts the heads on a copy of the LM whose top n layers train with them; MC and CHAI:
-the best of k utterances sampled from the BC LM). `bc_top_p` is the BC LM sampled within the same nucleus and no Q: the share of
-ILQL's result that the nucleus alone gives. ILQL's beta is chosen per seed among `--betas` by success (then
-return) on `--val_episodes` held-out validation episodes (episode seeds 10^6 (seed + 1) + 500000 + i), never
-on the reported ones; its cost is counted in ILQL's training compute. Every agent then plays `episodes` fresh
+so 1 / filter_fraction times its epochs; filtered_bc_epochs: as many epochs as BC, so fewer steps); MC, ILQL,
+MC-IQL and CHAI train value heads on the BC LM's frozen hidden states and act through it. ILQL (Snell et al.,
+2022): per-token Q and V heads, V regressed by expectile onto a Polyak target network's Q, CQL over the
+vocabulary, and the Q of every token of an utterance regressed onto r + gamma V(s') (V detached), s' the state
+after the environment's reply (`--ilql_bootstrap utterance --ilql_lambda 0`, the defaults), or onto the
+utterance's lambda-return (`--ilql_lambda` in (0, 1)), or per token onto r + gamma V(next token's state)
+(`--ilql_bootstrap token`); it acts on log pi_bc + beta (Q - V) per token, within pi_bc's top-p nucleus
+(`--ilql_top_p`). MC-IQL ("expectile Q with Monte-Carlo returns", `mc_iql`): the same heads, V loss, CQL term,
+settings and acting, with Q regressed onto the utterance's Monte-Carlo return-to-go and no bootstrap through V
+(the lambda-return at lambda 1, which `--ilql_lambda` refuses). The `--ilql_*` flags other than bootstrap and
+lambda set both; `--ilql_trunk_layers n` puts the heads on a copy of the LM whose top n layers train with them.
+MC and CHAI: the best of k utterances sampled from the BC LM. `bc_top_p` is the BC LM sampled within the same
+nucleus and no Q: the share of ILQL's result that the nucleus alone gives. The beta of ILQL and of MC-IQL is
+chosen per seed among `--betas` by success (then return) on `--val_episodes` held-out validation episodes
+(episode seeds 10^6 (seed + 1) + 500000 + i), never on the reported ones; its cost is counted in their
+training compute. Every agent then plays `episodes` fresh
 test episodes (episode seeds 10^6 (seed + 1) + i, disjoint from the data's) with sampling at temperature 1.
 
 `--agents` runs a subset (the target is then not judged). `--env_overrides ENV:KEY=VALUE,...` gives one
@@ -42,15 +48,17 @@ trunk: training, with a backward each; features and candidates; acting, per epis
 LM is shared by BC, bc_top_p, MC, ILQL and CHAI; its cost is listed with each.
 
 Seeds (benchmarks/README.md, "Protocol"): the settings below were chosen on selection seeds, data seed 0 with its
-own evaluation episodes and, for ILQL's targets, also seeds 1-3's test episodes; the default seeds (100, 101,
-102) are report seeds, never used for a choice, and the results file records the split (`seeds`). The LM
+own evaluation episodes and, for the Monte-Carlo targets, also seeds 1-3's test episodes; the default seeds
+(100, 101, 102) are report seeds, never used for a choice, and the results file records the split (`seeds`).
+The settings of the target study below were chosen for what is now MC-IQL, which was reported as ILQL before;
+ILQL proper (bootstrapped targets) shares them and has had no selection run of its own yet. The LM
 (2 x 128, 800 steps; 2 x 64 and 1500 steps gave BC the same success), the conservative weight (0.1; 1.0
 halved CHAI's success), CHAI's k (8 and 16 tied; 8) and ILQL's nucleus (top-p 1.0 / 0.9 / 0.8 / 0.7 / 0.6
 tried; 0.8), and ILQL's targets: the one-step per-token target (`--ilql_bootstrap token`, with CQL 0.1 or
 0.01, 1500-6000 steps, tau 0.5-0.9, frozen features or a trained copy of the trunk) and the one-step utterance
 target (lambda 0) all made a larger beta guess names earlier; the utterance's Monte-Carlo return (lambda 1,
-CQL 0.01, 6000 steps, Polyak 0.05) made it ask more and guess right more, rising to beta 32 (hence the grid
-2-64).
+CQL 0.01, 6000 steps, Polyak 0.05; now MC-IQL) made it ask more and guess right more, rising to beta 32 (hence
+the grid 2-64).
 """
 
 from __future__ import annotations
@@ -72,16 +80,18 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import REPORT_SEEDS, finish, paired, seed_record, t_interval  # noqa: E402
 from rlhf.dialogue.agents import Agent, evaluate, scripted_return  # noqa: E402
-from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q  # noqa: E402
+from rlhf.dialogue.algorithms import train_bc, train_ilql, train_mc_iql, train_utterance_q  # noqa: E402
 from rlhf.dialogue.data import Encoder, generate, top_fraction  # noqa: E402
 from rlhf.dialogue.models import build_lm  # noqa: E402
 from rlhf.dialogue.envs import normalised_score  # noqa: E402
 from rlhf.models import build_tiny_tokenizer  # noqa: E402
 
-AGENTS = ("bc", "filtered_bc", "filtered_bc_epochs", "bc_top_p", "mc", "ilql", "chai")
+AGENTS = ("bc", "filtered_bc", "filtered_bc_epochs", "bc_top_p", "mc", "ilql", "mc_iql", "chai")
 BASELINES = ("bc", "filtered_bc", "filtered_bc_epochs")
+TOKEN_AGENTS = ("ilql", "mc_iql")  # per-token heads, acting on log pi_bc + beta (Q - V), beta chosen per seed
+# ILQL's and MC-IQL's settings (the --ilql_* flags); bootstrap and lambda are ILQL's (MC-IQL: lambda 1)
 ILQL_DEFAULTS = {"trunk_layers": 0, "steps": 6000, "cql_weight": 0.01, "polyak": 0.05, "bootstrap": "utterance",
-                 "lambda": 1.0}
+                 "lambda": 0.0}
 
 
 class TokenForwards:
@@ -145,7 +155,7 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
 
     wanted = set(args.agents)
     agents: dict = {}
-    if wanted & {"bc", "bc_top_p", "mc", "ilql", "chai"}:
+    if wanted & {"bc", "bc_top_p", "mc", "ilql", "mc_iql", "chai"}:
         lm, lm_cost = bc_run(records, "bc", args.bc_steps)
         agents["bc"] = (Agent("bc", lm, enc), lm_cost)
         agents["bc_top_p"] = (Agent("bc", lm, enc, top_p=args.ilql_top_p), dict(lm_cost))
@@ -156,28 +166,30 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
         flm, cost = bc_run(top, "filtered_bc_epochs", max(1, round(args.bc_steps * len(top) / len(records))))
         agents["filtered_bc_epochs"] = (Agent("bc", flm, enc), cost)
     heads, head_cpu, head_forwards = {}, {}, {}
-    for name in [a for a in ("ilql", "mc", "chai") if a in wanted]:
+    token_kw = dict(tau=args.expectile, cql_weight=args.ilql_cql_weight, polyak=args.ilql_polyak,
+                    trunk_layers=args.ilql_trunk_layers, trunk_batch_size=args.ilql_trunk_batch_size,
+                    **{**head_kw, "steps": args.ilql_steps or args.value_steps})
+    for name in [a for a in ("ilql", "mc_iql", "mc", "chai") if a in wanted]:
         cpu = time.process_time()
         with TokenForwards() as count:
             if name == "ilql":
-                heads[name] = train_ilql(records, tok, lm, tau=args.expectile, cql_weight=args.ilql_cql_weight,
-                                         polyak=args.ilql_polyak, trunk_layers=args.ilql_trunk_layers,
-                                         trunk_batch_size=args.ilql_trunk_batch_size, bootstrap=args.ilql_bootstrap,
-                                         lam=args.ilql_lambda,
-                                         **{**head_kw, "steps": args.ilql_steps or args.value_steps})
+                heads[name] = train_ilql(records, tok, lm, bootstrap=args.ilql_bootstrap, lam=args.ilql_lambda,
+                                         **token_kw)
+            elif name == "mc_iql":
+                heads[name] = train_mc_iql(records, tok, lm, **token_kw)
             else:
                 heads[name] = train_utterance_q(records, tok, lm, mode=name, cql_weight=args.cql_weight,
                                                 polyak=args.polyak, num_candidates=args.num_candidates, **head_kw)
         head_cpu[name], head_forwards[name] = time.process_time() - cpu, count.tokens
     transcripts: dict = {}
-    selection = {}
+    selections = {}  # per token agent: its beta choice on validation episodes
     for name, (h, st) in heads.items():
         agent = Agent(name, lm, enc, h, beta=args.beta, k=args.k, top_p=args.ilql_top_p,
                       adv_clip=args.ilql_adv_clip or None)
         cost = {**lm_cost, "feature_seconds": st.extra_seconds, "head_seconds": st.seconds,
                 "head_steps": st.steps, "head_parameters": st.parameters,
                 "head_cpu_seconds": head_cpu[name], "head_token_forwards": head_forwards[name]}
-        if name == "ilql" and len(args.betas) > 1:
+        if name in TOKEN_AGENTS and len(args.betas) > 1:
             # beta chosen per seed on held-out validation episodes (never the reported evaluation episodes)
             t0, cpu = time.time(), time.process_time()
             scores = {}
@@ -186,10 +198,10 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
                 res = evaluate(agent, env, args.val_episodes, seed, split="validation")
                 scores[beta] = (res["success"]["mean"], res["return"]["mean"])
             agent.beta = max(args.betas, key=lambda b: scores[b])  # success, then return; first (smallest) on ties
-            selection = {"betas": {str(b): {"success": v[0], "return": v[1]} for b, v in scores.items()},
-                         "chosen": agent.beta, "episodes": args.val_episodes}
+            selections[name] = {"betas": {str(b): {"success": v[0], "return": v[1]} for b, v in scores.items()},
+                                "chosen": agent.beta, "episodes": args.val_episodes}
             cost["select_seconds"], cost["select_cpu_seconds"] = time.time() - t0, time.process_time() - cpu
-            print(f"[{env} seed {seed}] ilql beta on {args.val_episodes} validation episodes: "
+            print(f"[{env} seed {seed}] {name} beta on {args.val_episodes} validation episodes: "
                   + ", ".join(f"{b:g}: {v[0]:.3f}" for b, v in scores.items()) + f" -> {agent.beta:g}",
                   file=sys.stderr, flush=True)
         agents[name] = (agent, cost)
@@ -207,8 +219,8 @@ def run_seed(env: str, seed: int, args, tok) -> dict:
         out[name] = {"success": res["success"]["mean"], "return": res["return"]["mean"],
                      "turns": res["turns"]["mean"], "successes": int(round(res["success"]["mean"] * args.episodes)),
                      "compute": cost}
-        if name == "ilql" and selection:
-            out[name]["beta_selection"] = selection
+        if name in selections:
+            out[name]["beta_selection"] = selections[name]
         transcripts[name] = res["transcripts"][0]
         print(f"[{env} seed {seed}] {name:<12} success {out[name]['success']:.3f}  return {out[name]['return']:+.3f}"
               f"  turns {out[name]['turns']:.2f}  train {cost['train_seconds']:.0f}s  eval {cost['eval_seconds']:.0f}s",
@@ -241,7 +253,8 @@ def summarise(env: str, per_seed: dict, args, refs: dict) -> dict:
             summary[a]["normalised_score"] = t_interval(
                 [normalised_score(r["return"], refs["random"], refs["optimal"]) for r in rows])
     comparisons = {}
-    pairs_run = [(v, b) for v in ("ilql", "chai", "mc") for b in BASELINES] + [("ilql", "bc_top_p")]
+    pairs_run = ([(v, b) for v in ("ilql", "mc_iql", "chai", "mc") for b in BASELINES]
+                 + [("ilql", "bc_top_p"), ("mc_iql", "bc_top_p"), ("ilql", "mc_iql")])
     for v, b in [(v, b) for v, b in pairs_run if {v, b} <= set(agents)]:
         seeds = [s for s in all_seeds if v in per_seed[s] and b in per_seed[s]]
         if not seeds:
@@ -289,9 +302,10 @@ def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
     for a in agents:
         lines.append(f"  {a:<20} " + "  ".join(f"{per_seed[s][a]['success']:.3f}" if a in per_seed[s] else "  -  "
                                                for s in seeds))
-    chosen = [per_seed[s]["ilql"].get("beta_selection", {}).get("chosen") for s in seeds if "ilql" in per_seed[s]]
-    if any(c is not None for c in chosen):
-        lines.append(f"  ilql beta chosen per seed on validation episodes: {chosen}")
+    for a in TOKEN_AGENTS:
+        chosen = [per_seed[s][a].get("beta_selection", {}).get("chosen") for s in seeds if a in per_seed[s]]
+        if any(c is not None for c in chosen):
+            lines.append(f"  {a} beta chosen per seed on validation episodes: {chosen}")
     lines.append("comparisons on success (paired: mean per-seed difference ± 95% t over seeds, higher in every seed):")
     for k, v in summary["comparisons"].items():
         some = "" if len(v["seeds"]) == len(seeds) else f"  (seeds {', '.join(map(str, v['seeds']))} only)"
@@ -326,7 +340,8 @@ def env_overrides(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, dic
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=list(REPORT_SEEDS),
-                   help="Report seeds (data, LMs and episodes); 0-5 are the selection seeds the settings were chosen on.")
+                   help="Report seeds (data, LMs and episodes); 0-5 are the selection seeds the settings were "
+                        "chosen on.")
     p.add_argument("--envs", nargs="+", default=["guess", "maze"], choices=["guess", "maze", "maze_po"])
     p.add_argument("--episodes", type=int, default=300, help="Evaluation episodes per agent and seed.")
     p.add_argument("--episodes_per_policy", type=int, default=400)
@@ -347,29 +362,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cql_weight", type=float, default=0.1)
     p.add_argument("--polyak", type=float, default=0.005)
     p.add_argument("--num_candidates", type=int, default=4)
-    p.add_argument("--beta", type=float, default=16.0, help="ILQL's beta when --betas has fewer than 2 values.")
+    p.add_argument("--beta", type=float, default=16.0, help="ILQL's and MC-IQL's beta when --betas has fewer than 2 "
+                   "values.")
     p.add_argument("--betas", type=float, nargs="*", default=[2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
-                   help="ILQL: choose beta per seed among these on --val_episodes held-out validation episodes.")
+                   help="ILQL, MC-IQL: choose beta per seed among these on --val_episodes held-out validation "
+                        "episodes.")
     p.add_argument("--val_episodes", type=int, default=500)
-    p.add_argument("--ilql_top_p", type=float, default=0.8,
-                   help="ILQL acts within the BC policy's top-p nucleus (bc_top_p: BC sampled the same way).")
-    p.add_argument("--ilql_adv_clip", type=float, default=0.0, help="ILQL: clamp Q - V to +-this (0: no clamp).")
+    p.add_argument("--ilql_top_p", type=float, default=0.8, help="ILQL, MC-IQL act within the BC policy's top-p "
+                   "nucleus (bc_top_p: BC sampled the same way).")
+    p.add_argument("--ilql_adv_clip", type=float, default=0.0, help="ILQL, MC-IQL: clamp Q - V to +-this (0: no "
+                   "clamp).")
     p.add_argument("--ilql_trunk_layers", type=int, default=ILQL_DEFAULTS["trunk_layers"],
-                   help="ILQL: 0 = heads on the BC LM's frozen hidden states; n = heads on a copy of the LM's trunk "
-                        "whose top n layers train with them.")
+                   help="ILQL, MC-IQL: 0 = heads on the BC LM's frozen hidden states; n = heads on a copy of the "
+                        "LM's trunk whose top n layers train with them.")
     p.add_argument("--ilql_steps", type=int, default=ILQL_DEFAULTS["steps"],
-                   help="ILQL optimiser steps (0: --value_steps).")
-    p.add_argument("--ilql_trunk_batch_size", type=int, default=16,
-                   help="ILQL with a trunk: trajectories per step (every agent token of them a transition).")
+                   help="ILQL, MC-IQL optimiser steps (0: --value_steps).")
+    p.add_argument("--ilql_trunk_batch_size", type=int, default=16, help="ILQL, MC-IQL with a trunk: "
+                   "trajectories per step (every agent token of them a transition).")
     p.add_argument("--ilql_cql_weight", type=float, default=ILQL_DEFAULTS["cql_weight"],
-                   help="ILQL's CQL weight (--cql_weight is CHAI's).")
+                   help="ILQL's and MC-IQL's CQL weight (--cql_weight is CHAI's).")
     p.add_argument("--ilql_polyak", type=float, default=ILQL_DEFAULTS["polyak"],
-                   help="ILQL's target-network rate (--polyak is CHAI's).")
+                   help="ILQL's and MC-IQL's target-network rate (--polyak is CHAI's).")
     p.add_argument("--ilql_bootstrap", default=ILQL_DEFAULTS["bootstrap"], choices=["token", "utterance"],
                    help="ILQL: bootstrap each token from the next token's state, or from the state after the "
                         "environment's reply to its utterance.")
     p.add_argument("--ilql_lambda", type=float, default=ILQL_DEFAULTS["lambda"],
-                   help="ILQL with --ilql_bootstrap utterance: lambda of the utterance-level lambda-returns.")
+                   help="ILQL with --ilql_bootstrap utterance: lambda of the utterance-level lambda-returns, in "
+                        "[0, 1) (0: r + gamma V(s')). Lambda 1, Monte-Carlo returns with no bootstrap, is the "
+                        "agent mc_iql.")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lm_cache", default="", help="A folder where each behaviour-cloned LM is saved with the cost "
@@ -381,13 +401,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "maze:hidden=64,bc_steps=400 (single-valued settings only).")
     args = p.parse_args(argv)
     args.overrides = env_overrides(p, args.env_overrides)
+    for env_args in [vars(args), *args.overrides.values()]:
+        lam, bootstrap = (env_args.get(k, getattr(args, k)) for k in ("ilql_lambda", "ilql_bootstrap"))
+        if lam == 1:
+            p.error("--ilql_lambda 1 regresses Q onto Monte-Carlo returns with no bootstrap through V(s'): that "
+                    "method is the agent mc_iql (--agents ... mc_iql); ILQL takes --ilql_lambda in [0, 1)")
+        if not 0 <= lam < 1 or (lam and bootstrap == "token"):
+            p.error(f"--ilql_lambda {lam}: must be in [0, 1), and > 0 only with --ilql_bootstrap utterance")
     return args
 
 
 def seed_split(args: argparse.Namespace) -> dict:
     """Which seeds chose the settings and which this run reports on (benchmarks/README.md, "Protocol")."""
-    return seed_record(args.seeds, note="Settings chosen on data seed 0 and its evaluation episodes; ILQL's "
-                       "targets also on seeds 1-3's test episodes. Report seeds: 100 and up.")
+    return seed_record(args.seeds, note="Settings chosen on data seed 0 and its evaluation episodes; the "
+                       "Monte-Carlo targets (MC-IQL, reported as ILQL before) also on seeds 1-3's test episodes; "
+                       "ILQL proper has had no selection run yet. Report seeds: 100 and up.")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -366,11 +366,18 @@ def test_cli_data_train_evaluate_smoke(tmp_path, capsys):
     small = ["--hidden", "32", "--layers", "1", "--bc_steps", "3", "--bc_batch_size", "4", "--value_steps", "3",
              "--value_batch_size", "4", "--head_width", "16", "--data", data]
     assert main(["dialogue", "train", "--algorithm", "bc", "--output_dir", str(tmp_path / "bc")] + small) == 0
-    for algo in ("ilql", "chai"):
+    for algo in ("ilql", "mc_iql", "chai"):
         assert main(["dialogue", "train", "--algorithm", algo, "--lm", str(tmp_path / "bc"),
                      "--output_dir", str(tmp_path / algo), "--num_candidates", "2"] + small) == 0
     metrics = json.loads((tmp_path / "chai" / "metrics.json").read_text())
     assert metrics["value/steps"] == 3 and metrics["value/parameters"] > 0
+    assert main(["dialogue", "evaluate", "--run", str(tmp_path / "mc_iql"), "--episodes", "3", "--top_p", "0.8",
+                 "--output_dir", str(tmp_path / "ev_mc_iql")]) == 0
+    assert json.loads((tmp_path / "ev_mc_iql" / "eval.json").read_text())["algorithm"] == "mc_iql"
+    # the Monte-Carlo setting under ILQL's name is refused, naming the method it is
+    assert main(["dialogue", "train", "--algorithm", "ilql", "--value_bootstrap", "utterance", "--value_lambda", "1",
+                 "--output_dir", str(tmp_path / "ilql_mc")] + small) == 2
+    assert "algorithm 'mc_iql'" in capsys.readouterr().err
     assert main(["dialogue", "evaluate", "--run", str(tmp_path / "ilql"), "--episodes", "3", "--top_p", "0.8",
                  "--adv_clip", "0.5", "--output_dir", str(tmp_path / "ev")]) == 0
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())

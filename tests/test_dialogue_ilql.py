@@ -170,3 +170,122 @@ def test_train_config_checks_the_new_ilql_keys():
                       "value_lambda"), ({"value_trunk_layers": 3}, "value_trunk_layers")):
         with pytest.raises(ConfigError, match=word):
             DialogueTrainConfig(**bad).validate()
+
+
+# ------------------------------------------------------------------- ILQL bootstraps, MC-IQL does not
+
+
+def _ab_d():
+    """Two utterances: "ab" (reward -0.5; the reply "c"), then "d" (reward 2.0; the reply "e", the end).
+    Positions: "<|im_start|>guess\\n" 0-6, "ab\\n" 7-9, "c\\n" 10-11, "d\\n" 12-13, "e\\n" 14-15; the agent's
+    tokens a, b, \\n, d, \\n have their states at 6, 7, 8, 11, 12."""
+    return {"intro": "guess", "turns": [{"utterance": "ab", "observation": "c", "reward": -0.5},
+                                        {"utterance": "d", "observation": "e", "reward": 2.0}]}
+
+
+def _v_table(b, shift: float = 0.0):
+    """V at every position of b: 0.1 * position (+ shift), as v_at(rows, cols) reads it."""
+    v = 0.1 * torch.arange(b.tokens.shape[1], dtype=torch.float32).expand(b.tokens.shape[0], -1) + shift
+    return lambda rows, cols: v[rows, cols]
+
+
+def test_q_targets_by_hand_ilql_bootstraps_through_v_and_mc_iql_is_the_return_to_go():
+    from rlhf.dialogue.algorithms import token_q_targets, token_transitions
+    from rlhf.dialogue.data import Encoder
+    from rlhf.models import build_tiny_tokenizer
+
+    b = Encoder(build_tiny_tokenizer()).batch([_ab_d()])
+    tok_tr, utt_tr = token_transitions(b, 0.9, "token"), token_transitions(b, 0.9, "utterance")
+    assert tok_tr["col"].tolist() == [6, 7, 8, 11, 12]
+    v = _v_table(b)
+    # ILQL per token: r + gamma_t V(s'), s' the next agent token's state (gamma 1 inside an utterance; the
+    # first "\n" bootstraps from V(11), the state before "d", across the reply "c"); 0 after the last token
+    torch.testing.assert_close(token_q_targets(b, tok_tr, v, 0.9, 0.0),
+                               torch.tensor([0.7, 0.8, -0.5 + 0.9 * 1.1, 1.2, 2.0]))
+    # ILQL per utterance: every token of "ab\n" r_1 + gamma V(s_2) = -0.5 + 0.9 V(11); of "d\n" r_2 (the end)
+    torch.testing.assert_close(token_q_targets(b, utt_tr, v, 0.9, 0.0),
+                               torch.tensor([0.49, 0.49, 0.49, 2.0, 2.0]))
+    # lambda 0.5: G_1 = r_1 + gamma (0.5 V(11) + 0.5 G_2) = -0.5 + 0.9 (0.55 + 1.0)
+    torch.testing.assert_close(token_q_targets(b, utt_tr, v, 0.9, 0.5),
+                               torch.tensor([0.895, 0.895, 0.895, 2.0, 2.0]))
+    # MC-IQL: the return-to-go, -0.5 + 0.9 * 2.0 for "ab\n", 2.0 for "d\n"
+    torch.testing.assert_close(token_q_targets(b, utt_tr, v, 0.9, 1.0), torch.tensor([1.3, 1.3, 1.3, 2.0, 2.0]))
+    # bootstrapping: V(s') + 1 moves every ILQL target that is not an episode's end by gamma_t, MC-IQL's not at all
+    moved = _v_table(b, shift=1.0)
+    for tr, lam, by in ((tok_tr, 0.0, [1.0, 1.0, 0.9, 1.0, 0.0]), (utt_tr, 0.0, [0.9, 0.9, 0.9, 0.0, 0.0]),
+                        (utt_tr, 0.5, [0.45, 0.45, 0.45, 0.0, 0.0]), (utt_tr, 1.0, [0.0] * 5)):
+        torch.testing.assert_close(token_q_targets(b, tr, moved, 0.9, lam) - token_q_targets(b, tr, v, 0.9, lam),
+                                   torch.tensor(by))
+
+
+def test_train_ilql_bootstraps_and_train_mc_iql_does_not(monkeypatch):
+    """The training loops themselves: with their defaults (and the benchmark's ILQL setting), the targets
+    train_ilql regresses Q onto move when V moves; train_mc_iql's do not, and are the returns-to-go."""
+    from rlhf.dialogue import algorithms
+    from rlhf.dialogue.models import build_lm
+    from rlhf.models import build_tiny_tokenizer
+
+    seen = []
+    real = algorithms.token_q_targets
+
+    def spy(b, tr, v_at, gamma, lam, start_cols=None):
+        y = real(b, tr, v_at, gamma, lam, start_cols)
+        y_moved = real(b, tr, lambda r, c: v_at(r, c) + 1.0, gamma, lam, start_cols)
+        seen.append((lam, y, y_moved))
+        return y
+
+    monkeypatch.setattr(algorithms, "token_q_targets", spy)
+    tok = build_tiny_tokenizer()
+    lm = build_lm(tok, 32, 1, seed=0).eval()
+    kw = dict(steps=2, batch_size=5, lr=1e-3, seed=0, gamma=0.9, tau=0.7, cql_weight=0.01, polyak=0.05, width=16)
+    runs = {"ilql (token, lambda 0)": lambda: algorithms.train_ilql([_ab_d()], tok, lm, **kw),
+            "ilql (utterance, lambda 0)": lambda: algorithms.train_ilql([_ab_d()], tok, lm, bootstrap="utterance",
+                                                                        **kw),
+            "ilql with a trunk": lambda: algorithms.train_ilql([_ab_d()], tok, lm, trunk_layers=1,
+                                                               trunk_batch_size=1, **kw),
+            "mc_iql": lambda: algorithms.train_mc_iql([_ab_d()], tok, lm, **kw),
+            "mc_iql with a trunk": lambda: algorithms.train_mc_iql([_ab_d()], tok, lm, trunk_layers=1,
+                                                                   trunk_batch_size=1, **kw)}
+    for name, run in runs.items():
+        seen.clear()
+        _, stats = run()
+        assert len(seen) == 2, name
+        for lam, y, y_moved in seen:
+            if name.startswith("ilql"):
+                assert lam < 1 and (y_moved - y).abs().max() > 0.5, name
+            else:
+                assert lam == 1.0 and torch.equal(y, y_moved), name
+                assert sorted(set(y.tolist())) == pytest.approx([1.3, 2.0]), name
+        assert {k.split("/")[0] for k in stats.log[-1] if k != "step"} == {name.split()[0]}  # namespaced logs
+
+
+def test_lambda_one_is_mc_iql_not_ilql():
+    """ILQL refuses Monte-Carlo targets everywhere it can be asked for them, naming the method that has them;
+    its shipped defaults bootstrap."""
+    import importlib.util
+    from pathlib import Path
+
+    from rlhf.config import ConfigError, load_config
+    from rlhf.dialogue.algorithms import train_ilql
+    from rlhf.dialogue.stage import DialogueTrainConfig
+
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(ValueError, match="train_mc_iql"):
+        train_ilql([_ab_d()], None, None, steps=1, batch_size=1, lr=1e-3, seed=0, gamma=0.9, tau=0.7,
+                   cql_weight=0.0, polyak=0.05, bootstrap="utterance", lam=1.0)
+    with pytest.raises(ConfigError, match="mc_iql"):
+        DialogueTrainConfig(algorithm="ilql", value_bootstrap="utterance", value_lambda=1.0).validate()
+    DialogueTrainConfig(algorithm="mc_iql", value_bootstrap="utterance", value_lambda=1.0).validate()  # ignored
+    shipped = load_config(DialogueTrainConfig, root / "configs" / "dialogue" / "train.yaml")
+    assert shipped.algorithm == "ilql" and shipped.value_lambda < 1 and DialogueTrainConfig().value_lambda < 1
+    spec = importlib.util.spec_from_file_location("dialogue_results", root / "benchmarks" / "dialogue_results.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args([])
+    assert args.ilql_lambda < 1 and {"ilql", "mc_iql"} <= set(args.agents)
+    for argv in (["--ilql_lambda", "1"], ["--env_overrides", "maze:ilql_lambda=1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--ilql_lambda", "0.5", "--ilql_bootstrap", "token"])
+    assert bench.parse_args(["--ilql_lambda", "0.5"]).ilql_lambda == 0.5

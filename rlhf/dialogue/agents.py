@@ -4,6 +4,7 @@
             samples within the LM's top-p nucleus)
     ilql    sample each token from log pi_bc + beta * (Q - V) (per-token value model; beta > 0 by default),
             within pi_bc's top-p nucleus when top_p < 1
+    mc_iql  the same acting rule with per-token heads whose Q was regressed onto Monte-Carlo returns
     chai    sample k utterances from the BC LM, say the one of highest utterance-level Q
     mc      the same acting rule with a Q regressed onto Monte-Carlo returns
 """
@@ -25,13 +26,13 @@ SPLITS = {"test": 0, "validation": 500_000}  # first episode seed of each split 
 
 @dataclass
 class Agent:
-    kind: str  # bc / ilql / chai / mc
+    kind: str  # bc / ilql / mc_iql / chai / mc
     lm: object  # the behaviour-cloned LM that proposes tokens or utterances
     encoder: Encoder
-    heads: object = None  # ValueHeads on the LM's hidden states (ilql: token kind; chai, mc: utterance)
-    beta: float = 16.0  # ILQL: weight of Q - V on the BC log-probabilities
+    heads: object = None  # ValueHeads on the LM's hidden states (ilql, mc_iql: token kind; chai, mc: utterance)
+    beta: float = 16.0  # ilql, mc_iql: weight of Q - V on the BC log-probabilities
     top_p: float = 1.0  # bc, ilql: sample only within the BC policy's top-p nucleus (1: the whole vocabulary)
-    adv_clip: float | None = None  # ILQL: Q - V clamped to +-adv_clip before the beta scaling
+    adv_clip: float | None = None  # ilql, mc_iql: Q - V clamped to +-adv_clip before the beta scaling
     k: int = 8  # utterance-level agents: candidates per turn
     temperature: float = 1.0
 
@@ -39,7 +40,7 @@ class Agent:
         if self.kind == "bc":
             return sample_utterances(self.lm, self.encoder, histories, temperature=self.temperature,
                                      top_p=self.top_p, generator=generator)
-        if self.kind == "ilql":
+        if self.kind in ("ilql", "mc_iql"):
             return sample_utterances(self.lm, self.encoder, histories, temperature=self.temperature,
                                      heads=self.heads, beta=self.beta, top_p=self.top_p, adv_clip=self.adv_clip,
                                      generator=generator)

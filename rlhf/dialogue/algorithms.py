@@ -3,8 +3,12 @@
 - `train_bc`: behaviour cloning, next-token likelihood of the agent's tokens (filtered BC: the same on the
   top fraction of trajectories by return, see `rlhf.dialogue.data.top_fraction`).
 - `train_ilql`: per-token implicit language Q-learning (Snell et al., 2022): one time step per token; Q of a
-  token regressed onto r + gamma V(next token's state), or onto its utterance's lambda-return (V read at the
-  state after each reply; lambda 1: the Monte-Carlo return-to-go).
+  token regressed onto r + gamma V(s') (V detached), s' the next token's state, or onto its utterance's
+  lambda-return with lambda < 1 (V read at the state after each reply); V regressed by expectile onto a
+  Polyak-averaged target network's Q; a CQL term over the vocabulary.
+- `train_mc_iql`: the same heads, loss and acting with no bootstrap: Q of a token regressed onto its
+  utterance's Monte-Carlo return-to-go (expectile Q with Monte-Carlo returns, "MC-IQL"; the lambda-return
+  at lambda 1).
 - `train_utterance_q`: per-utterance Q over candidate utterances; mode "chai" (Bellman targets with the max
   over candidates sampled from a fixed LM, a CQL term over those candidates; Verma et al., 2022) or "mc"
   (regression onto Monte-Carlo returns-to-go).
@@ -156,6 +160,28 @@ def utterance_lambda_targets(b, v_start: torch.Tensor, gamma: float, lam: float)
     return gae(b.utt_rewards, v_start, b.utt_mask, gamma, lam)[1]
 
 
+@torch.no_grad()
+def token_q_targets(b, tr: dict, v_at, gamma: float, lam: float,
+                    start_cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Q targets [N] of the token transitions `tr` (`token_transitions` of the TokenBatch b), with
+    v_at(rows, cols) the V heads' values at b's hidden states [rows, cols] (never differentiated) and
+    `start_cols` b's `utterance_start_cols` [B, U] where already computed:
+
+    - lam 0: ILQL's one-step target r + gamma_t V(s') (Snell et al., 2022), 0 bootstrap after the episode's
+      last token; s' is the next token's state (bootstrap "token") or the state after the reply to the
+      token's utterance (bootstrap "utterance");
+    - 0 < lam < 1: the utterance's lambda-return G_u = r_u + gamma ((1 - lam) V(s_{u+1}) + lam G_{u+1});
+    - lam 1: the utterance's Monte-Carlo return-to-go (MC-IQL's target), which reads no V at all.
+    """
+    if lam == 0:
+        return bellman_targets(tr["reward"], v_at(tr["row"], tr["next_col"]), tr["done"], tr["gamma"])
+    rows, inv = tr["row"].unique(return_inverse=True)
+    cols = (utterance_start_cols(b) if start_cols is None else start_cols)[rows]  # [R, U]
+    # lam 1 weighs V by 0: read none (GAE's returns with V = 0 are the returns-to-go exactly, no rounding of V)
+    v_start = torch.zeros(cols.shape) if lam == 1 else v_at(rows[:, None], cols)  # [R, U]
+    return utterance_lambda_targets(b.select(rows), v_start, gamma, lam)[inv, tr["utt"]]
+
+
 def ilql_losses(heads: ValueHeads, target: ValueHeads, h: torch.Tensor, h_next: torch.Tensor, tr: dict, *,
                 tau: float, cql_weight: float, h_target: torch.Tensor | None = None,
                 y: torch.Tensor | None = None):
@@ -176,9 +202,8 @@ def ilql_losses(heads: ValueHeads, target: ValueHeads, h: torch.Tensor, h_next: 
     with torch.no_grad():
         h_t = h if h_target is None else h_target
         q_target = target.q_values(h_t).gather(-1, tr["action"][:, None]).squeeze(-1)
-        v_next = heads.v_values(h_next)
-    if y is None:
-        y = bellman_targets(tr["reward"], v_next, tr["done"], tr["gamma"])
+        if y is None:
+            y = bellman_targets(tr["reward"], heads.v_values(h_next), tr["done"], tr["gamma"])
     q_loss = ((q - y) ** 2).mean()
     v_loss = expectile_loss(q_target - v, tau).mean()
     cql = cql_term(q_all, q).mean()
@@ -198,10 +223,36 @@ def train_ilql(records: list[dict], tokenizer, lm, *, steps: int, batch_size: in
     drawn from the whole data set. trunk_layers n > 0: the heads read a copy of `lm`'s trunk whose top n
     layers train with them (`ValueHeads.with_trunk`; the target network is a soft copy of trunk and heads);
     a batch is `trunk_batch_size` whole trajectories, every agent token of them a transition. `bootstrap`:
-    see `token_transitions`; with "utterance", `lam` > 0 regresses Q onto the utterance-level lambda-returns
-    (`utterance_lambda_targets`, V(s_u) from the current V heads, not differentiated)."""
+    see `token_transitions`; with "utterance", 0 < `lam` < 1 regresses Q onto the utterance-level
+    lambda-returns (`token_q_targets`). ILQL bootstraps through V(s'): lam 1 (Monte-Carlo returns, no
+    bootstrap) is `train_mc_iql`."""
     if bootstrap == "token" and lam:
         raise ValueError("lam applies to bootstrap 'utterance' only")
+    if not 0 <= lam < 1:
+        raise ValueError(f"ILQL bootstraps through V(s'): lam must be in [0, 1), got {lam} (lam 1, Monte-Carlo "
+                         "returns with no bootstrap, is train_mc_iql)")
+    return _train_token_heads(records, tokenizer, lm, "ilql", steps=steps, batch_size=batch_size, lr=lr,
+                              seed=seed, gamma=gamma, tau=tau, cql_weight=cql_weight, polyak=polyak, width=width,
+                              trunk_layers=trunk_layers, trunk_batch_size=trunk_batch_size, bootstrap=bootstrap,
+                              lam=lam, log_every=log_every)
+
+
+def train_mc_iql(records: list[dict], tokenizer, lm, *, steps: int, batch_size: int, lr: float, seed: int,
+                 gamma: float, tau: float, cql_weight: float, polyak: float, width: int = 256,
+                 trunk_layers: int = 0, trunk_batch_size: int = 16, log_every: int = 100):
+    """MC-IQL heads for the frozen LM `lm`: ILQL's heads, V loss (expectile onto the Polyak target's Q), CQL
+    term and acting, but Q of every token regressed onto its utterance's Monte-Carlo return-to-go, with no
+    bootstrap through V (`token_q_targets` at lam 1). Arguments as `train_ilql`'s."""
+    return _train_token_heads(records, tokenizer, lm, "mc_iql", steps=steps, batch_size=batch_size, lr=lr,
+                              seed=seed, gamma=gamma, tau=tau, cql_weight=cql_weight, polyak=polyak, width=width,
+                              trunk_layers=trunk_layers, trunk_batch_size=trunk_batch_size, bootstrap="utterance",
+                              lam=1.0, log_every=log_every)
+
+
+def _train_token_heads(records: list[dict], tokenizer, lm, name: str, *, steps: int, batch_size: int, lr: float,
+                       seed: int, gamma: float, tau: float, cql_weight: float, polyak: float, width: int,
+                       trunk_layers: int, trunk_batch_size: int, bootstrap: str, lam: float, log_every: int):
+    """The loop of `train_ilql` and `train_mc_iql`, which differ only in the Q targets (`token_q_targets`)."""
     enc = Encoder(tokenizer)
     stats = TrainStats()
     t0 = time.time()
@@ -224,7 +275,7 @@ def train_ilql(records: list[dict], tokenizer, lm, *, steps: int, batch_size: in
         n, size = len(records), trunk_batch_size
     else:
         n, size = len(tr_all["row"]), batch_size
-    for step, idx in enumerate(tqdm(_batches(n, size, steps, seed), total=steps, desc="ilql", leave=False), 1):
+    for step, idx in enumerate(tqdm(_batches(n, size, steps, seed), total=steps, desc=name, leave=False), 1):
         idx = torch.tensor(idx)
         if trunk_layers:
             b = data.select(idx)
@@ -237,22 +288,12 @@ def train_ilql(records: list[dict], tokenizer, lm, *, steps: int, batch_size: in
                 hid_t = target.features(b.tokens, b.attention_mask)
             h, h_next = hid[sub["row"], sub["col"]], hid[sub["row"], sub["next_col"]].detach()
             h_target = hid_t[sub["row"], sub["col"]]
-            y = None
-            if lam:
-                cols = utterance_start_cols(b)
-                with torch.no_grad():
-                    v_start = heads.v_values(hid.detach()[torch.arange(len(idx))[:, None], cols])  # [B, U]
-                y = utterance_lambda_targets(b, v_start, gamma, lam)[sub["row"], sub["utt"]]
+            y = token_q_targets(b, sub, lambda r, c: heads.v_values(hid.detach()[r, c]), gamma, lam)
         else:
             sub = {k: v[idx] for k, v in tr_all.items()}
             h, h_next = hidden[sub["row"], sub["col"]], hidden[sub["row"], sub["next_col"]]
             h_target = None
-            y = None
-            if lam:
-                rows, inv = sub["row"].unique(return_inverse=True)
-                with torch.no_grad():
-                    v_start = heads.v_values(hidden[rows[:, None], start_cols[rows]])  # [R, U]
-                y = utterance_lambda_targets(data.select(rows), v_start, gamma, lam)[inv, sub["utt"]]
+            y = token_q_targets(data, sub, lambda r, c: heads.v_values(hidden[r, c]), gamma, lam, start_cols)
         loss, s = ilql_losses(heads, target, h, h_next, sub, tau=tau, cql_weight=cql_weight, h_target=h_target,
                               y=y)
         opt.zero_grad(set_to_none=True)
@@ -261,8 +302,8 @@ def train_ilql(records: list[dict], tokenizer, lm, *, steps: int, batch_size: in
             torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         polyak_update(target, heads, polyak)
-        if step % log_every == 0 or step == steps:
-            stats.log.append({"step": step, **s})
+        if step % log_every == 0 or step == steps:  # namespaced by the method: ilql/q_loss, mc_iql/q_loss, ...
+            stats.log.append({"step": step, **{f"{name}/{k.split('/', 1)[1]}": v for k, v in s.items()}})
     stats.steps, stats.seconds = steps, time.time() - start
     return heads.eval(), stats
 

@@ -14,7 +14,7 @@ COMMANDS = {
     "data": Command("rlhf.dialogue.stage:DialogueDataConfig", "rlhf.dialogue.stage:make_data",
                     "Episodes of scripted behaviour policies (trajectories.jsonl, summary.json)."),
     "train": Command("rlhf.dialogue.stage:DialogueTrainConfig", "rlhf.dialogue.stage:train",
-                     "Train bc, filtered_bc, mc, ilql or chai offline on the trajectories (lm/, heads/)."),
+                     "Train bc, filtered_bc, mc, ilql, mc_iql or chai offline on the trajectories (lm/, heads/)."),
     "evaluate": Command("rlhf.dialogue.stage:DialogueEvalConfig", "rlhf.dialogue.stage:evaluate_run",
                         "Play fresh episodes with a trained agent (eval.json)."),
 }

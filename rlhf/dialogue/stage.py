@@ -10,9 +10,11 @@ numbers to the trackers of `--report_to`. `--resume true` redoes `data` and `eva
 in their config; `train` writes no checkpoint, so it refuses `resume` when the config is read.
 
 Algorithms: bc, filtered_bc (top fraction by return), mc (utterance-level Q on Monte-Carlo returns), ilql
-(per-token Q/V heads; acts on log pi_bc + beta (Q - V)) and chai (utterance-level Q over candidates from the
-BC LM, conservative term, arg-max over k candidates). The value-based ones put heads on the frozen
-behaviour-cloned LM: a run trains that LM first unless `lm` names an earlier bc run.
+(per-token Q/V heads, Q bootstrapped through V(s'), expectile V on a Polyak target's Q; acts on log pi_bc +
+beta (Q - V)), mc_iql (ILQL's heads and acting with Q regressed onto Monte-Carlo returns-to-go, no bootstrap)
+and chai (utterance-level Q over candidates from the BC LM, conservative term, arg-max over k candidates). The
+value-based ones put heads on the frozen behaviour-cloned LM: a run trains that LM first unless `lm` names an
+earlier bc run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from rlhf.config import ConfigError, RunConfig, option, require_at_least
 from rlhf.dialogue.envs import ENVS
 from rlhf.fsio import atomic_write_json, publish_dir, releases_run_lock
 
-ALGORITHMS = ("bc", "filtered_bc", "mc", "ilql", "chai")
+ALGORITHMS = ("bc", "filtered_bc", "mc", "ilql", "mc_iql", "chai")
+TOKEN_HEADS = ("ilql", "mc_iql")  # per-token Q/V heads, acting on log pi_bc + beta (Q - V)
+VALUE_BASED = ("mc", "ilql", "mc_iql", "chai")
 
 
 @dataclass
@@ -60,7 +64,7 @@ class DialogueTrainConfig(RunConfig):
     output_dir: str = option("runs/dialogue/agent", help="Where lm/, heads/, log.jsonl and metrics.json go.")
     data: str = option("runs/dialogue/data/trajectories.jsonl", help="Trajectories from `rlhf dialogue data`.")
     algorithm: str = option("ilql", help="Learner.", choices=ALGORITHMS)
-    lm: str = option("", help="For mc / ilql / chai: a bc run directory whose lm/ is the frozen behaviour "
+    lm: str = option("", help="For mc / ilql / mc_iql / chai: a bc run directory whose lm/ is the frozen behaviour "
                      "policy; empty: train it in this run.")
     hidden: int = option(128, help="LM width (a Llama built from a config, byte-level tokenizer).")
     layers: int = option(2, help="LM layers.")
@@ -71,22 +75,24 @@ class DialogueTrainConfig(RunConfig):
                                  "LM over the agent's tokens either way; the value heads read the hidden states).")
     filter_fraction: float = option(0.2, help="filtered_bc: the top fraction of trajectories by return.")
     value_steps: int = option(1500, help="Optimiser steps of the value heads.")
-    value_batch_size: int = option(128, help="Agent tokens (ilql) or utterance transitions (mc, chai) per step.")
-    value_trunk_layers: int = option(0, help="ilql: 0 = heads on the frozen LM's hidden states; n > 0 = heads on "
-                                     "a copy of the LM's trunk whose top n layers train with them.")
-    value_trunk_batch_size: int = option(16, help="ilql with value_trunk_layers > 0: trajectories per step "
-                                         "(every agent token of them a transition).")
+    value_batch_size: int = option(128, help="Agent tokens (ilql, mc_iql) or utterance transitions (mc, chai) "
+                                   "per step.")
+    value_trunk_layers: int = option(0, help="ilql, mc_iql: 0 = heads on the frozen LM's hidden states; n > 0 = "
+                                     "heads on a copy of the LM's trunk whose top n layers train with them.")
+    value_trunk_batch_size: int = option(16, help="ilql, mc_iql with value_trunk_layers > 0: trajectories per "
+                                         "step (every agent token of them a transition).")
     value_bootstrap: str = option("token", help="ilql: each token's Q target bootstraps from the next token's "
                                   "state (token) or from the state after the reply to its utterance (utterance).",
                                   choices=("token", "utterance"))
     value_lambda: float = option(0.0, help="ilql with value_bootstrap utterance: lambda of the utterance-level "
-                                 "lambda-returns (0: one-step targets; 1: Monte-Carlo returns).")
+                                 "lambda-returns, in [0, 1) (0: one-step targets r + gamma V(s')). Lambda 1, "
+                                 "Monte-Carlo returns with no bootstrap, is algorithm mc_iql.")
     value_lr: float = option(1e-3, help="Value-head learning rate (AdamW).")
     head_width: int = option(256, help="Width of the two-layer value heads.")
     gamma: float = option(0.99, help="Discount per utterance (1 inside an utterance for ilql).")
-    expectile: float = option(0.7, help="ilql: expectile tau of the V loss.")
-    cql_weight: float = option(0.1, help="ilql, chai: weight of the conservative (CQL) term.")
-    polyak: float = option(0.005, help="ilql, chai: target-network soft-update rate.")
+    expectile: float = option(0.7, help="ilql, mc_iql: expectile tau of the V loss.")
+    cql_weight: float = option(0.1, help="ilql, mc_iql, chai: weight of the conservative (CQL) term.")
+    polyak: float = option(0.005, help="ilql, mc_iql, chai: target-network soft-update rate.")
     num_candidates: int = option(4, help="chai: utterances sampled from the LM per state for the target max "
                                  "and the conservative term.")
     threads: int = option(1, help="torch CPU threads (0: torch's default). The tiny models run fastest on one; "
@@ -100,6 +106,9 @@ class DialogueTrainConfig(RunConfig):
         require_at_least(self, 1, "value_trunk_batch_size")
         if not 0 <= self.value_lambda <= 1 or (self.value_lambda and self.value_bootstrap == "token"):
             raise ConfigError("value_lambda must be in [0, 1] and needs value_bootstrap 'utterance' when > 0")
+        if self.algorithm == "ilql" and self.value_lambda == 1:
+            raise ConfigError("value_lambda 1 regresses Q onto Monte-Carlo returns with no bootstrap through "
+                              "V(s'): that method is algorithm 'mc_iql' (ilql takes value_lambda < 1)")
         if self.value_trunk_layers > self.layers:
             raise ConfigError(f"value_trunk_layers ({self.value_trunk_layers}) is more than the LM's layers "
                               f"({self.layers})")
@@ -117,10 +126,11 @@ class DialogueEvalConfig(RunConfig):
     run: str = option("runs/dialogue/agent", help="A `rlhf dialogue train` run directory.")
     env: str = option("", help="Environment (empty: the one of the run's data).", choices=("",) + ENVS)
     episodes: int = option(200, help="Evaluation episodes (fresh seeds, disjoint from the data's).")
-    beta: float = option(16.0, help="ilql: weight of Q - V on the BC log-probabilities when acting.")
-    top_p: float = option(1.0, help="bc, ilql: sample only within the BC policy's top-p nucleus (1: all tokens; "
-                                    "the results use 0.8 for ilql and report bc both ways).")
-    adv_clip: float = option(0.0, help="ilql: clamp Q - V to +-adv_clip before scaling by beta (0: no clamp).")
+    beta: float = option(16.0, help="ilql, mc_iql: weight of Q - V on the BC log-probabilities when acting.")
+    top_p: float = option(1.0, help="bc, ilql, mc_iql: sample only within the BC policy's top-p nucleus (1: all "
+                                    "tokens; the results use 0.8 for ilql and mc_iql and report bc both ways).")
+    adv_clip: float = option(0.0, help="ilql, mc_iql: clamp Q - V to +-adv_clip before scaling by beta (0: no "
+                                       "clamp).")
     k: int = option(8, help="mc, chai: candidate utterances sampled from the LM per turn.")
     temperature: float = option(1.0, help="Sampling temperature of the LM (0: arg-max tokens).")
     threads: int = option(1, help="torch CPU threads (0: torch's default).")
@@ -197,7 +207,7 @@ def load_lm(directory: str | Path):
 @releases_run_lock
 def train(cfg: DialogueTrainConfig) -> dict:
     """Train one learner; returns metrics including the compute it took (wall time, steps, parameters)."""
-    from rlhf.dialogue.algorithms import train_bc, train_ilql, train_utterance_q
+    from rlhf.dialogue.algorithms import train_bc, train_ilql, train_mc_iql, train_utterance_q
     from rlhf.dialogue.data import load_jsonl, top_fraction
     from rlhf.models import build_tiny_tokenizer
 
@@ -226,14 +236,17 @@ def train(cfg: DialogueTrainConfig) -> dict:
     else:
         lm = load_lm(cfg.lm)
         metrics["lm"] = cfg.lm
-    if cfg.algorithm in ("mc", "ilql", "chai"):
+    if cfg.algorithm in VALUE_BASED:
         common = dict(steps=cfg.value_steps, batch_size=cfg.value_batch_size, lr=cfg.value_lr, seed=cfg.seed,
                       gamma=cfg.gamma, width=cfg.head_width, log_every=cfg.log_every)
+        if cfg.algorithm in TOKEN_HEADS:
+            common.update(tau=cfg.expectile, cql_weight=cfg.cql_weight, polyak=cfg.polyak,
+                          trunk_layers=cfg.value_trunk_layers, trunk_batch_size=cfg.value_trunk_batch_size)
         if cfg.algorithm == "ilql":
-            heads, st = train_ilql(records, tokenizer, lm, tau=cfg.expectile, cql_weight=cfg.cql_weight,
-                                   polyak=cfg.polyak, trunk_layers=cfg.value_trunk_layers,
-                                   trunk_batch_size=cfg.value_trunk_batch_size, bootstrap=cfg.value_bootstrap,
-                                   lam=cfg.value_lambda, **common)
+            heads, st = train_ilql(records, tokenizer, lm, bootstrap=cfg.value_bootstrap, lam=cfg.value_lambda,
+                                   **common)
+        elif cfg.algorithm == "mc_iql":
+            heads, st = train_mc_iql(records, tokenizer, lm, **common)
         else:
             heads, st = train_utterance_q(records, tokenizer, lm, mode=cfg.algorithm, cql_weight=cfg.cql_weight,
                                           polyak=cfg.polyak, num_candidates=cfg.num_candidates, **common)
@@ -265,7 +278,7 @@ def load_agent(run: str | Path, beta: float = 16.0, k: int = 8, temperature: flo
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     algorithm = cfg["algorithm"]
     lm = load_lm(run if (run / "lm").exists() else cfg["lm"])
-    heads = ValueHeads.load(run / "heads") if algorithm in ("mc", "ilql", "chai") else None
+    heads = ValueHeads.load(run / "heads") if algorithm in VALUE_BASED else None
     kind = "bc" if algorithm in ("bc", "filtered_bc") else algorithm
     return Agent(kind, lm, Encoder(build_tiny_tokenizer()), heads, beta=beta, k=k, temperature=temperature,
                  top_p=top_p, adv_clip=adv_clip or None), cfg
