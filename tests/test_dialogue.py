@@ -371,9 +371,11 @@ def test_cli_data_train_evaluate_smoke(tmp_path, capsys):
                      "--output_dir", str(tmp_path / algo), "--num_candidates", "2"] + small) == 0
     metrics = json.loads((tmp_path / "chai" / "metrics.json").read_text())
     assert metrics["value/steps"] == 3 and metrics["value/parameters"] > 0
-    assert main(["dialogue", "evaluate", "--run", str(tmp_path / "mc_iql"), "--episodes", "3", "--top_p", "0.8",
+    # one episode (fewer than the three transcripts kept) evaluates too
+    assert main(["dialogue", "evaluate", "--run", str(tmp_path / "mc_iql"), "--episodes", "1", "--top_p", "0.8",
                  "--output_dir", str(tmp_path / "ev_mc_iql")]) == 0
-    assert json.loads((tmp_path / "ev_mc_iql" / "eval.json").read_text())["algorithm"] == "mc_iql"
+    ev = json.loads((tmp_path / "ev_mc_iql" / "eval.json").read_text())
+    assert ev["algorithm"] == "mc_iql" and ev["episodes"] == 1 and len(ev["transcripts"]) == 1
     # the Monte-Carlo setting under ILQL's name is refused, naming the method it is
     assert main(["dialogue", "train", "--algorithm", "ilql", "--value_bootstrap", "utterance", "--value_lambda", "1",
                  "--output_dir", str(tmp_path / "ilql_mc")] + small) == 2

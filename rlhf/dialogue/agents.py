@@ -82,7 +82,8 @@ def evaluate(agent: Agent, env_name: str, episodes: int, seed: int, split: str =
     n_turns = [len(t) for t in turns]
     return {"success": _mean_ci([float(s) for s in success]), "return": _mean_ci(rets),
             "turns": _mean_ci([float(t) for t in n_turns]), "episodes": episodes,
-            "returns": rets, "transcripts": [{"intro": intros[i], "turns": turns[i]} for i in range(3)]}
+            "returns": rets,
+            "transcripts": [{"intro": intros[i], "turns": turns[i]} for i in range(min(3, episodes))]}
 
 
 def _mean_ci(xs: list[float]) -> dict:
