@@ -234,9 +234,10 @@ def load_tokenizer(name: str):
 
 @contextlib.contextmanager
 def quiet_peft():
-    """peft (0.21) reads a model's `is_gradient_checkpointing`, which transformers 5 deprecated in favour of
-    `is_activation_checkpointing`: a FutureWarning about peft's code, not the user's, whenever an adapter is
-    created or loaded. Silenced there and nowhere else."""
+    """peft (0.21) and TRL's DPOTrainer (1.16, around its reference pass) read a model's
+    `is_gradient_checkpointing`, which transformers 5 deprecated in favour of `is_activation_checkpointing`: a
+    FutureWarning about their code, not the user's, whenever an adapter is created or loaded or DPO trains.
+    Silenced there and nowhere else."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield

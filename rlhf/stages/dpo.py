@@ -116,6 +116,18 @@ def read_dpo_pairs(sources: str, cfg: DPOConfig, max_pairs: int = 0) -> tuple[li
 # ------------------------------------------------------------------------------------------ train
 
 
+def checkpointing_args(enabled: bool) -> dict:
+    """TrainingArguments' gradient checkpointing switch under the name this transformers release uses: 5.x
+    renamed `gradient_checkpointing` to `activation_checkpointing` and warns on the old name."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def _namespaced(logs: dict) -> dict:
     """The Trainer's log keys in the toolkit's namespaces: eval_x -> eval/x, x -> train/x."""
     out = {}
@@ -141,7 +153,7 @@ def train(cfg: DPOConfig) -> dict:
 
     from rlhf.batching import derive_batch_sizes
     from rlhf.distributed import make_accelerator
-    from rlhf.models import apply_lora, load_model, load_tokenizer, save_pretrained
+    from rlhf.models import apply_lora, load_model, load_tokenizer, quiet_peft, save_pretrained
     from rlhf.runs import CHECKPOINTS, RunLogger, prepare_output_dir
 
     hf_logging.disable_progress_bar()
@@ -178,8 +190,7 @@ def train(cfg: DPOConfig) -> dict:
         per_device_train_batch_size=sizes.per_device, per_device_eval_batch_size=sizes.per_device,
         gradient_accumulation_steps=sizes.grad_accum, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16, **checkpointing_args(cfg.gradient_checkpointing),
         beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
         logging_steps=cfg.log_every, save_strategy="steps" if cfg.save_every else "no",
         save_steps=cfg.save_every or total_steps, save_total_limit=cfg.keep_checkpoints or None,
@@ -206,13 +217,13 @@ def train(cfg: DPOConfig) -> dict:
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(train_records),
                          eval_dataset=Dataset.from_list(eval_records) if eval_records else None,
                          processing_class=tokenizer, callbacks=[ToolkitContract()])
-    result = trainer.train(resume_from_checkpoint=ckpt)
-    step = trainer.state.global_step
-    if step < total_steps:
-        accelerator.print(f"[dpo] stopped after step {step} of {total_steps}; continue with --resume true")
-        return {"stopped_at_step": step}
-
-    final_eval = trainer.evaluate() if eval_records else {}  # logged through on_log
+    with quiet_peft():  # TRL's reference pass reads the deprecated `is_gradient_checkpointing` too
+        result = trainer.train(resume_from_checkpoint=ckpt)
+        step = trainer.state.global_step
+        if step < total_steps:
+            accelerator.print(f"[dpo] stopped after step {step} of {total_steps}; continue with --resume true")
+            return {"stopped_at_step": step}
+        final_eval = trainer.evaluate() if eval_records else {}  # logged through on_log
     if accelerator.is_main_process:
         core = accelerator.unwrap_model(trainer.model)
         for name in [n for n in getattr(core, "peft_config", {}) if n != "default"]:
