@@ -19,6 +19,11 @@ gold and KL over updates as mean +/- sd over seeds. Targets (pass/fail): the gua
 not below the SFT policy's lower 95% bound (the probe before the first update, t interval over seeds), while the
 unguarded runs end below the SFT policy's mean gold.
 
+Runs are kept in `--work_dir` (default runs/overoptimisation), under a key of the SFT policy's and reward
+model's content and the settings: the same command run again reuses the finished runs and the ensemble,
+resumes an interrupted run from its latest checkpoint, and runs only what is missing (add seeds one session at
+a time); a changed upstream model or setting gets a directory of its own, never stale runs.
+
 Seeds (benchmarks/README.md, "Protocol"): the over-optimising setting was found by the quickstart sweep on seed
 0 and the quickstart's settings on seeds 0 and 1, selection seeds; the default seeds 100-102 are report seeds,
 never used for a choice, and the JSON records the split (`seeds`).
@@ -55,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=3e-4)
     p.add_argument("--probe_every", type=int, default=5)
     p.add_argument("--ensemble_size", type=int, default=5)
+    p.add_argument("--work_dir", default="", help="Where the ensemble and the policy runs are kept (under a key "
+                   "of the upstream models and settings), so that a rerun reuses finished runs and resumes an "
+                   "interrupted one (default runs/overoptimisation; --tiny: a scratch directory).")
     p.add_argument("--out", default="", help="JSON output (default benchmarks/results/overoptimisation.json; "
                    "tiny: overoptimisation_tiny.json).")
     args = p.parse_args(argv)
@@ -63,12 +71,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def work_key(run: Path, args: argparse.Namespace, policy_yaml: Path) -> str:
+    """What the kept runs depend on: the SFT policy's and the run's reward model's content, the reward and
+    policy configs, and the settings. Another key, another directory: kept runs never go stale."""
+    import hashlib
+
+    from rlhf.fingerprint import path_digest
+
+    parts = {"sft": path_digest(run / "sft" / "model"), "reward": path_digest(run / "reward" / "model"),
+             "reward_config": path_digest(run / "reward" / "config.yaml"), "policy_yaml": path_digest(policy_yaml),
+             "settings": [args.num_updates, args.learning_rate, args.probe_every, args.ensemble_size, ARMS]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def ensemble_reward(run: Path, size: int, out: Path) -> Path:
-    """The run's reward model trained again as an ensemble of `size` heads (the same pairs and features)."""
+    """The run's reward model trained again as an ensemble of `size` heads (the same pairs and features); a
+    finished one in `out` (its model/ is published whole, at the end) is reused."""
     from rlhf.config import load_config
     from rlhf.stages.reward import RewardConfig
     from rlhf.stages.reward import train as reward_train
 
+    if (out / "model").is_dir():
+        print(f"[overoptimisation] reusing the ensemble in {out}")
+        return out / "model"
     cfg = load_config(RewardConfig, run / "reward" / "config.yaml", {
         "output_dir": str(out), "ensemble_size": str(size), "head_fit": "validated", "resume": "false",
         "overwrite": "true"})
@@ -102,18 +127,27 @@ def main(argv=None) -> dict:
               "runs": []}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-overopt-") as tmp:
         scratch = Path(tmp)
-        run = upstream_run(args.tiny, args.make_run, args.run_dir, scratch)
+        # (--tiny with --work_dir: the tiny upstream run is kept there too, so that a rerun can reuse its runs)
+        run = upstream_run(args.tiny, args.make_run, args.run_dir, Path(args.work_dir) if args.work_dir else scratch)
         sft = run / "sft" / "model"
-        rm = ensemble_reward(run, args.ensemble_size, scratch / "reward_ensemble")
+        key = work_key(run, args, configs / "policy.yaml")
+        work = Path(args.work_dir or (scratch / "work" if args.tiny else "runs/overoptimisation")) / key
+        result["work_dir"] = str(work)
+        rm = ensemble_reward(run, args.ensemble_size, work / "reward_ensemble")
         for seed in args.seeds:
             for arm, overrides in ARMS.items():
-                out = scratch / f"{arm}_{seed}"
-                cfg = load_config(PolicyConfig, configs / "policy.yaml", {
-                    "model_name_or_path": str(sft), "reward_model": str(rm), "reward_fn": "",
-                    "normalize_rewards": "true", "output_dir": str(out), "seed": str(seed), "sample_every": "0",
-                    "num_updates": str(args.num_updates), "learning_rate": str(args.learning_rate),
-                    "probe_every": str(args.probe_every), **overrides})
-                metrics = policy_train(cfg)
+                out = work / f"{arm}_{seed}"
+                if (out / "metrics.json").exists():  # finished (written last): reused as it is
+                    print(f"[overoptimisation] reusing {out}")
+                    metrics = json.loads((out / "metrics.json").read_text())
+                else:  # new, or resumed from its latest checkpoint
+                    cfg = load_config(PolicyConfig, configs / "policy.yaml", {
+                        "model_name_or_path": str(sft), "reward_model": str(rm), "reward_fn": "",
+                        "normalize_rewards": "true", "output_dir": str(out), "seed": str(seed), "sample_every": "0",
+                        "num_updates": str(args.num_updates), "learning_rate": str(args.learning_rate),
+                        "probe_every": str(args.probe_every), "save_every": str(args.probe_every),
+                        "resume": str((out / "config.yaml").exists()).lower(), **overrides})
+                    metrics = policy_train(cfg)
                 result["runs"].append({"arm": arm, "seed": seed, "curve": curve(out / "log.jsonl"),
                                        "seconds": metrics["policy/seconds"]})
     summarise(result)
