@@ -264,13 +264,11 @@ def gold_judge(prompts, completions, prompt_id, task_json, **kwargs) -> list[flo
 
 def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
     """TRL's RLOOTrainer with LoRA on the same judge; timed: trainer construction + train()."""
-    import dataclasses
-
     from peft import LoraConfig
-    from transformers import TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    from rlhf.models import load_model, load_tokenizer
+    from rlhf.models import checkpointing_args, load_model, load_tokenizer
 
     class Clock(TrainerCallback):
         """Seconds between consecutive optimiser steps (the first from the start of training)."""
@@ -294,8 +292,6 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
     n = args.prompts_per_update * args.k
     peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                              target_modules="all-linear", task_type="CAUSAL_LM")
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     grpo = args.method == "grpo"
     method_args = ({"scale_rewards": "group", "loss_type": "dapo"} if grpo else {"normalize_advantages": False})
     config = (GRPOConfig if grpo else RLOOConfig)(
@@ -307,7 +303,7 @@ def run_trl(args, scratch: Path, expected_prompts: list[str]) -> dict:
         beta=args.beta, num_iterations=1, epsilon=0.2, mask_truncated_completions=False,
         learning_rate=args.learning_rate, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
         weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-        bf16=False, **{checkpointing: False}, disable_dropout=True, shuffle_dataset=False,
+        bf16=False, **checkpointing_args(False), disable_dropout=True, shuffle_dataset=False,
         logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no", log_completions=False,
         dataloader_num_workers=0, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
     )

@@ -271,6 +271,18 @@ def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules: lis
     return model
 
 
+def checkpointing_args(enabled: bool) -> dict:
+    """TrainingArguments' gradient checkpointing switch under the name this transformers release uses: 5.x
+    renamed `gradient_checkpointing` to `activation_checkpointing` and warns on the old name."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def enable_gradient_checkpointing(model) -> None:
     """Recompute each block's activations in backward (transformers' checkpointing, non-reentrant, so frozen
     layers and LoRA adapters need no input-gradient hooks). Active in training mode only; same gradients."""

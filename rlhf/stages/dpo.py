@@ -116,18 +116,6 @@ def read_dpo_pairs(sources: str, cfg: DPOConfig, max_pairs: int = 0) -> tuple[li
 # ------------------------------------------------------------------------------------------ train
 
 
-def checkpointing_args(enabled: bool) -> dict:
-    """TrainingArguments' gradient checkpointing switch under the name this transformers release uses: 5.x
-    renamed `gradient_checkpointing` to `activation_checkpointing` and warns on the old name."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
-
-
 def _namespaced(logs: dict) -> dict:
     """The Trainer's log keys in the toolkit's namespaces: eval_x -> eval/x, x -> train/x."""
     out = {}
@@ -153,7 +141,7 @@ def train(cfg: DPOConfig) -> dict:
 
     from rlhf.batching import derive_batch_sizes
     from rlhf.distributed import make_accelerator
-    from rlhf.models import apply_lora, load_model, load_tokenizer, quiet_peft, save_pretrained
+    from rlhf.models import apply_lora, checkpointing_args, load_model, load_tokenizer, quiet_peft, save_pretrained
     from rlhf.runs import CHECKPOINTS, RunLogger, prepare_output_dir
 
     hf_logging.disable_progress_bar()
