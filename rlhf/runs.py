@@ -168,7 +168,10 @@ class RunLogger:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         append_jsonl(self.path, [row], what="log")
         if self.tracking:
-            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))},
+            # `step` goes as the trackers' step; as a metric too only where it differs (a phase's own count).
+            # (trackio reserves the name "step" and renames the metric, with a warning.)
+            send = row if tracker_step is not None else {k: v for k, v in row.items() if k != "step"}
+            self.accelerator.log({k: v for k, v in send.items() if isinstance(v, (int, float))},
                                  step=step if tracker_step is None else tracker_step)
 
     def finish(self, metrics: dict[str, Any]) -> dict[str, Any]:

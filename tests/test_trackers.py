@@ -133,3 +133,50 @@ def test_tables_go_to_each_tracker_in_its_form(capsys):
     assert capsys.readouterr().err.count("the aim tracker takes no tables") == 1
     log_table(SimpleNamespace(is_main_process=False, trackers=[WithTable()]), "u", ["a"], [[0]], step=1)
     assert got["wandb"][0] == "t"  # other processes send nothing
+
+
+TRACKIO_RUN = """
+import json, sys
+from rlhf.config import load_config
+from rlhf.stages.policy import PolicyConfig, train
+from trackio.sqlite_storage import SQLiteStorage
+
+cfg = load_config(PolicyConfig, sys.argv[1], {
+    "output_dir": sys.argv[2], "prompts": sys.argv[3], "num_updates": "2", "max_new_tokens": "8",
+    "sample_every": "1", "report_to": "trackio"})
+train(cfg)
+(run,) = SQLiteStorage.get_runs("rlhf-policy")
+print("LOGS " + json.dumps(SQLiteStorage.get_logs("rlhf-policy", run)))
+"""
+
+
+def test_policy_rollout_table_reaches_trackio(tmp_path):
+    """trackio, offline (its local SQLite store under TRACKIO_DIR, read at its import: hence a process of its
+    own): the rollout table of each update is read back with trackio's own storage reader."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("trackio")
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", TRACKIO_RUN, str(ROOT / "configs/tiny/policy.yaml"),
+                          str(tmp_path / "run"), str(ROOT / "reward_data/prompts_train.jsonl")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (logs,) = [json.loads(line[5:]) for line in out.stdout.splitlines() if line.startswith("LOGS ")]
+    assert "Reserved keys renamed" not in out.stderr  # the metrics' names are trackio's to take
+    from rlhf.stages.policy import PolicyConfig
+
+    cfg = load_config(PolicyConfig, ROOT / "configs/tiny/policy.yaml")
+    tables = [(row["step"], row["policy/rollouts"]) for row in logs if "policy/rollouts" in row]
+    assert [step for step, _ in tables] == [1, 2]
+    logged = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    for (step, table), row in zip(tables, logged):
+        assert table["_type"] == "trackio.table"
+        rows = table["_value"]
+        assert [list(r) for r in rows[:1]] == [["prompt", "response", "score", "kl"]]
+        assert len(rows) == cfg.prompts_per_update * cfg.k  # one process: every rollout of the update
+        # the table's scores are the ones the update logged
+        assert sum(r["score"] for r in rows) / len(rows) == pytest.approx(row["objective/scores"], abs=1e-6)
+    # the scalars went to the same run
+    assert any("objective/scores" in row for row in logs)
