@@ -74,7 +74,7 @@ def test_existing_run_is_not_overwritten_by_accident(tmp_path):
 
 
 def test_lora_keeps_base_weights_bit_identical_and_the_adapter_reloads(tmp_path):
-    from rlhf.models import load_model, resolve_model_path
+    from rlhf.models import load_model, quiet_peft, resolve_model_path
 
     base_before = load_file(Path(resolve_model_path("tiny-llama")) / "model.safetensors")
     cfg = load_config(SFTConfig, ROOT / "configs/tiny/sft_lora.yaml",
@@ -101,7 +101,8 @@ def test_lora_keeps_base_weights_bit_identical_and_the_adapter_reloads(tmp_path)
     trained = load_model("tiny-llama")
     from peft import PeftModel
 
-    trained = PeftModel.from_pretrained(trained, adapter_dir)
+    with quiet_peft():  # peft reads a property transformers 5 deprecated (rlhf.models.quiet_peft)
+        trained = PeftModel.from_pretrained(trained, adapter_dir)
     with torch.no_grad():
         a = model(input_ids=ids).logits
         b = trained(input_ids=ids).logits
