@@ -4,6 +4,7 @@ policy on the built-in task's held-out prompts.
     python benchmarks/quickstart.py                                  # configs/quickstart.yaml, report seeds 100-102
                                                                      # (three whole pipelines, ~15 min CPU each)
     python benchmarks/quickstart.py --seeds 100                      # one pipeline
+    python benchmarks/quickstart.py --keep_runs                      # reuse/resume runs/benchmark_quickstart/seed*
     python benchmarks/quickstart.py --pipeline configs/tiny/quickstart.yaml   # the tiny model, a minute
 
 Runs the README's main command, `rlhf run <pipeline>`, as a subprocess in a fresh output directory per seed
@@ -45,8 +46,11 @@ def fmt_ci(m: dict | None) -> str:
     return "-" if not m else f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
 
-def run_once(pipeline: str, out: Path, seed: int, env: dict) -> dict:
-    if out.exists():
+def run_once(pipeline: str, out: Path, seed: int, env: dict, keep: bool = False) -> dict:
+    """One `rlhf run` of `pipeline` at `seed` into `out`: a fresh directory, or with `keep` the one already there,
+    which the pipeline resumes (a finished stage is skipped, an interrupted one resumes from its checkpoint)."""
+    resumed = keep and out.exists()
+    if out.exists() and not keep:
         shutil.rmtree(out)
     sets = [a for s in STAGES for a in ("--set", f"{s}.seed={seed}")]
     cmd = [sys.executable, "-m", "rlhf.cli", "run", pipeline, "--output_dir", str(out), *sets]
@@ -58,7 +62,7 @@ def run_once(pipeline: str, out: Path, seed: int, env: dict) -> dict:
         raise SystemExit(f"rlhf run failed with exit status {proc.returncode}")
     record = json.loads((out / "pipeline.json").read_text())
     report = json.loads((out / "evaluate" / "report.json").read_text())
-    return {"seed": seed, "wall_seconds": wall,
+    return {"seed": seed, "wall_seconds": wall, "resumed": resumed,
             "stage_seconds": {s: record["stages"].get(s, {}).get("seconds") for s in STAGES},
             "stage_results": {s: record["stages"].get(s, {}).get("headline", "") for s in STAGES},
             "checkpoints": report["checkpoints"], "num_prompts": report["num_prompts"],
@@ -72,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Report seeds, one whole pipeline each; 0-5 are the selection seeds.")
     parser.add_argument("--output_dir", default=str(ROOT / "runs/benchmark_quickstart"))
     parser.add_argument("--fresh_cache", action="store_true", help="Empty feature cache (a first run).")
+    parser.add_argument("--keep_runs", action="store_true", help="Reuse each seed's run directory under "
+                        "--output_dir: `rlhf run` skips the finished stages and resumes an interrupted one, so "
+                        "seeds can be run one session at a time with the same command. The learning figures are "
+                        "those of an uninterrupted run; the wall times then cover only what ran this time.")
     parser.add_argument("--out", default="", help="Results JSON (default benchmarks/results/<pipeline name>.json).")
     args = parser.parse_args(argv)
     name = Path(args.pipeline).stem if Path(args.pipeline).parent.name == "configs" else \
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.fresh_cache:  # models stay cached (converting the GGUF is not part of a stage); features do not
         tmp = tempfile.mkdtemp(prefix="rlhf-features-")
         env["RLHF_FEATURE_CACHE"] = tmp
-    runs = [run_once(args.pipeline, Path(args.output_dir) / f"seed{seed}", seed, env) for seed in args.seeds]
+    runs = [run_once(args.pipeline, Path(args.output_dir) / f"seed{seed}", seed, env, args.keep_runs)
+            for seed in args.seeds]
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -103,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     for s in STAGES:
         print(f"{s:<10}" + "".join(f"{(r['stage_seconds'][s] or 0):>10.0f}" for r in runs)
               + f"   {runs[0]['stage_results'][s]}")
-    print(f"{'total':<10}" + "".join(f"{r['wall_seconds']:>10.0f}" for r in runs) + "   (the whole command)")
+    print(f"{'total':<10}" + "".join(f"{r['wall_seconds']:>9.0f}" + ("*" if r["resumed"] else " ") for r in runs)
+          + "   (the whole command" + ("; * resumed with --keep_runs: what ran this time)" if any(
+              r["resumed"] for r in runs) else ")"))
 
     # ---- table: aligned vs SFT
     print(f"\nheld-out prompts: {runs[0]['num_prompts']}; 95% bootstrap intervals over prompts")

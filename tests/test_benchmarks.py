@@ -196,3 +196,33 @@ def test_dialogue_comparisons_are_paired_over_seeds_not_pooled_over_episodes():
     assert c["met"] is False
     assert summary["ilql"]["success"]["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
     assert "success_pooled" not in summary["ilql"]
+
+
+def test_quickstart_keep_runs_resumes_the_seeds_directory_and_says_so(tmp_path, monkeypatch):
+    """--keep_runs leaves a seed's run directory for `rlhf run` to skip and resume (recorded as resumed);
+    without it each seed starts from an empty directory. (`rlhf run`'s own skipping is tested in
+    tests/test_pipeline_state.py; here the subprocess is replaced by one that writes a finished run's files.)"""
+    import subprocess
+
+    from benchmarks import quickstart
+
+    calls = []
+
+    def fake_run(cmd, cwd, env):
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        calls.append(sorted(p.name for p in out.iterdir()) if out.exists() else None)
+        (out / "evaluate").mkdir(parents=True, exist_ok=True)
+        (out / "pipeline.json").write_text(json.dumps({"stages": {}}))
+        (out / "evaluate" / "report.json").write_text(json.dumps(
+            {"checkpoints": {}, "num_prompts": 1, "num_samples": 1}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(quickstart.subprocess, "run", fake_run)
+    out = tmp_path / "seed100"
+    out.mkdir()
+    (out / "sft").mkdir()  # a stage of an earlier, interrupted run
+    assert quickstart.run_once("p.yaml", out, 100, {}, keep=True)["resumed"] is True
+    assert calls[-1] == ["sft"]  # left in place for the pipeline to skip
+    assert quickstart.run_once("p.yaml", out, 100, {}, keep=False)["resumed"] is False
+    assert calls[-1] is None  # removed first: a fresh run
+    assert quickstart.run_once("p.yaml", tmp_path / "new", 100, {}, keep=True)["resumed"] is False
