@@ -17,7 +17,9 @@ Both log the held-out probe every 5 updates (`--probe_every 5`: the optimised sc
 to the SFT policy on the same held-out prompts and draws; rlhf/probe.py). The table gives each arm's proxy,
 gold and KL over updates as mean +/- sd over seeds. Targets (pass/fail): the guarded runs end with a gold score
 not below the SFT policy's lower 95% bound (the probe before the first update, t interval over seeds), while the
-unguarded runs end below the SFT policy's mean gold.
+unguarded runs end below the SFT policy's mean gold. Per seed the two arms share the SFT policy, the ensemble and
+the probe's prompts and draws, so their final gold scores are also compared paired (the t interval of the per-seed
+differences, guarded minus unguarded), with a per-seed table.
 
 Runs are kept in `--work_dir` (default runs/overoptimisation), under a key of the SFT policy's and reward
 model's content and the settings: the same command run again reuses the finished runs and the ensemble,
@@ -41,7 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import REPORT_SEEDS, finish, mean_sd, seed_record, t_interval, upstream_run  # noqa: E402
+from benchmarks.common import (REPORT_SEEDS, finish, mean_sd, paired, seed_record, t_interval,  # noqa: E402
+                               upstream_run)
 
 ARMS = {"unguarded": {"reward_aggregate": "mean"}, "guarded": {"reward_aggregate": "lcb", "reward_lcb_k": "1"}}
 
@@ -169,6 +172,16 @@ def summarise(result: dict) -> None:
     sft = t_interval(sft_gold) if sft_gold else None
     final = {arm: t_interval([r["curve"][-1]["gold"] for r in result["runs"] if r["arm"] == arm]) for arm in ARMS}
     result["sft_gold"], result["final_gold"] = sft, final
+    # Per seed the two arms share the SFT policy, the ensemble and the probe's prompts and draws: paired
+    seeds = [r["seed"] for r in result["runs"] if r["arm"] == "unguarded"]
+    last = {(r["arm"], r["seed"]): r["curve"][-1] for r in result["runs"]}
+    if seeds and all(("guarded", s) in last for s in seeds):
+        result["per_seed_final"] = [{"seed": s, "sft_gold": next(r["curve"][0]["gold"] for r in result["runs"]
+                                                                  if r["arm"] == "unguarded" and r["seed"] == s),
+                                     **{f"{arm}_{k}": last[(arm, s)][k] for arm in ARMS for k in ("gold", "kl")}}
+                                    for s in seeds]
+        result["guard_gold_gain"] = paired([last[("guarded", s)]["gold"] for s in seeds],
+                                           [last[("unguarded", s)]["gold"] for s in seeds])
     result["targets"] = {
         "guarded_final_gold_not_below_sft_lower_bound":
             None if sft is None or sft["ci95"] is None else final["guarded"]["mean"] >= sft["low"],
@@ -190,6 +203,14 @@ def print_table(result: dict) -> None:
         print(f"SFT gold {sft['mean']:.3f}, lower 95% bound {low}")
     for arm, f in result["final_gold"].items():
         print(f"{arm}: final gold {f['mean']:.3f}" + ("" if f["ci95"] is None else f" ± {f['ci95']:.3f}"))
+    if "per_seed_final" in result:
+        print(f"\n{'seed':>4}  {'SFT gold':>8}  {'unguarded gold':>14}  {'KL':>6}  {'guarded gold':>12}  {'KL':>6}")
+        for row in result["per_seed_final"]:
+            print(f"{row['seed']:>4}  {row['sft_gold']:>8.3f}  {row['unguarded_gold']:>14.3f}  {row['unguarded_kl']:>6.2f}"
+                  f"  {row['guarded_gold']:>12.3f}  {row['guarded_kl']:>6.2f}")
+        g = result["guard_gold_gain"]
+        half = "(one seed: no interval)" if g["ci95"] is None else f"± {g['ci95']:.3f} (paired 95% t over seeds)"
+        print(f"final gold, guarded minus unguarded: {g['mean']:+.3f} {half}")
     for name, ok in result["targets"].items():
         print(f"target {name}: {'not decidable' if ok is None else ('met' if ok else 'MISSED')}")
 
