@@ -146,6 +146,8 @@ def inputs_of(stage: str, cfg) -> dict[str, str]:
         if f.name in neutral or (f.name.startswith("probe_") and not getattr(cfg, "probe_every", 0)):
             continue  # (the policy's probe files are read only when it probes)
         value = getattr(cfg, f.name)
+        if f.name == "reward_model" and getattr(cfg, "reward_fn", ""):
+            continue  # the policy stage scores with its reward functions and never reads the model
         if f.name in ("reward_fn", "probe_gold_fn") and value:  # comma-separated 'module:function' specs
             specs = [x.strip() for x in value.split(",") if x.strip()]
             for spec in specs:

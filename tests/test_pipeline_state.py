@@ -120,8 +120,9 @@ def test_reward_fn_module_and_model_directories_are_keyed_by_content(tmp_path, m
     (model / "model.safetensors").write_bytes(b"\0" * 64)
     cfg = load_config(PolicyConfig, ROOT / "configs/tiny/policy.yaml",
                       {"reward_fn": "my_reward:score", "model_name_or_path": str(model),
-                       "output_dir": str(tmp_path / "p")})
+                       "reward_model": str(model), "output_dir": str(tmp_path / "p")})
     first, inputs = key_of("policy", cfg)
+    # reward_model names a directory that exists, but with reward_fn set it is never read: not an input
     assert set(inputs) == {"reward_fn", "model_name_or_path", "prompts"}
     (tmp_path / "my_reward.py").write_text("def score(p, c, r):\n    return [2.0] * len(c)\n")
     second, _ = key_of("policy", cfg)
