@@ -224,3 +224,24 @@ def upstream_run(tiny: bool, make_run: bool, run_dir: str, scratch: Path) -> Pat
                                                                                   Path(run_dir))
     run_main([pipeline, "--output_dir", str(out), "--only", "sft,collect,label,reward"])
     return out
+
+
+# ------------------------------------------------------------------------------- kept, resumable runs
+# A long benchmark keeps its stage runs under a work directory named by a key of everything they depend on, so
+# the same command run again (another session) reuses the finished runs, resumes an interrupted one, and never
+# mixes in runs made from other models or settings.
+
+
+def work_key(parts: dict) -> str:
+    """A 16-hex key of `parts` (JSON-able: content digests of the inputs, settings)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_state(out: Path) -> str:
+    """"done" (the stage wrote metrics.json, its last file), "resume" (started: its config.yaml is there) or
+    "new"."""
+    if (out / "metrics.json").exists():
+        return "done"
+    return "resume" if (out / "config.yaml").exists() else "new"

@@ -5,6 +5,12 @@ plus TRL's DPOTrainer run directly on the same pairs and settings (the wrapper's
     python benchmarks/dpo.py                               # 3 seeds on a finished runs/quickstart
     python benchmarks/dpo.py --tiny --seeds 100,101        # a smoke run on the tiny test model, in minutes
 
+The runs are kept in `--work_dir` (default runs/dpo_benchmark) under a key of the SFT policy, the reward model, the
+pairs and the configs: the same command run again reuses the finished runs, resumes an interrupted training from
+its latest checkpoint, and runs only what is missing, so the three seeds can be spread over sessions. A resumed
+training's wall time covers only its last part: the table's training times are over the trainings that ran in
+one go, and each seed records which were resumed.
+
 What is compared, from `--run_dir` (a finished `rlhf run`: its sft/model, label/pairs.jsonl and reward/model):
 
 - RLHF: `rlhf.stages.policy.train` with the run's policy config (`configs/policy.yaml`; tiny: the tiny one) from
@@ -41,7 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import REPORT_SEEDS, finish, paired, seed_record, t_interval, upstream_run  # noqa: E402
+from benchmarks.common import (REPORT_SEEDS, finish, paired, run_state, seed_record, t_interval,  # noqa: E402
+                               upstream_run, work_key)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default=",".join(map(str, REPORT_SEEDS)), help="Comma-separated report seeds "
                    "(training and evaluation sampling); 0-5 are the selection seeds.")
     p.add_argument("--skip_trl", action="store_true", help="Leave out TRL's DPOTrainer run.")
+    p.add_argument("--work_dir", default="", help="Where the runs are kept (under a key of the upstream models, "
+                   "pairs and configs), so that the same command run again reuses the finished runs and resumes an "
+                   "interrupted one (default runs/dpo_benchmark; --tiny: a scratch directory).")
     p.add_argument("--out", default="", help="JSON output (default benchmarks/results/dpo.json; tiny: dpo_tiny.json).")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -100,6 +110,35 @@ def trl_dpo(cfg, records: list[dict], scratch: Path) -> dict:
             "final_margin": logged[-1].get("rewards/margins") if logged else None}
 
 
+def kept_runs_key(run: Path, configs: Path) -> str:
+    """What the kept runs depend on: the SFT policy, the reward model and its config (which names the pairs),
+    the pairs' content, and the policy, DPO and evaluation configs. Another key, another directory."""
+    from rlhf.config import read_yaml
+    from rlhf.fingerprint import path_digest
+
+    pairs = [p for p in str(read_yaml(run / "reward" / "config.yaml")["train_pairs"]).split(",") if p.strip()]
+    return work_key({"sft": path_digest(run / "sft" / "model"), "reward": path_digest(run / "reward" / "model"),
+                     "reward_config": path_digest(run / "reward" / "config.yaml"),
+                     "pairs": [path_digest(Path(p.strip())) for p in pairs],
+                     **{name: path_digest(configs / f"{name}.yaml") for name in ("policy", "dpo", "evaluate")}})
+
+
+def kept(train, cfg_class, yaml: Path, overrides: dict, out: Path, what: str) -> dict:
+    """Run a stage into `out`, or reuse it there (finished), or resume it (interrupted); its metrics, with
+    `resumed` (the stage's own seconds then cover only the part that ran last)."""
+    from rlhf.config import load_config
+
+    state, marker = run_state(out), out.with_name(out.name + ".resumed")  # (beside the run: the stage's dir is its own)
+    if state == "done":
+        print(f"[dpo benchmark] reusing {what} in {out}", flush=True)
+        return {**json.loads((out / "metrics.json").read_text()), "resumed": marker.exists()}
+    if state == "resume":
+        print(f"[dpo benchmark] resuming {what} in {out}", flush=True)
+        marker.write_text("")
+    cfg = load_config(cfg_class, yaml, {**overrides, "output_dir": str(out), "resume": str(state == "resume").lower()})
+    return {**train(cfg), "resumed": marker.exists()}
+
+
 def main(argv=None) -> dict:
     from rlhf.config import load_config, read_yaml
     from rlhf.stages.dpo import DPOConfig, read_dpo_pairs
@@ -115,38 +154,52 @@ def main(argv=None) -> dict:
     result = {"benchmark": "dpo", "tiny": args.tiny, "seeds": seed_split(args), "per_seed": [], "trl": None}
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-dpo-") as tmp:
         scratch = Path(tmp)
-        run = upstream_run(args.tiny, args.make_run, args.run_dir, scratch)
+        # (--tiny with --work_dir: the tiny upstream run is kept there too, so that a rerun can reuse its runs)
+        run = upstream_run(args.tiny, args.make_run, args.run_dir, Path(args.work_dir) if args.work_dir else scratch)
         sft, rm = run / "sft" / "model", run / "reward" / "model"
         reward_cfg = read_yaml(run / "reward" / "config.yaml")  # the pairs (labels) the reward model saw
         pairs, max_pairs = reward_cfg["train_pairs"], reward_cfg.get("max_train_pairs", 0)
         result["inputs"] = {"sft": str(sft), "reward_model": str(rm), "pairs": pairs, "max_train_pairs": max_pairs}
+        work = Path(args.work_dir or (scratch / "work" if args.tiny else "runs/dpo_benchmark")) / kept_runs_key(
+            run, configs)
+        result["work_dir"] = str(work)
         for seed in args.seeds:
-            pol_cfg = load_config(PolicyConfig, configs / "policy.yaml", {
+            # (checkpoints every few updates / steps, so that an interrupted benchmark resumes there)
+            pol = kept(policy_train, PolicyConfig, configs / "policy.yaml", {
                 "model_name_or_path": str(sft), "reward_model": str(rm), "reward_fn": "", "normalize_rewards": "true",
-                "output_dir": str(scratch / f"policy_{seed}"), "seed": str(seed), "sample_every": "0"})
-            t = time.perf_counter()
-            policy_train(pol_cfg)
-            policy_seconds = time.perf_counter() - t
-            dpo_cfg = load_config(DPOConfig, configs / "dpo.yaml", {
-                "model_name_or_path": str(sft), "train_pairs": pairs, "max_train_pairs": str(max_pairs),
-                "eval_pairs": "", "output_dir": str(scratch / f"dpo_{seed}"), "seed": str(seed)})
-            t = time.perf_counter()
-            dpo_train(dpo_cfg)
-            dpo_seconds = time.perf_counter() - t
-            eval_cfg = load_config(EvaluateConfig, configs / "evaluate.yaml", {
-                "checkpoints": [str(sft), str(scratch / f"policy_{seed}" / "model"), str(scratch / f"dpo_{seed}" / "model")],
-                "names": ["sft", "rlhf", "dpo"], "reward_model": str(rm), "seed": str(seed), "plots": "false",
-                "output_dir": str(scratch / f"eval_{seed}")})
-            evaluate(eval_cfg)
-            report = json.loads((scratch / f"eval_{seed}" / "report.json").read_text())
-            row = {"seed": seed, "seconds": {"rlhf": policy_seconds, "dpo": dpo_seconds}}
+                "seed": str(seed), "sample_every": "0", "save_every": "5"}, work / f"policy_{seed}", "the RLHF policy")
+            dpo_overrides = {"model_name_or_path": str(sft), "train_pairs": pairs, "max_train_pairs": str(max_pairs),
+                             "eval_pairs": "", "seed": str(seed), "save_every": "10"}
+            dpo = kept(dpo_train, DPOConfig, configs / "dpo.yaml", dpo_overrides, work / f"dpo_{seed}", "DPO")
+            if run_state(work / f"eval_{seed}") != "done":  # (an evaluation has no checkpoints: run again whole)
+                evaluate(load_config(EvaluateConfig, configs / "evaluate.yaml", {
+                    "checkpoints": [str(sft), str(work / f"policy_{seed}" / "model"),
+                                    str(work / f"dpo_{seed}" / "model")],
+                    "names": ["sft", "rlhf", "dpo"], "reward_model": str(rm), "seed": str(seed), "plots": "false",
+                    "output_dir": str(work / f"eval_{seed}"), "overwrite": "true"}))
+            report = json.loads((work / f"eval_{seed}" / "report.json").read_text())
+            # the stages' own wall times (model load to saved model); a resumed stage's cover its last part only
+            row = {"seed": seed, "seconds": {"rlhf": pol["policy/seconds"], "dpo": dpo["dpo/seconds"]},
+                   "resumed": {"rlhf": pol["resumed"], "dpo": dpo["resumed"]}}
             for name in ("sft", "rlhf", "dpo"):
                 sampled = report["checkpoints"][name].get("sampled", {})
                 row[name] = {k: sampled.get(k) for k in ("gold", "reward", "win_rate_gold", "kl_k1")}
             result["per_seed"].append(row)
             if seed == args.seeds[0] and not args.skip_trl:
-                records, _ = read_dpo_pairs(pairs, dpo_cfg, max_pairs)
-                result["trl"] = {**trl_dpo(dpo_cfg, records, scratch), "rlhf_dpo_wall_seconds": dpo_seconds}
+                trl_file = work / "trl.json"
+                if trl_file.exists():
+                    result["trl"] = json.loads(trl_file.read_text())
+                else:
+                    dpo_cfg = load_config(DPOConfig, configs / "dpo.yaml", {**dpo_overrides,
+                                                                            "output_dir": str(scratch / "dpo")})
+                    records, _ = read_dpo_pairs(pairs, dpo_cfg, max_pairs)
+                    result["trl"] = {**trl_dpo(dpo_cfg, records, scratch),
+                                     "rlhf_dpo_wall_seconds": row["seconds"]["dpo"],
+                                     "rlhf_dpo_resumed": row["resumed"]["dpo"]}
+                    trl_file.write_text(json.dumps(result["trl"]))
+
+    def whole_runs(name):  # the wall times of trainings that ran in one go
+        return [r["seconds"][name] for r in result["per_seed"] if not r["resumed"][name]]
 
     def mean_of(name, key):
         vals = [r[name][key]["mean"] if isinstance(r[name][key], dict) else r[name][key]
@@ -155,7 +208,7 @@ def main(argv=None) -> dict:
 
     summary = {name: {"gold": mean_of(name, "gold"), "win_rate_gold_vs_sft": mean_of(name, "win_rate_gold"),
                       "kl_k1_to_sft": mean_of(name, "kl_k1"),
-                      "seconds": t_interval([r["seconds"][name] for r in result["per_seed"]]) if name != "sft" else None}
+                      "seconds": t_interval(whole_runs(name)) if name != "sft" and whole_runs(name) else None}
                for name in ("sft", "rlhf", "dpo")}
     result["summary"] = summary
     g_r, g_d = summary["rlhf"]["gold"], summary["dpo"]["gold"]
@@ -171,6 +224,9 @@ def main(argv=None) -> dict:
     for name, s in summary.items():
         print(f"{name:<6}  {fmt(s['gold']):<26}  {fmt(s['win_rate_gold_vs_sft']):<26}  {fmt(s['kl_k1_to_sft']):<26}  "
               f"{fmt(s['seconds'])}")
+    resumed = [f"{name} seed {r['seed']}" for r in result["per_seed"] for name in ("rlhf", "dpo") if r["resumed"][name]]
+    if resumed:
+        print(f"train s: over the trainings that ran in one go (resumed, left out: {', '.join(resumed)})")
     if "winner" in result:
         w = result["winner"]
         d = w["rlhf_minus_dpo_gold"]

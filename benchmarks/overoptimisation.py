@@ -43,8 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (REPORT_SEEDS, finish, mean_sd, paired, seed_record, t_interval,  # noqa: E402
-                               upstream_run)
+from benchmarks.common import (REPORT_SEEDS, finish, mean_sd, paired, run_state, seed_record,  # noqa: E402
+                               t_interval, upstream_run)
+from benchmarks.common import work_key as common_work_key  # noqa: E402
 
 ARMS = {"unguarded": {"reward_aggregate": "mean"}, "guarded": {"reward_aggregate": "lcb", "reward_lcb_k": "1"}}
 
@@ -77,14 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def work_key(run: Path, args: argparse.Namespace, policy_yaml: Path) -> str:
     """What the kept runs depend on: the SFT policy's and the run's reward model's content, the reward and
     policy configs, and the settings. Another key, another directory: kept runs never go stale."""
-    import hashlib
-
     from rlhf.fingerprint import path_digest
 
     parts = {"sft": path_digest(run / "sft" / "model"), "reward": path_digest(run / "reward" / "model"),
              "reward_config": path_digest(run / "reward" / "config.yaml"), "policy_yaml": path_digest(policy_yaml),
              "settings": [args.num_updates, args.learning_rate, args.probe_every, args.ensemble_size, ARMS]}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return common_work_key(parts)
 
 
 def ensemble_reward(run: Path, size: int, out: Path) -> Path:
@@ -140,7 +139,8 @@ def main(argv=None) -> dict:
         for seed in args.seeds:
             for arm, overrides in ARMS.items():
                 out = work / f"{arm}_{seed}"
-                if (out / "metrics.json").exists():  # finished (written last): reused as it is
+                state = run_state(out)
+                if state == "done":  # finished (metrics.json is written last): reused as it is
                     print(f"[overoptimisation] reusing {out}")
                     metrics = json.loads((out / "metrics.json").read_text())
                 else:  # new, or resumed from its latest checkpoint
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
                         "normalize_rewards": "true", "output_dir": str(out), "seed": str(seed), "sample_every": "0",
                         "num_updates": str(args.num_updates), "learning_rate": str(args.learning_rate),
                         "probe_every": str(args.probe_every), "save_every": str(args.probe_every),
-                        "resume": str((out / "config.yaml").exists()).lower(), **overrides})
+                        "resume": str(state == "resume").lower(), **overrides})
                     metrics = policy_train(cfg)
                 result["runs"].append({"arm": arm, "seed": seed, "curve": curve(out / "log.jsonl"),
                                        "seconds": metrics["policy/seconds"]})
@@ -206,8 +206,8 @@ def print_table(result: dict) -> None:
     if "per_seed_final" in result:
         print(f"\n{'seed':>4}  {'SFT gold':>8}  {'unguarded gold':>14}  {'KL':>6}  {'guarded gold':>12}  {'KL':>6}")
         for row in result["per_seed_final"]:
-            print(f"{row['seed']:>4}  {row['sft_gold']:>8.3f}  {row['unguarded_gold']:>14.3f}  {row['unguarded_kl']:>6.2f}"
-                  f"  {row['guarded_gold']:>12.3f}  {row['guarded_kl']:>6.2f}")
+            print(f"{row['seed']:>4}  {row['sft_gold']:>8.3f}  {row['unguarded_gold']:>14.3f}  "
+                  f"{row['unguarded_kl']:>6.2f}  {row['guarded_gold']:>12.3f}  {row['guarded_kl']:>6.2f}")
         g = result["guard_gold_gain"]
         half = "(one seed: no interval)" if g["ci95"] is None else f"± {g['ci95']:.3f} (paired 95% t over seeds)"
         print(f"final gold, guarded minus unguarded: {g['mean']:+.3f} {half}")
