@@ -245,3 +245,21 @@ def run_state(out: Path) -> str:
     if (out / "metrics.json").exists():
         return "done"
     return "resume" if (out / "config.yaml").exists() else "new"
+
+
+def kept_run(train, cfg_class, yaml: Path, overrides: dict, out: Path, what: str) -> dict:
+    """Run a stage into `out` (config `yaml` with `overrides`), or reuse it there (finished), or resume it
+    (interrupted); its metrics, with `resumed`: whether any part of it ran before this call, in which case the
+    stage's own wall time covers only its last part. The mark is kept beside the run (its directory is the
+    stage's own)."""
+    from rlhf.config import load_config
+
+    state, marker = run_state(out), out.with_name(out.name + ".resumed")
+    if state == "done":
+        print(f"[benchmark] reusing {what} in {out}", flush=True)
+        return {**json.loads((out / "metrics.json").read_text()), "resumed": marker.exists()}
+    if state == "resume":
+        print(f"[benchmark] resuming {what} in {out}", flush=True)
+        marker.write_text("")
+    cfg = load_config(cfg_class, yaml, {**overrides, "output_dir": str(out), "resume": str(state == "resume").lower()})
+    return {**train(cfg), "resumed": marker.exists()}

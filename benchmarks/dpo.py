@@ -47,8 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (REPORT_SEEDS, finish, paired, run_state, seed_record, t_interval,  # noqa: E402
-                               upstream_run, work_key)
+from benchmarks.common import (REPORT_SEEDS, finish, kept_run, paired, run_state, seed_record,  # noqa: E402
+                               t_interval, upstream_run, work_key)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,22 +123,6 @@ def kept_runs_key(run: Path, configs: Path) -> str:
                      **{name: path_digest(configs / f"{name}.yaml") for name in ("policy", "dpo", "evaluate")}})
 
 
-def kept(train, cfg_class, yaml: Path, overrides: dict, out: Path, what: str) -> dict:
-    """Run a stage into `out`, or reuse it there (finished), or resume it (interrupted); its metrics, with
-    `resumed` (the stage's own seconds then cover only the part that ran last)."""
-    from rlhf.config import load_config
-
-    state, marker = run_state(out), out.with_name(out.name + ".resumed")  # (beside the run: the stage's dir is its own)
-    if state == "done":
-        print(f"[dpo benchmark] reusing {what} in {out}", flush=True)
-        return {**json.loads((out / "metrics.json").read_text()), "resumed": marker.exists()}
-    if state == "resume":
-        print(f"[dpo benchmark] resuming {what} in {out}", flush=True)
-        marker.write_text("")
-    cfg = load_config(cfg_class, yaml, {**overrides, "output_dir": str(out), "resume": str(state == "resume").lower()})
-    return {**train(cfg), "resumed": marker.exists()}
-
-
 def main(argv=None) -> dict:
     from rlhf.config import load_config, read_yaml
     from rlhf.stages.dpo import DPOConfig, read_dpo_pairs
@@ -165,12 +149,12 @@ def main(argv=None) -> dict:
         result["work_dir"] = str(work)
         for seed in args.seeds:
             # (checkpoints every few updates / steps, so that an interrupted benchmark resumes there)
-            pol = kept(policy_train, PolicyConfig, configs / "policy.yaml", {
+            pol = kept_run(policy_train, PolicyConfig, configs / "policy.yaml", {
                 "model_name_or_path": str(sft), "reward_model": str(rm), "reward_fn": "", "normalize_rewards": "true",
                 "seed": str(seed), "sample_every": "0", "save_every": "5"}, work / f"policy_{seed}", "the RLHF policy")
             dpo_overrides = {"model_name_or_path": str(sft), "train_pairs": pairs, "max_train_pairs": str(max_pairs),
                              "eval_pairs": "", "seed": str(seed), "save_every": "10"}
-            dpo = kept(dpo_train, DPOConfig, configs / "dpo.yaml", dpo_overrides, work / f"dpo_{seed}", "DPO")
+            dpo = kept_run(dpo_train, DPOConfig, configs / "dpo.yaml", dpo_overrides, work / f"dpo_{seed}", "DPO")
             if run_state(work / f"eval_{seed}") != "done":  # (an evaluation has no checkpoints: run again whole)
                 evaluate(load_config(EvaluateConfig, configs / "evaluate.yaml", {
                     "checkpoints": [str(sft), str(work / f"policy_{seed}" / "model"),

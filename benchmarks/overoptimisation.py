@@ -43,9 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (REPORT_SEEDS, finish, mean_sd, paired, run_state, seed_record,  # noqa: E402
-                               t_interval, upstream_run)
-from benchmarks.common import work_key as common_work_key  # noqa: E402
+from benchmarks.common import (REPORT_SEEDS, finish, kept_run, mean_sd, paired, seed_record,  # noqa: E402
+                               t_interval, upstream_run, work_key)
 
 ARMS = {"unguarded": {"reward_aggregate": "mean"}, "guarded": {"reward_aggregate": "lcb", "reward_lcb_k": "1"}}
 
@@ -75,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def work_key(run: Path, args: argparse.Namespace, policy_yaml: Path) -> str:
+def kept_runs_key(run: Path, args: argparse.Namespace, policy_yaml: Path) -> str:
     """What the kept runs depend on: the SFT policy's and the run's reward model's content, the reward and
     policy configs, and the settings. Another key, another directory: kept runs never go stale."""
     from rlhf.fingerprint import path_digest
@@ -83,7 +82,7 @@ def work_key(run: Path, args: argparse.Namespace, policy_yaml: Path) -> str:
     parts = {"sft": path_digest(run / "sft" / "model"), "reward": path_digest(run / "reward" / "model"),
              "reward_config": path_digest(run / "reward" / "config.yaml"), "policy_yaml": path_digest(policy_yaml),
              "settings": [args.num_updates, args.learning_rate, args.probe_every, args.ensemble_size, ARMS]}
-    return common_work_key(parts)
+    return work_key(parts)
 
 
 def ensemble_reward(run: Path, size: int, out: Path) -> Path:
@@ -116,7 +115,6 @@ def seed_split(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> dict:
-    from rlhf.config import load_config
     from rlhf.stages.policy import PolicyConfig
     from rlhf.stages.policy import train as policy_train
 
@@ -132,25 +130,19 @@ def main(argv=None) -> dict:
         # (--tiny with --work_dir: the tiny upstream run is kept there too, so that a rerun can reuse its runs)
         run = upstream_run(args.tiny, args.make_run, args.run_dir, Path(args.work_dir) if args.work_dir else scratch)
         sft = run / "sft" / "model"
-        key = work_key(run, args, configs / "policy.yaml")
+        key = kept_runs_key(run, args, configs / "policy.yaml")
         work = Path(args.work_dir or (scratch / "work" if args.tiny else "runs/overoptimisation")) / key
         result["work_dir"] = str(work)
         rm = ensemble_reward(run, args.ensemble_size, work / "reward_ensemble")
         for seed in args.seeds:
             for arm, overrides in ARMS.items():
                 out = work / f"{arm}_{seed}"
-                state = run_state(out)
-                if state == "done":  # finished (metrics.json is written last): reused as it is
-                    print(f"[overoptimisation] reusing {out}")
-                    metrics = json.loads((out / "metrics.json").read_text())
-                else:  # new, or resumed from its latest checkpoint
-                    cfg = load_config(PolicyConfig, configs / "policy.yaml", {
-                        "model_name_or_path": str(sft), "reward_model": str(rm), "reward_fn": "",
-                        "normalize_rewards": "true", "output_dir": str(out), "seed": str(seed), "sample_every": "0",
-                        "num_updates": str(args.num_updates), "learning_rate": str(args.learning_rate),
-                        "probe_every": str(args.probe_every), "save_every": str(args.probe_every),
-                        "resume": str(state == "resume").lower(), **overrides})
-                    metrics = policy_train(cfg)
+                metrics = kept_run(policy_train, PolicyConfig, configs / "policy.yaml", {
+                    "model_name_or_path": str(sft), "reward_model": str(rm), "reward_fn": "",
+                    "normalize_rewards": "true", "seed": str(seed), "sample_every": "0",
+                    "num_updates": str(args.num_updates), "learning_rate": str(args.learning_rate),
+                    "probe_every": str(args.probe_every), "save_every": str(args.probe_every), **overrides},
+                    out, f"the {arm} run of seed {seed}")
                 result["runs"].append({"arm": arm, "seed": seed, "curve": curve(out / "log.jsonl"),
                                        "seconds": metrics["policy/seconds"]})
     summarise(result)
@@ -174,10 +166,10 @@ def summarise(result: dict) -> None:
     result["sft_gold"], result["final_gold"] = sft, final
     # Per seed the two arms share the SFT policy, the ensemble and the probe's prompts and draws: paired
     seeds = [r["seed"] for r in result["runs"] if r["arm"] == "unguarded"]
+    first = {r["seed"]: r["curve"][0]["gold"] for r in result["runs"] if r["arm"] == "unguarded"}
     last = {(r["arm"], r["seed"]): r["curve"][-1] for r in result["runs"]}
     if seeds and all(("guarded", s) in last for s in seeds):
-        result["per_seed_final"] = [{"seed": s, "sft_gold": next(r["curve"][0]["gold"] for r in result["runs"]
-                                                                  if r["arm"] == "unguarded" and r["seed"] == s),
+        result["per_seed_final"] = [{"seed": s, "sft_gold": first[s],
                                      **{f"{arm}_{k}": last[(arm, s)][k] for arm in ARMS for k in ("gold", "kl")}}
                                     for s in seeds]
         result["guard_gold_gain"] = paired([last[("guarded", s)]["gold"] for s in seeds],
