@@ -263,3 +263,78 @@ def kept_run(train, cfg_class, yaml: Path, overrides: dict, out: Path, what: str
         marker.write_text("")
     cfg = load_config(cfg_class, yaml, {**overrides, "output_dir": str(out), "resume": str(state == "resume").lower()})
     return {**train(cfg), "resumed": marker.exists()}
+
+
+# ------------------------------------------------------------------------- kept units of a long results run
+# The learning-results scripts (dialogue, POMDP, DT) are hours of CPU made of independent units, one
+# environment (or config) and seed each. With --keep_runs each finished unit is kept in a file named by a key of
+# its settings, beside the sources it ran with, so the same command run again (another session) computes only
+# the units that are missing. A unit is reused only while every source file it ran with is unchanged: an edit to
+# the algorithm's code (or to the script) makes its units run again rather than mixing old and new results.
+
+
+def loaded_sources(script: str | Path | None = None) -> list[str]:
+    """The repository's source files this process runs: the script and every module of the `rlhf` package
+    imported so far, relative to the repository, sorted."""
+    package = ROOT / "rlhf"
+    files = {Path(script or sys.argv[0]).resolve()}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and Path(path).resolve().is_relative_to(package):
+            files.add(Path(path).resolve())
+    return sorted(str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f) for f in files)
+
+
+def sources_digest(files: list[str]) -> str | None:
+    """A sha256 of each file's name and contents (paths relative to the repository), or None when one is gone."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        path = Path(name) if Path(name).is_absolute() else ROOT / name
+        if not path.is_file():
+            return None
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def kept_unit(work_dir: str | Path | None, parts: dict, compute, what: str, sources=loaded_sources,
+              outputs_match=None) -> tuple[dict, dict]:
+    """(result, provenance) of one unit (`parts`: JSON-able, everything its result depends on but the code).
+
+    With `work_dir` None, `compute()` runs and nothing is kept. Otherwise the unit's file is
+    `work_dir/<work_key(parts)>.json`: when it is there and every source file it records (`sources()` when it
+    finished) still has the same contents, and `outputs_match(result)` (if given: the unit's files on disk, a
+    trained network say, are still those of the kept result) holds, its result is reused; else `compute()` runs
+    and the file is written atomically. The provenance records when and on what load the result was computed, and whether this call
+    reused it."""
+    from rlhf.fsio import atomic_write_json
+
+    def stamp() -> str:
+        import datetime
+
+        return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+    if work_dir is None:
+        return json.loads(json.dumps(compute())), {"what": what, "computed_utc": stamp(), "reused": False}
+    path = Path(work_dir) / f"{work_key(parts)}.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if (kept.get("parts") == parts and kept.get("digest") is not None
+                and sources_digest(kept["sources"]) == kept["digest"]
+                and (outputs_match is None or outputs_match(kept["result"]))):
+            print(f"[benchmark] reusing {what} from {path} (computed {kept['provenance']['computed_utc']} UTC)",
+                  file=sys.stderr, flush=True)
+            return kept["result"], {**kept["provenance"], "reused": True}
+        print(f"[benchmark] {what}: the kept result in {path} ran on other sources or its outputs changed; "
+              "running it again",
+              file=sys.stderr, flush=True)
+    load_before = load_average()
+    result = json.loads(json.dumps(compute()))  # as a reuse reads it back: string keys, lists
+    files = sources()
+    provenance = {"what": what, "computed_utc": stamp(), "load_average_before": load_before,
+                  "load_average_after": load_average(), "reused": False}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"parts": parts, "sources": files, "digest": sources_digest(files),
+                             "provenance": provenance, "result": result}, what=f"kept {what}")
+    return result, provenance

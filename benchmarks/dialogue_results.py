@@ -2,6 +2,7 @@
 on scripted data, on the guessing game and the double-T text maze, over several seeds.
 
     python benchmarks/dialogue_results.py                                  # report seeds 100 101 102, guess and maze
+    python benchmarks/dialogue_results.py --keep_runs                      # the same, spread over sessions
     python benchmarks/dialogue_results.py --seeds 100 --envs guess --episodes 40 --bc_steps 30 \
         --value_steps 100 --ilql_steps 100 --val_episodes 40 --out /tmp/dialogue_smoke.json   # a smoke run
     python benchmarks/dialogue_results.py --env_overrides \
@@ -78,7 +79,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import REPORT_SEEDS, finish, paired, seed_record, t_interval  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, kept_unit, paired, seed_record, t_interval  # noqa: E402
 from rlhf.dialogue.agents import Agent, evaluate, scripted_return  # noqa: E402
 from rlhf.dialogue.algorithms import train_bc, train_ilql, train_mc_iql, train_utterance_q  # noqa: E402
 from rlhf.dialogue.data import Encoder, generate, top_fraction  # noqa: E402
@@ -319,7 +320,8 @@ def table(env: str, summary: dict, refs: dict, per_seed: dict) -> str:
 
 
 # settings that are the run's, not an environment's
-RUN_SETTINGS = ("seeds", "envs", "agents", "out", "env_overrides", "threads", "lm_cache")
+RUN_SETTINGS = ("seeds", "envs", "agents", "out", "env_overrides", "threads", "lm_cache", "keep_runs",
+                "work_dir")
 
 
 def env_overrides(p: argparse.ArgumentParser, specs: list[str]) -> dict[str, dict]:
@@ -395,6 +397,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lm_cache", default="", help="A folder where each behaviour-cloned LM is saved with the cost "
                    "of training it, and loaded from by later runs of the same settings (the compute columns then "
                    "report the first run's training).")
+    p.add_argument("--keep_runs", action="store_true", help="Keep each finished environment and seed in --work_dir "
+                   "and reuse it when the same command runs again with the same settings and sources (a run "
+                   "spread over sessions); the JSON lists each unit's provenance.")
+    p.add_argument("--work_dir", default="runs/dialogue_results", help="Where --keep_runs keeps the units.")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dialogue_results.json"))
     p.add_argument("--env_overrides", nargs="*", default=[], metavar="ENV:KEY=VALUE,...",
                    help="Settings of one environment that differ from the flags, e.g. "
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
     tok = build_tiny_tokenizer()
     start = time.time()
     shared = {k: v for k, v in vars(args).items() if k != "overrides"}
-    results: dict = {"seeds": seed_split(args), "config": shared, "envs": {}}
+    results: dict = {"seeds": seed_split(args), "config": shared, "envs": {}, "units": {}}
     texts = []
     for env in args.envs:
         env_args = argparse.Namespace(**{**vars(args), **args.overrides.get(env, {})})
@@ -432,8 +438,13 @@ def main(argv: list[str] | None = None) -> dict:
         if env.startswith("maze"):  # the uniform random mover of the normalisation never says a malformed line
             refs["random"] = scripted_return(env, "random_moves", 2000, 0)
         per_seed: dict = {}
+        unit_settings = {k: v for k, v in vars(env_args).items()
+                         if k != "overrides" and (k not in RUN_SETTINGS or k in ("agents", "threads"))}
         for s in args.seeds:
-            per_seed[s] = run_seed(env, s, env_args, tok)
+            parts = {"script": "dialogue_results", "env": env, "seed": s, "settings": unit_settings}
+            per_seed[s], results["units"][f"{env} seed {s}"] = kept_unit(
+                args.work_dir if args.keep_runs else None, parts, lambda: run_seed(env, s, env_args, tok),
+                f"{env} seed {s}")
             partial = {**results, "partial": f"{env}: seeds {sorted(per_seed)} done",
                        "envs": {**results["envs"], env: {"references": refs, "per_seed": per_seed}}}
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Decision Transformer results: achieved vs target return, against BC and filtered BC, over several seeds.
 
     python benchmarks/dt_results.py                       # CartPole-v1, Pendulum-v1, pomdp/tmaze; seeds 100-102
+    python benchmarks/dt_results.py --keep_runs           # the same, spread over sessions (finished units kept)
     python benchmarks/dt_results.py --envs pomdp/tmaze --seeds 100 --steps_scale 0.2   # a smoke run
 
 For every task and seed: 1. generate the mixed-quality data set with that seed (`rlhf.dt.data.generate`),
@@ -38,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import REPORT_SEEDS, finish, mean_sd, paired, seed_record, spearman  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, kept_unit, mean_sd, paired, seed_record, spearman  # noqa: E402
 from rlhf.dt.data import generate  # noqa: E402
 from rlhf.dt.evaluate import rollout  # noqa: E402
 from rlhf.dt.model import DecisionTransformer  # noqa: E402
@@ -194,6 +195,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps_scale", type=float, default=1.0, help="Multiply every task's training steps.")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default="runs/dt_results")
+    p.add_argument("--keep_runs", action="store_true", help="Keep each finished task and seed under --workdir/units "
+                   "and reuse it when the same command runs again with the same settings and sources (a run spread "
+                   "over sessions); the JSON lists each unit's provenance.")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dt_results.json"))
     p.add_argument("--plot", default=str(ROOT / "benchmarks" / "results" / "dt_results.png"))
     p.add_argument("--from_json", default="", help="Print the table of an earlier run's JSON (no training).")
@@ -216,17 +220,25 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    raw, summary = {}, {}
+    raw, summary, units = {}, {}, {}
+    work = Path(args.workdir)
     for env in args.envs:
         s = SETTINGS[env]
-        raw[env] = [run_seed(env, seed, s, args, Path(args.workdir)) for seed in args.seeds]
+        raw[env] = []
+        for seed in args.seeds:
+            parts = {"script": "dt_results", "env": env, "seed": seed, "settings": s, "threads": args.threads,
+                     **{k: getattr(args, k) for k in ("val_episodes", "top_fraction", "steps_scale")}}
+            result, units[f"{env} seed {seed}"] = kept_unit(work / "units" if args.keep_runs else None, parts,
+                                                            lambda: run_seed(env, seed, s, args, work),
+                                                            f"{env} seed {seed}")
+            raw[env].append(result)
         summary[env] = summarise(env, s, raw[env])
     plot(summary, Path(args.plot))
 
     print_table(summary, args.seeds, args.top_fraction)
     result = {"name": "dt_results", "seeds": seed_split(args), "top_fraction": args.top_fraction,
               "steps_scale": args.steps_scale, "settings": {e: SETTINGS[e] for e in args.envs},
-              "summary": summary, "per_seed": raw, "seconds": time.time() - t0}
+              "summary": summary, "per_seed": raw, "units": units, "seconds": time.time() - t0}
     return finish(result, args.out, argv)
 
 

@@ -51,7 +51,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import REPORT_SEEDS, finish, seed_record, t_interval  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, kept_unit, seed_record, t_interval  # noqa: E402
 from rlhf.config import load_config  # noqa: E402
 from rlhf.pomdp.envs import make_env  # noqa: E402
 from rlhf.pomdp.train import PomdpConfig, train  # noqa: E402
@@ -178,6 +178,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "runs take theirs from their YAML).")
     parser.add_argument("--eval_every", type=int, default=5000)
     parser.add_argument("--runs_dir", default="runs/pomdp_bench")
+    parser.add_argument("--keep_runs", action="store_true", help="Keep each finished agent and seed under "
+                        "--runs_dir/units and reuse it when the same command runs again with the same settings and "
+                        "sources (a run spread over sessions; each row records when it ran, `computed_utc`).")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pomdp.json"))
     parser.add_argument("--from_results", default=None, help="Take the toolkit's runs from this runs_dir of "
                         "benchmarks/pomdp_results.py (same configs and stopping rule) instead of training again.")
@@ -200,12 +203,20 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             print(f"[pomdp bench] {agent} seed {seed}", file=sys.stderr, flush=True)
             if agent == "sb3":
-                rows.append(run_sb3(seed, args))
+                run = lambda: run_sb3(seed, args)  # noqa: E731
             elif args.from_results:
                 row = from_results(agent, seed, args)
                 rows += [row] if row else []
+                continue
             else:
-                rows.append(run_toolkit(agent, seed, args))
+                run = lambda: run_toolkit(agent, seed, args)  # noqa: E731
+            parts = {"script": "pomdp", "agent": agent, "seed": seed, "max_steps": args.max_steps,
+                     "eval_every": args.eval_every,
+                     "config": (ROOT / "configs" / "pomdp" / f"train_{CONFIGS[agent]}.yaml").read_text()
+                     if agent in CONFIGS else None}
+            row, unit = kept_unit(Path(args.runs_dir) / "units" if args.keep_runs else None, parts, run,
+                                  f"{agent} seed {seed}")
+            rows.append({**row, "computed_utc": unit["computed_utc"], "reused": unit["reused"]})
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)

@@ -1,6 +1,7 @@
 """POMDP baselines over several seeds: every table of its results, remade by one command.
 
     python benchmarks/pomdp_results.py                  # every row on report seeds 100-102 (hours: background)
+    python benchmarks/pomdp_results.py --keep_runs      # the same, spread over sessions (finished runs kept)
     python benchmarks/pomdp_results.py --reuse          # reuse finished runs under --runs_dir, train the rest
     python benchmarks/pomdp_results.py --skip_missing   # tabulate the finished runs only (no training)
     python benchmarks/pomdp_results.py --groups tmaze,corridor,doors --seeds 103,104   # a subset, other seeds
@@ -51,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import REPORT_SEEDS, finish, seed_record, t_interval  # noqa: E402
+from benchmarks.common import REPORT_SEEDS, finish, kept_unit, seed_record, t_interval  # noqa: E402
 from rlhf.config import load_config  # noqa: E402
 from rlhf.pomdp.envs import AliasedCorridor  # noqa: E402
 from rlhf.pomdp.train import PomdpConfig, evaluate_agent, load_agent, train  # noqa: E402
@@ -82,16 +83,31 @@ CARTPOLE_TITLES = {
 }
 
 
-def run_one(name: str, seed: int, runs_dir: Path, reuse: bool, skip_missing: bool = False) -> dict | None:
+def run_one(name: str, seed: int, runs_dir: Path, reuse: bool, skip_missing: bool = False,
+            keep: bool = False) -> dict | None:
+    """A run's metrics: trained now, or reused (`reuse`: any finished run there; `keep`: only one this script
+    trained with the same config, seed and sources, whose metrics.json is still the one it wrote)."""
     out = runs_dir / f"{name}-seed{seed}"
     if (reuse or skip_missing) and (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     if skip_missing:
         return None
-    cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"train_{name}.yaml",
-                      {"seed": str(seed), "output_dir": str(out), "overwrite": "true"})
-    print(f"[pomdp_results] {name} seed {seed}", file=sys.stderr, flush=True)
-    return train(cfg)
+    yaml = ROOT / "configs" / "pomdp" / f"train_{name}.yaml"
+
+    def run() -> dict:
+        cfg = load_config(PomdpConfig, yaml, {"seed": str(seed), "output_dir": str(out), "overwrite": "true"})
+        print(f"[pomdp_results] {name} seed {seed}", file=sys.stderr, flush=True)
+        train(cfg)
+        return json.loads((out / "metrics.json").read_text())  # what --reuse reads back
+
+    if not keep:
+        return run()
+
+    def on_disk(kept: dict) -> bool:
+        return (out / "metrics.json").is_file() and json.loads((out / "metrics.json").read_text()) == kept
+
+    parts = {"script": "pomdp_results", "config": name, "yaml": yaml.read_text(), "seed": seed}
+    return kept_unit(out / "kept", parts, run, f"{name} seed {seed}", outputs_match=on_disk)[0]
 
 
 FRESH_EPISODES = 100
@@ -164,7 +180,7 @@ def row_key(name: str, seeds, group_rows) -> str:
 
 def collect(group: str, name: str, seeds, runs_dir: Path, args) -> dict | None:
     """Train (or reuse) one config on its seeds and gather its per-seed figures."""
-    found = [(s, run_one(name, s, runs_dir, args.reuse, args.skip_missing)) for s in seeds]
+    found = [(s, run_one(name, s, runs_dir, args.reuse, args.skip_missing, args.keep_runs)) for s in seeds]
     done = [(s, r) for s, r in found if r is not None]
     if not done:
         return None
@@ -233,6 +249,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "seeds, see ROWS: the report seeds 100,101,102; 0-5 are selection seeds).")
     parser.add_argument("--runs_dir", default="runs/pomdp_results")
     parser.add_argument("--reuse", action="store_true", help="Reuse runs whose metrics.json exists.")
+    parser.add_argument("--keep_runs", action="store_true", help="Reuse a finished run only where this script "
+                        "trained it with the same config, seed and sources (a run spread over sessions; unlike "
+                        "--reuse, a results file may be made with it).")
     parser.add_argument("--skip_missing", action="store_true", help="Tabulate finished runs only (implies "
                         "--reuse); a row then covers the seeds that finished, and lists them.")
     parser.add_argument("--only", default="", help="Comma-separated config names to run (default: all of the "

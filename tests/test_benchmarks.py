@@ -226,3 +226,46 @@ def test_quickstart_keep_runs_resumes_the_seeds_directory_and_says_so(tmp_path, 
     assert quickstart.run_once("p.yaml", out, 100, {}, keep=False)["resumed"] is False
     assert calls[-1] is None  # removed first: a fresh run
     assert quickstart.run_once("p.yaml", tmp_path / "new", 100, {}, keep=True)["resumed"] is False
+
+
+def test_kept_unit_reuses_a_finished_unit_only_while_its_sources_and_outputs_are_unchanged(tmp_path, capsys):
+    """--keep_runs of the learning-results scripts: a unit (a task and seed) runs once; the same parts reuse it
+    while every source file it ran with is unchanged; an edited source, other parts or outputs that no longer
+    match run it again; without a work directory nothing is kept."""
+    source = tmp_path / "algorithm.py"
+    source.write_text("STEP = 1\n")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"score": 0.5 + len(calls), "by_seed": {1: [1, 2]}}  # int keys come back as strings
+
+    def unit(parts=None, work=tmp_path / "units", **kw):
+        return common.kept_unit(work, parts or {"env": "guess", "seed": 100}, compute, "guess seed 100",
+                                sources=lambda: [str(source)], **kw)
+
+    first, prov = unit()
+    assert (first, prov["reused"], len(calls)) == ({"score": 1.5, "by_seed": {"1": [1, 2]}}, False, 1)
+    again, prov = unit()
+    assert (again, prov["reused"], len(calls)) == (first, True, 1)
+    assert prov["computed_utc"] and "reusing guess seed 100" in capsys.readouterr().err
+    assert unit(parts={"env": "guess", "seed": 101})[1]["reused"] is False and len(calls) == 2
+    source.write_text("STEP = 2\n")  # the algorithm changed: the kept result is stale
+    changed, prov = unit()
+    assert (changed["score"], prov["reused"], len(calls)) == (3.5, False, 3)
+    assert unit()[1]["reused"] is True and len(calls) == 3  # kept again, under the new sources
+    assert unit(outputs_match=lambda kept: False)[1]["reused"] is False and len(calls) == 4
+    source.unlink()  # a source that is gone cannot vouch for the result
+    assert unit()[1]["reused"] is False and len(calls) == 5
+    assert unit()[1]["reused"] is False and len(calls) == 6  # and it vouches for no later run either
+    assert unit(work=None)[1]["reused"] is False and len(calls) == 7
+
+
+def test_loaded_sources_are_the_script_and_the_rlhf_modules_it_imported():
+    import rlhf.fsio  # noqa: F401
+
+    files = common.loaded_sources(ROOT / "benchmarks" / "dt_results.py")
+    assert "benchmarks/dt_results.py" in files and "rlhf/fsio.py" in files
+    assert all(f == "benchmarks/dt_results.py" or f.startswith("rlhf/") for f in files)
+    assert common.sources_digest(files) == common.sources_digest(list(reversed(files)))
+    assert common.sources_digest(files + ["rlhf/no_such_module.py"]) is None
