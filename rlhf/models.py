@@ -251,9 +251,16 @@ def load_model(name: str, *, dtype: torch.dtype = torch.float32, trainable_adapt
     if is_adapter_dir(path):
         from peft import PeftModel
 
-        base = load_model(adapter_base(path), dtype=dtype)
+        base_name = adapter_base(path)
+        base = load_model(base_name, dtype=dtype)
         with quiet_peft():
-            return PeftModel.from_pretrained(base, path, is_trainable=trainable_adapter)
+            model = PeftModel.from_pretrained(base, path, is_trainable=trainable_adapter)
+        # peft reads its base's config again when saving (has the vocabulary changed?): point it at the local
+        # base, not at an alias it would look up on the hub; save_pretrained writes the name back as it was
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = resolve_model_path(base_name)
+        model.rlhf_base_name = base_name
+        return model
     # No trust_remote_code: only architectures that transformers itself implements are loaded.
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 

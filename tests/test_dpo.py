@@ -59,6 +59,39 @@ def test_full_fine_tuning_keeps_a_frozen_reference_and_saves_all_weights(tmp_pat
     assert max((saved[k] - base[k]).abs().max().item() for k in saved if k in base) > 1e-5
 
 
+def test_an_sft_adapter_that_dpo_continues_is_its_own_reference(tmp_path, recwarn):
+    """DPO from a LoRA SFT adapter trains that adapter further, and the reference is the SFT policy (TRL's
+    frozen copy of the adapter), not the base model under it: at the first step policy = reference, so the
+    implicit rewards are 0, although the adapter moves the log-probs far from the base's."""
+    from rlhf.models import apply_lora, load_model, load_tokenizer, save_pretrained
+
+    torch.manual_seed(0)
+    sft = apply_lora(load_model("tiny-llama"), r=8, alpha=16, dropout=0.0, target_modules=["all-linear"],
+                     base_name="tiny-llama")
+    with torch.no_grad():
+        for name, param in sft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)  # an SFT adapter that has learned something: B != 0
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        tuned = sft(ids).logits.log_softmax(-1)
+        with sft.disable_adapter():
+            base = sft(ids).logits.log_softmax(-1)
+    assert (tuned - base).abs().max().item() > 0.1  # the base is not the SFT policy
+    save_pretrained(sft, load_tokenizer("tiny-llama"), tmp_path / "sft")
+
+    cfg = dpo_config(tmp_path, "run", model_name_or_path=str(tmp_path / "sft"), max_steps=2)
+    train(cfg)
+    first = [r for r in log_rows(Path(cfg.output_dir)) if "train/loss" in r][0]
+    assert first["train/rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert first["train/rewards/rejected"] == pytest.approx(0.0, abs=1e-6)
+    assert first["train/loss"] == pytest.approx(0.6931, abs=1e-3)  # -log sigmoid(0)
+    # saving the continued adapter reads its base locally (no hub lookup of the alias) and names it as before
+    assert not [w for w in recwarn if "fetch remote file" in str(w.message)]
+    saved = json.loads((Path(cfg.output_dir) / "model/adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "tiny-llama"
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     full = dpo_config(tmp_path, "full", max_steps=8, save_every=2)
     train(full)

@@ -4,8 +4,10 @@
     rlhf dpo --config configs/tiny/dpo.yaml --max_steps 5
     accelerate launch --multi_gpu --num_processes 2 scripts/dpo.py --config configs/dpo.yaml
 
-The training is TRL's `DPOTrainer`: its loss (sigmoid, IPO, hinge, robust, ...), its reference handling (for
-LoRA the same model with its adapters off, otherwise a frozen copy of the starting policy), its tokenisation of
+The training is TRL's `DPOTrainer`: its loss (sigmoid, IPO, hinge, robust, ...), its reference handling (the
+starting policy: given a model with LoRA adapters, TRL keeps a frozen copy of them as a "ref" adapter, so an SFT
+adapter that training continues is its own reference, not the base model; otherwise a frozen copy of the
+model), its tokenisation of
 conversational pairs through the chat template, and its loop on transformers' Trainer. The toolkit adds around it:
 
 - the pairs: every format `rlhf.preferences` reads (TRL standard/conversational/implicit, HH-RLHF, the label
