@@ -62,6 +62,10 @@ TARGET = 475.0
 CONFIGS = {"rpg": "masked_cartpole_rpg_gae", "drqn": "masked_cartpole_drqn"}
 
 
+def config_path(agent: str) -> Path:
+    return ROOT / "configs" / "pomdp" / f"train_{CONFIGS[agent]}.yaml"
+
+
 def from_results(agent: str, seed: int, args) -> dict:
     """A toolkit run that benchmarks/pomdp_results.py already made with the same config and evaluation schedule.
     Its first 20-episode evaluation >= 475 is where a run stopping at 475 would have stopped (the run up to that
@@ -87,7 +91,7 @@ def from_results(agent: str, seed: int, args) -> dict:
 
 
 def run_toolkit(agent: str, seed: int, args) -> dict:
-    cfg = load_config(PomdpConfig, ROOT / "configs" / "pomdp" / f"train_{CONFIGS[agent]}.yaml", {
+    cfg = load_config(PomdpConfig, config_path(agent), {
         "seed": str(seed), "output_dir": f"{args.runs_dir}/{agent}-seed{seed}", "overwrite": "true",
         "stop_at_return": str(TARGET), "final_eval_episodes": "0"})
     if cfg.eval_every != args.eval_every or cfg.eval_episodes != 20:
@@ -212,8 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run = lambda: run_toolkit(agent, seed, args)  # noqa: E731
             parts = {"script": "pomdp", "agent": agent, "seed": seed, "max_steps": args.max_steps,
                      "eval_every": args.eval_every,
-                     "config": (ROOT / "configs" / "pomdp" / f"train_{CONFIGS[agent]}.yaml").read_text()
-                     if agent in CONFIGS else None}
+                     "config": config_path(agent).read_text() if agent in CONFIGS else None}
             row, unit = kept_unit(Path(args.runs_dir) / "units" if args.keep_runs else None, parts, run,
                                   f"{agent} seed {seed}")
             rows.append({**row, "computed_utc": unit["computed_utc"], "reused": unit["reused"]})
