@@ -90,13 +90,19 @@ def from_results(agent: str, seed: int, args) -> dict:
             "from": str(run)}
 
 
-def run_toolkit(agent: str, seed: int, args) -> dict:
+def toolkit_config(agent: str, seed: int, args) -> PomdpConfig:
+    """The agent's YAML as it is, stopping at the target and with no final evaluation (not part of the race)."""
     cfg = load_config(PomdpConfig, config_path(agent), {
         "seed": str(seed), "output_dir": f"{args.runs_dir}/{agent}-seed{seed}", "overwrite": "true",
         "stop_at_return": str(TARGET), "final_eval_episodes": "0"})
     if cfg.eval_every != args.eval_every or cfg.eval_episodes != 20:
         raise SystemExit(f"train_{CONFIGS[agent]}.yaml: evaluates every {cfg.eval_every} steps on {cfg.eval_episodes} "
                          f"episodes, not every {args.eval_every} on 20")
+    return cfg
+
+
+def run_toolkit(agent: str, seed: int, args) -> dict:
+    cfg = toolkit_config(agent, seed, args)
     m = timed(lambda: train(cfg))
     reached = m["reached_stop_at"]
     return {"side": agent, "seed": seed, "reached": reached is not None,

@@ -231,15 +231,15 @@ def from_dict(cls, values: dict[str, Any], *, source: str | None = None, base=No
 # field must also be finite (NaN and inf are refused everywhere).
 POSITIVE_INTS = {
     "batch_size", "bc_batch_size", "bootstrap_samples", "buffer_size", "context_len", "extract_batch_size",
-    "eval_episodes", "final_eval_episodes", "global_batch_size", "head_width", "hidden_size", "k", "kl_horizon",
+    "eval_episodes", "global_batch_size", "head_width", "hidden_size", "k", "kl_horizon",
     "latent_size", "lora_alpha", "lora_r", "max_length", "max_new_tokens", "max_prompt_tokens", "minibatch_size",
     "mlp_hidden", "n_head", "n_layer", "num_candidates", "num_envs", "num_updates", "per_device_batch_size",
     "port", "ppo_epochs", "prompts_per_update", "seq_len", "total_steps", "train_every",
     "value_batch_size", "value_trunk_batch_size", "window"}
 NON_NEGATIVE_INTS = {
     "seed", "eval_every", "save_every", "sample_every", "keep_checkpoints", "stop_after_step", "stop_after_update",
-    "max_prompts", "max_train_pairs", "unfreeze_top_layers", "warmup_steps", "burn_in", "learning_starts",
-    "sample_count", "sample_max_new_tokens", "value_trunk_layers"}
+    "max_prompts", "max_train_pairs", "final_eval_episodes", "unfreeze_top_layers", "warmup_steps", "burn_in",
+    "learning_starts", "sample_count", "sample_max_new_tokens", "value_trunk_layers"}
 POSITIVE_FLOATS = {"learning_rate", "bc_lr", "value_lr"}
 NON_NEGATIVE_FLOATS = {"weight_decay", "clip_range", "target_kl", "vf_coef", "value_clip", "center_rewards_coef",
                        "sim_temperature", "label_smoothing", "lora_dropout"}

@@ -269,3 +269,14 @@ def test_loaded_sources_are_the_script_and_the_rlhf_modules_it_imported():
     assert all(f == "benchmarks/dt_results.py" or f.startswith("rlhf/") for f in files)
     assert common.sources_digest(files) == common.sources_digest(list(reversed(files)))
     assert common.sources_digest(files + ["rlhf/no_such_module.py"]) is None
+
+
+def test_pomdp_race_configs_load_for_every_toolkit_agent(tmp_path):
+    """benchmarks/pomdp.py runs each agent's shipped YAML with only the stopping return set and the final
+    evaluation off (0 episodes): the config check must accept exactly that, for every agent of the race."""
+    bench = script_module(ROOT / "benchmarks" / "pomdp.py")
+    args = bench.parse_args(["--runs_dir", str(tmp_path)])
+    for agent in bench.CONFIGS:
+        cfg = bench.toolkit_config(agent, 100, args)
+        assert (cfg.seed, cfg.stop_at_return, cfg.final_eval_episodes) == (100, bench.TARGET, 0)
+        assert cfg.output_dir == f"{tmp_path}/{agent}-seed100"

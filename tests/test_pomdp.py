@@ -371,6 +371,9 @@ def test_configs_parse():
         load_config(PomdpConfig, overrides={"windw": "3"})
     with pytest.raises(ConfigError, match="'agent'"):
         load_config(PomdpConfig, overrides={"agent": "ppo"})
+    assert load_config(PomdpConfig, overrides={"final_eval_episodes": "0"}).final_eval_episodes == 0  # no final eval
+    with pytest.raises(ConfigError, match="key 'final_eval_episodes'.*must be >= 0, got -1"):
+        load_config(PomdpConfig, overrides={"final_eval_episodes": "-1"})
 
 
 def test_evaluation_counts_a_fixed_quota_per_environment(monkeypatch):

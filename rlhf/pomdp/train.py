@@ -84,7 +84,7 @@ class PomdpConfig(RunConfig):
     eval_every: int = option(10_000, help="Evaluate every this many environment steps.")
     eval_episodes: int = option(20, help="Episodes per periodic evaluation.")
     final_eval_episodes: int = option(100, help="Fresh episodes for the final evaluation of the final and the "
-                                      "best network.")
+                                      "best network (0: none; `rlhf pomdp evaluate` then plays one).")
     stop_at_return: float | None = option(None, help="Stop once a periodic evaluation's mean return reaches "
                                           "this (null: train for total_steps).")
     checkpoint: str = option("final", help="evaluate: which network to load.", choices=("final", "best"))
